@@ -1,0 +1,127 @@
+"""Image data sets as plain arrays: uint8 NHWC images, int32 labels, class names.
+
+Three sources behind one call, ``load(name, split)``:
+  * the samples bundled with the package (``cifar10_samples``: 500 exact CIFAR-10 test images;
+    ``mnist_samples``: 500 MNIST test images) -- the default of the demo and the tests;
+  * a local ``.npz`` with ``x_<split>`` / ``y_<split>`` keys (e.g. ``../shared/data/mnist.npz``);
+  * TensorFlow Datasets' ``data_source`` for ``mnist``, ``cifar10`` and ``imagenet2012``
+    (prepared in a user-supplied ``data_dir``), imported lazily so nothing else needs tfds.
+"""
+import dataclasses
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+
+BUNDLED = {"cifar10_samples": "cifar10_test500.npz", "mnist_samples": "mnist_test500.npz"}
+TFDS_NAMES = ("mnist", "cifar10", "imagenet2012")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """``images`` (N, H, W, C) uint8, ``labels`` (N,) int32, ``index`` (N,) position in the
+  source split (so results can name the original test image)."""
+  name: str
+  split: str
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: Tuple[str, ...]
+  index: np.ndarray
+
+  def __len__(self):
+    return len(self.labels)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def take(self, idx) -> "Dataset":
+    idx = np.asarray(idx)
+    return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx],
+                               index=self.index[idx])
+
+
+def names():
+  return sorted(BUNDLED) + list(TFDS_NAMES) + ["<path>.npz"]
+
+
+def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
+         num_examples: Optional[int] = None, image_size: Optional[int] = None) -> Dataset:
+  """Loads a data set by name (see module doc). ``image_size`` centre-crops and resizes
+  (for ImageNet, whose images vary in size); ``num_examples`` takes the first N."""
+  if name in BUNDLED:
+    ds = _from_npz(os.path.join(SAMPLES_DIR, BUNDLED[name]), split, name)
+  elif name.endswith(".npz") or os.path.isfile(name):
+    if not os.path.isfile(name):
+      raise FileNotFoundError(f"data file {name} does not exist")
+    ds = _from_npz(name, split, os.path.basename(name))
+  elif name in TFDS_NAMES:
+    ds = _from_tfds(name, split, data_dir, num_examples, image_size)
+  else:
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(names())}")
+  if num_examples is not None:
+    ds = ds.take(np.arange(min(num_examples, len(ds))))
+  return ds
+
+
+def _from_npz(path: str, split: str, name: str) -> Dataset:
+  with np.load(path, allow_pickle=False) as d:
+    xk, yk = f"x_{split}", f"y_{split}"
+    if xk not in d or yk not in d:
+      raise ValueError(f"{path} has no split {split!r}: expected keys {xk!r} and {yk!r}, "
+                       f"found {sorted(d.files)}")
+    images, labels = d[xk], d[yk]
+    index = d[f"index_{split}"] if f"index_{split}" in d else np.arange(len(labels))
+    class_names = tuple(str(c) for c in d["class_names"]) if "class_names" in d else None
+  if images.ndim == 3:   # grayscale stored as (N, H, W)
+    images = images[..., None]
+  if images.dtype != np.uint8:
+    raise ValueError(f"{path}: expected uint8 images, got {images.dtype}")
+  if class_names is None:
+    class_names = _default_class_names(images, labels)
+  return Dataset(name, split, images, labels.astype(np.int32), class_names,
+                 index.astype(np.int64))
+
+
+def _default_class_names(images, labels):
+  if images.shape[1:] == (28, 28, 1):
+    return MNIST_CLASSES
+  if images.shape[1:] == (32, 32, 3) and labels.max() < 10:
+    return CIFAR10_CLASSES
+  return tuple(str(i) for i in range(int(labels.max()) + 1))
+
+
+def _from_tfds(name, split, data_dir, num_examples, image_size) -> Dataset:
+  import tensorflow_datasets as tfds  # lazy: only this source needs it
+  builder = tfds.builder(name, data_dir=data_dir)
+  source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  n = len(source) if num_examples is None else min(num_examples, len(source))
+  images, labels = [], []
+  for i in range(n):
+    record = source[i]
+    img = np.asarray(record["image"], np.uint8)
+    if image_size is not None:
+      img = _center_resize(img, image_size)
+    images.append(img)
+    labels.append(int(record["label"]))
+  class_names = tuple(builder.info.features["label"].names)
+  return Dataset(name, split, np.stack(images), np.asarray(labels, np.int32), class_names,
+                 np.arange(n, dtype=np.int64))
+
+
+def _center_resize(img: np.ndarray, size: int) -> np.ndarray:
+  from PIL import Image  # Pillow comes with matplotlib
+  h, w = img.shape[:2]
+  s = min(h, w)
+  top, left = (h - s) // 2, (w - s) // 2
+  crop = img[top:top + s, left:left + s]
+  mode = None if crop.shape[-1] == 3 else "L"
+  pil = Image.fromarray(crop if mode is None else crop[..., 0])
+  out = np.asarray(pil.resize((size, size), Image.BILINEAR))
+  return out if out.ndim == 3 else out[..., None]
