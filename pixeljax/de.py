@@ -1,0 +1,141 @@
+"""Differential evolution as pure functions over a pytree state (evosax style).
+
+``init(key, population, fitness_fn, config) -> DEState`` evaluates a caller-made initial
+population; ``step(state, fitness_fn, config, lower, upper) -> DEState`` runs one generation;
+``run(...)`` drives generations with one ``lax.while_loop`` until a generation limit or until
+the best fitness drops below ``config.stop_fitness``. The fitness function (population (P, D)
+-> fitness (P,), lower is better) is passed in, never hard-wired, so the same engine serves any
+black-box problem. Everything is written for one problem; ``jax.vmap`` it over many (under vmap
+the loop's stopping condition becomes a per-problem mask: a finished problem's state freezes).
+
+Strategies
+  * ``rand1`` -- the one-pixel paper's DE/rand/1: x_r1 + F (x_r2 - x_r3), F = 0.5, no
+    crossover, the child replaces its parent if it is no worse.
+  * ``best1bin`` -- SciPy's default: x_best + F (x_r1 - x_r2) with F dithered per generation in
+    [0.5, 1), binomial crossover with probability ``recombination`` (peers use 1.0).
+The update is synchronous (SciPy's ``updating='deferred'``): a whole generation is evaluated in
+one batched call, which is what makes it fast on accelerators. Components that leave the bounds
+are redrawn uniformly inside them, as SciPy does.
+"""
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+STRATEGIES = ("rand1", "best1bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class DEConfig:
+  strategy: str = "rand1"
+  mutation: float = 0.5                       # F (rand1, or best1bin without dither)
+  dither: Optional[Tuple[float, float]] = None  # F ~ U[lo, hi) per generation (best1bin: 0.5, 1)
+  recombination: Optional[float] = None       # crossover probability; None = no crossover
+  stop_fitness: float = float("-inf")         # stop once best fitness < this
+
+  def __post_init__(self):
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"unknown DE strategy {self.strategy!r}; known: {STRATEGIES}")
+
+  @classmethod
+  def paper(cls, **kw) -> "DEConfig":
+    """Su et al.: DE/rand/1, F = 0.5, no crossover."""
+    return cls(strategy="rand1", mutation=0.5, **kw)
+
+  @classmethod
+  def scipy_best1bin(cls, recombination: float = 1.0, **kw) -> "DEConfig":
+    """SciPy's best1bin as the peer implementations call it (dithered F, recombination 1)."""
+    return cls(strategy="best1bin", dither=(0.5, 1.0), recombination=recombination, **kw)
+
+
+@struct.dataclass
+class DEState:
+  population: jax.Array     # (P, D)
+  fitness: jax.Array        # (P,) lower is better
+  best_member: jax.Array    # (D,)
+  best_fitness: jax.Array   # ()
+  generation: jax.Array     # () int32, generations completed after initialisation
+  evaluations: jax.Array    # () int32, fitness evaluations (model queries) so far
+  done: jax.Array           # () bool, best_fitness < stop_fitness
+  key: jax.Array
+
+
+FitnessFn = Callable[[jax.Array], jax.Array]
+
+
+def init(key, population: jax.Array, fitness_fn: FitnessFn, config: DEConfig) -> DEState:
+  fitness = fitness_fn(population)
+  best = jnp.argmin(fitness)
+  return DEState(population=population, fitness=fitness, best_member=population[best],
+                 best_fitness=fitness[best], generation=jnp.zeros((), jnp.int32),
+                 evaluations=jnp.asarray(population.shape[0], jnp.int32),
+                 done=fitness[best] < config.stop_fitness, key=key)
+
+
+def _distinct_indices(key, popsize: int, count: int) -> jax.Array:
+  """(P, count) indices, distinct within each row and different from the row's own index.
+
+  Draws r_j uniformly from the P - 1 - j values not yet taken by mapping a uniform integer onto
+  the complement of the (sorted) exclusions: O(P * count^2), no permutations."""
+  taken = jnp.arange(popsize)[:, None]
+  for j in range(count):
+    r = jax.random.randint(jax.random.fold_in(key, j), (popsize,), 0, popsize - 1 - j)
+    for e in jnp.sort(taken, axis=1).T:
+      r = r + (r >= e)
+    taken = jnp.concatenate([taken, r[:, None]], axis=1)
+  return taken[:, 1:]
+
+
+def _mutants(key, state: DEState, config: DEConfig) -> jax.Array:
+  pop = state.population
+  p, d = pop.shape
+  k_idx, k_f, k_cr, k_j = jax.random.split(key, 4)
+  if config.dither is not None:
+    f = jax.random.uniform(k_f, (), minval=config.dither[0], maxval=config.dither[1])
+  else:
+    f = config.mutation
+  if config.strategy == "rand1":
+    r = _distinct_indices(k_idx, p, 3)
+    mutant = pop[r[:, 0]] + f * (pop[r[:, 1]] - pop[r[:, 2]])
+  else:  # best1bin
+    r = _distinct_indices(k_idx, p, 2)
+    mutant = state.best_member[None] + f * (pop[r[:, 0]] - pop[r[:, 1]])
+  if config.recombination is not None:
+    cross = jax.random.uniform(k_cr, (p, d)) < config.recombination
+    cross = cross | (jnp.arange(d)[None] == jax.random.randint(k_j, (p, 1), 0, d))
+    mutant = jnp.where(cross, mutant, pop)
+  return mutant
+
+
+def _repair(key, trial, lower, upper):
+  out = (trial < lower) | (trial > upper)
+  redraw = jax.random.uniform(key, trial.shape, minval=lower, maxval=upper)
+  return jnp.where(out, redraw, trial)
+
+
+def step(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Array,
+         upper: jax.Array) -> DEState:
+  """One generation: mutate (+ crossover), repair bounds, evaluate, keep the better of
+  parent and child."""
+  key, k_mut, k_rep = jax.random.split(state.key, 3)
+  trial = _repair(k_rep, _mutants(k_mut, state, config), lower, upper)
+  trial_fitness = fitness_fn(trial)
+  better = trial_fitness <= state.fitness
+  population = jnp.where(better[:, None], trial, state.population)
+  fitness = jnp.where(better, trial_fitness, state.fitness)
+  best = jnp.argmin(fitness)
+  return DEState(population=population, fitness=fitness, best_member=population[best],
+                 best_fitness=fitness[best], generation=state.generation + 1,
+                 evaluations=state.evaluations + trial.shape[0],
+                 done=fitness[best] < config.stop_fitness, key=key)
+
+
+def run(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Array,
+        upper: jax.Array, max_generation) -> DEState:
+  """Steps until ``state.generation == max_generation`` (a traced value: callers may run in
+  segments without recompiling) or the stopping fitness is reached."""
+  return jax.lax.while_loop(
+      lambda s: (~s.done) & (s.generation < max_generation),
+      lambda s: step(s, fitness_fn, config, lower, upper), state)

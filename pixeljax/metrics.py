@@ -1,0 +1,62 @@
+"""The one-pixel paper's metrics from attack records (numpy in, plain numbers out).
+
+  * success rate -- fraction of attacks whose perturbed image meets the goal;
+  * confidence   -- mean probability of the adversarial class over successful attacks;
+  * number of target classes -- (targeted runs) for each image, how many of the other classes
+    it could be turned into; reported as the fraction of images per count 0..K-1;
+  * class pairs  -- K x K counts of successful original -> adversarial class changes;
+plus model queries per attack and per success.
+"""
+from typing import Dict
+
+import numpy as np
+
+
+def success_rate(records) -> float:
+  return float(np.mean(records.success)) if len(records.success) else 0.0
+
+
+def confidence(records) -> float:
+  s = np.asarray(records.success)
+  if not s.any():
+    return float("nan")
+  probs = np.asarray(records.probs)[s]
+  adv = np.asarray(records.adversarial_class)[s]
+  return float(np.mean(probs[np.arange(len(adv)), adv]))
+
+
+def class_pairs(records, num_classes: int) -> np.ndarray:
+  m = np.zeros((num_classes, num_classes), np.int64)
+  s = np.asarray(records.success)
+  np.add.at(m, (np.asarray(records.true_class)[s], np.asarray(records.adversarial_class)[s]), 1)
+  return m
+
+
+def target_classes_per_image(records, num_classes: int) -> np.ndarray:
+  """Fraction of images that reach exactly n targets, n = 0..K-1 (targeted records)."""
+  ids = np.asarray(records.image_id)
+  s = np.asarray(records.success)
+  uniq = np.unique(ids)
+  counts = np.array([np.sum(s[ids == i]) for i in uniq])
+  hist = np.bincount(counts, minlength=num_classes)[:num_classes]
+  return hist / max(len(uniq), 1)
+
+
+def summary(records, num_classes: int) -> Dict:
+  """All metrics as a JSON-ready dict."""
+  q = np.asarray(records.queries)
+  n_succ = int(np.sum(records.success))
+  out = dict(attacks=int(len(q)), images=int(len(np.unique(records.image_id))),
+             successes=n_succ, success_rate=success_rate(records),
+             confidence=confidence(records),
+             queries_per_attack=float(np.mean(q)) if len(q) else 0.0,
+             queries_per_success=float(np.sum(q) / n_succ) if n_succ else float("nan"),
+             class_pairs=class_pairs(records, num_classes).tolist())
+  targeted = np.any(np.asarray(records.target_class) >= 0)
+  if targeted:
+    out["target_classes_per_image"] = target_classes_per_image(records, num_classes).tolist()
+    # Paper's "success rate" for targeted runs counts an image as fooled towards *some* class.
+    ids, s = np.asarray(records.image_id), np.asarray(records.success)
+    out["images_fooled_to_any_target"] = float(np.mean([s[ids == i].any()
+                                                        for i in np.unique(ids)]))
+  return out
