@@ -228,6 +228,8 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   not depend on which batch or device it runs in.
   """
   images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
   n = len(images)
   if targets is None:
     if config.targeted:

@@ -1,0 +1,38 @@
+r"""Accuracy of shipped networks on a data set (default: the bundled samples).
+
+  python experiments/evaluate.py                       # every shipped net, bundled samples
+  python experiments/evaluate.py --models cifar10_resnet32_akamaster \
+      --cifar10_data ../shared/data/cifar10_test_exact1017.npz
+"""
+import os
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from pixeljax import data, models
+from pixeljax.evaluate import accuracy
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", None, "Models (default: all with a checkpoint).")
+flags.DEFINE_string("cifar10_data", "cifar10_samples", "CIFAR-10 evaluation data.")
+flags.DEFINE_string("mnist_data", "mnist_samples", "MNIST evaluation data.")
+
+
+def main(argv):
+  del argv
+  names = FLAGS.models or [n for n in models.names() if os.path.exists(
+      os.path.join(models.checkpoint_dir(), n + ".msgpack"))]
+  sets = {"cifar10": data.load(FLAGS.cifar10_data), "mnist": data.load(FLAGS.mnist_data)}
+  print(f"{'model':<34} {'params':>9} {'data':<22} {'accuracy':>9} {'recorded':>9}")
+  for name in names:
+    clf = models.load(name)
+    ds = sets[clf.spec.dataset]
+    acc = accuracy(clf.predict, ds.images, ds.labels)
+    n_params = sum(np.size(p) for p in jax.tree_util.tree_leaves(clf.variables["params"]))
+    print(f"{name:<34} {n_params:>9,} {ds.name + f' ({len(ds)})':<22} {acc:>9.2%} "
+          f"{clf.metadata.get('accuracy', float('nan')):>9.2%}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,72 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pixeljax import de
+
+
+def test_distinct_indices_are_distinct_and_exclude_self():
+  r = np.asarray(de._distinct_indices(jax.random.PRNGKey(0), 7, 3))
+  assert r.shape == (7, 3)
+  for i, row in enumerate(r):
+    assert len(set(row.tolist()) | {i}) == 4
+    assert row.min() >= 0 and row.max() < 7
+
+
+def test_distinct_indices_are_uniform():
+  r = np.asarray(jax.vmap(lambda k: de._distinct_indices(k, 5, 2))(
+      jax.random.split(jax.random.PRNGKey(1), 4000)))
+  counts = np.bincount(r[:, 0, 0], minlength=5)  # row 0: choices among 1..4
+  assert counts[0] == 0
+  np.testing.assert_allclose(counts[1:] / counts.sum(), 0.25, atol=0.03)
+
+
+@pytest.mark.parametrize("config", [de.DEConfig.paper(), de.DEConfig.scipy_best1bin(),
+                                    de.DEConfig.scipy_best1bin(recombination=0.7)])
+def test_de_minimises_a_shifted_sphere(config):
+  target = jnp.array([1.0, -2.0, 0.5])
+  fit = lambda pop: jnp.sum((pop - target) ** 2, -1)
+  lo, hi = -jnp.full(3, 5.), jnp.full(3, 5.)
+  pop = jax.random.uniform(jax.random.PRNGKey(0), (40, 3), minval=-5, maxval=5)
+  state = de.init(jax.random.PRNGKey(1), pop, fit, config)
+  start = float(state.best_fitness)
+  state = jax.jit(lambda s: de.run(s, fit, config, lo, hi, 150))(state)
+  assert float(state.best_fitness) < 1e-3 < start
+  assert int(state.generation) == 150 and int(state.evaluations) == 40 * 151
+  chex.assert_trees_all_close(state.best_member, target, atol=0.05)
+
+
+def test_fitness_never_gets_worse_and_bounds_hold():
+  config = de.DEConfig.paper()
+  fit = lambda pop: jnp.sum(jnp.sin(3 * pop) + pop ** 2, -1)
+  lo, hi = jnp.zeros(2), jnp.ones(2)
+  state = de.init(jax.random.PRNGKey(0), jax.random.uniform(jax.random.PRNGKey(2), (10, 2)),
+                  fit, config)
+  for _ in range(20):
+    new = de.step(state, fit, config, lo, hi)
+    assert np.all(np.asarray(new.fitness) <= np.asarray(state.fitness))
+    assert np.all((np.asarray(new.population) >= 0) & (np.asarray(new.population) <= 1))
+    state = new
+
+
+def test_early_stop_freezes_a_finished_problem_under_vmap():
+  config = de.DEConfig.paper(stop_fitness=0.5)
+  fit_for = lambda scale: (lambda pop: scale * (1.0 + jnp.sum(pop ** 2, -1)))
+  lo, hi = -jnp.ones(2), jnp.ones(2)
+
+  def one(key, scale):
+    pop = jax.random.uniform(key, (12, 2), minval=-1, maxval=1)
+    s = de.init(key, pop, fit_for(scale), config)
+    return de.run(s, fit_for(scale), config, lo, hi, 50)
+
+  # scale 0 is solved at initialisation; scale 1e6 never reaches the stop fitness
+  out = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(0), 2), jnp.array([0., 1e6]))
+  assert bool(out.done[0]) and int(out.generation[0]) == 0 and int(out.evaluations[0]) == 12
+  assert int(out.generation[1]) == 50
+
+
+def test_unknown_strategy():
+  with pytest.raises(ValueError, match="unknown DE strategy"):
+    de.DEConfig(strategy="rand2bin")

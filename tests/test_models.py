@@ -1,0 +1,132 @@
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pixeljax import checkpoint, data, models
+from pixeljax.evaluate import accuracy
+from pixeljax.models import layers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PORTS = ["cifar10_lenet_hyperparticle", "cifar10_resnet32_hyperparticle",
+         "cifar10_resnet20_akamaster", "cifar10_resnet32_akamaster", "mnist_lenet_fooling"]
+ACCURACY_1017 = {"cifar10_lenet_hyperparticle": 0.749, "cifar10_resnet32_hyperparticle": 0.933,
+                 "cifar10_resnet20_akamaster": 0.916, "cifar10_resnet32_akamaster": 0.928}
+
+
+def test_registry_knows_every_family():
+  for name in PORTS + ["mnist_lenet", "cifar10_allcnn", "cifar10_nin", "cifar10_vgg16",
+                       "imagenet_alexnet"]:
+    assert name in models.names()
+
+
+def test_unknown_model_is_named():
+  with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+    models.get("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["cifar10_allcnn", "cifar10_nin", "cifar10_vgg16",
+                                  "mnist_lenet", "cifar10_resnet20_akamaster"])
+def test_untrained_families_give_probabilities(name):
+  spec = models.get(name)
+  variables = spec.init(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2,) + spec.input_shape, maxval=255.)
+  probs = spec.module().apply(variables, x)
+  chex.assert_shape(probs, (2, spec.num_classes))
+  chex.assert_trees_all_close(probs.sum(-1), jnp.ones(2), atol=1e-5)
+
+
+def test_alexnet_shapes_at_224():
+  spec = models.get("imagenet_alexnet")
+  out = jax.eval_shape(lambda: spec.module().apply(
+      spec.init(jax.random.PRNGKey(0)), jnp.zeros((2, 224, 224, 3))))
+  assert out.shape == (2, 1000)
+
+
+def test_head_override_for_fooling_class():
+  spec = models.get("mnist_lenet")
+  v = spec.init(jax.random.PRNGKey(0), num_classes=11)
+  assert spec.module(11).apply(v, jnp.zeros((1, 28, 28, 1))).shape == (1, 11)
+
+
+def test_preprocessing_is_inside_the_model():
+  norm = layers.Normalize(**layers.KERAS_CIFAR)
+  x = jnp.full((1, 2, 2, 3), 125.307)
+  y = norm.apply({}, x)
+  np.testing.assert_allclose(np.asarray(y)[0, 0, 0, 0], 0.0, atol=1e-5)
+  caffe = layers.Normalize(**layers.CAFFE_MNIST)
+  np.testing.assert_allclose(np.asarray(caffe.apply({}, jnp.full((1, 1, 1, 1), 256.))), 1.0)
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_port_reproduces_original_framework(name):
+  """The shipped checkpoint (no ../shared needed) gives the original's probs within 1e-4."""
+  clf = models.load(name)
+  ref = np.load(os.path.join(HERE, "data", f"{name}.reference.npz"))
+  samples = data.load("mnist_samples" if clf.spec.dataset == "mnist" else "cifar10_samples")
+  probs = np.asarray(clf(samples.images[ref["image_index"]]))
+  np.testing.assert_allclose(probs, ref["probs"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(ACCURACY_1017))
+def test_port_accuracy_on_exact_cifar10(name, shared_dir):
+  ds = data.load(os.path.join(shared_dir, "data", "cifar10_test_exact1017.npz"))
+  acc = accuracy(models.load(name).predict, ds.images, ds.labels)
+  assert abs(acc - ACCURACY_1017[name]) < 1e-3, acc
+
+
+def test_mnist_nets_accuracy(shared_dir):
+  ds = data.load(os.path.join(shared_dir, "data", "mnist.npz"))
+  assert accuracy(models.load("mnist_lenet_fooling").predict, ds.images, ds.labels) == \
+      pytest.approx(0.9918, abs=1e-4)
+  assert accuracy(models.load("mnist_lenet").predict, ds.images, ds.labels) >= 0.99
+
+
+def test_classifier_rejects_bad_images(cifar_lenet):
+  with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 3\)"):
+    cifar_lenet(np.zeros((2, 28, 28, 1), np.float32))
+  with pytest.raises(ValueError, match="dtype"):
+    cifar_lenet(np.zeros((2, 32, 32, 3), np.int64))
+  with pytest.raises(ValueError, match=r"\[0, 255\]"):
+    cifar_lenet(np.full((2, 32, 32, 3), 300., np.float32))
+  assert cifar_lenet(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 10)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+  spec = models.get("mnist_lenet")
+  v = spec.init(jax.random.PRNGKey(3))
+  prefix = str(tmp_path / "mnist_lenet")
+  checkpoint.save(prefix, v, {"model": "mnist_lenet"})
+  clf = models.load("mnist_lenet", str(tmp_path))
+  chex.assert_trees_all_close(clf.variables, jax.tree_util.tree_map(np.asarray, v))
+  # corrupt: flip a byte
+  raw = bytearray(open(prefix + ".msgpack", "rb").read())
+  raw[len(raw) // 2] ^= 0xFF
+  open(prefix + ".msgpack", "wb").write(bytes(raw))
+  with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+    models.load("mnist_lenet", str(tmp_path))
+  # mismatched: another architecture's weights under this name
+  other = models.get("cifar10_lenet_hyperparticle").init(jax.random.PRNGKey(0))
+  checkpoint.save(prefix, other, {"model": "mnist_lenet"})
+  with pytest.raises(checkpoint.CheckpointError, match="does not match the model"):
+    models.load("mnist_lenet", str(tmp_path))
+  # wrong model named in the metadata, and missing files
+  checkpoint.save(prefix, v, {"model": "cifar10_vgg16"})
+  with pytest.raises(checkpoint.CheckpointError, match="is for model 'cifar10_vgg16'"):
+    models.load("mnist_lenet", str(tmp_path))
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+    models.load("cifar10_nin", str(tmp_path))
+
+
+def test_bfloat16_storage_round_trip(tmp_path):
+  spec = models.get("mnist_lenet")
+  v = spec.init(jax.random.PRNGKey(3))
+  checkpoint.save(str(tmp_path / "mnist_lenet"), v, {"model": "mnist_lenet"}, dtype="bfloat16")
+  clf = models.load("mnist_lenet", str(tmp_path))
+  leaf = clf.variables["params"]["backbone"]["ip1"]["kernel"]
+  assert leaf.dtype == np.float32
+  np.testing.assert_allclose(leaf, v["params"]["backbone"]["ip1"]["kernel"], rtol=1e-2,
+                             atol=1e-3)

@@ -1,0 +1,195 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pixeljax import campaign, metrics, pixel_attack
+from pixeljax.pixel_attack import PixelAttackConfig, attack
+
+SMALL = dict(popsize=24, generations=4, segment_generations=2)
+
+
+def test_perturb_writes_exactly_k_pixels():
+  img = jnp.zeros((5, 6, 3))
+  cand = jnp.array([2.7, 4.1, 10., 20., 30., 0.2, 0.9, 255., 255., 255.])
+  out = np.asarray(pixel_attack.perturb(img, cand))
+  np.testing.assert_array_equal(out[4, 2], [10, 20, 30])
+  np.testing.assert_array_equal(out[0, 0], [255, 255, 255])
+  assert np.count_nonzero(out.sum(-1)) == 2
+
+
+def test_decode_clips_and_rounds():
+  x, y, col = pixel_attack.decode(jnp.array([6.0, -1.0, 12.4]), (5, 6, 1))
+  assert int(x[0]) == 5 and int(y[0]) == 0 and float(col[0, 0]) == 12.0
+
+
+def test_initial_population_follows_the_paper():
+  pop = np.asarray(pixel_attack.initial_population(jax.random.PRNGKey(0), (32, 32, 3), 2,
+                                                   4000)).reshape(4000, 2, 5)
+  assert pop.shape == (4000, 2, 5)
+  assert pop[..., :2].min() >= 0 and pop[..., :2].max() < 32
+  assert abs(pop[..., 0].mean() - 16) < 0.5
+  col = pop[..., 2:]
+  assert col.min() >= 0 and col.max() <= 255
+  assert abs(np.median(col) - 128) < 5   # N(128, 127) clipped
+
+
+def _correct(clf, ds, n):
+  probs = np.asarray(clf(ds.images[:64]))
+  return np.nonzero(probs.argmax(-1) == ds.labels[:64])[0][:n]
+
+
+def test_untargeted_attack_records_are_consistent(cifar_lenet, cifar_samples):
+  idx = _correct(cifar_lenet, cifar_samples, 6)
+  cfg = PixelAttackConfig(pixels=1, **SMALL)
+  rec = attack(cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx],
+               jax.random.PRNGKey(0), cfg, image_ids=idx)
+  assert rec.pixels.shape == (6, 1, 5) and rec.probs.shape == (6, 10)
+  np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
+  assert np.all(rec.queries == 24 * (rec.generations + 1))
+  # The recorded pixels, written into the image, reproduce the recorded probabilities.
+  imgs = cifar_samples.images[idx].astype(np.float32)
+  for i, (x, y, *c) in enumerate(rec.pixels[:, 0]):
+    imgs[i, int(y), int(x)] = c
+  np.testing.assert_allclose(np.asarray(cifar_lenet(imgs)), rec.probs, atol=1e-5)
+  # DE only ever lowers the true-class probability below the clean image's.
+  t = rec.true_class
+  assert np.all(rec.probs[np.arange(6), t] <= rec.prior_probs[np.arange(6), t] + 1e-6)
+
+
+def test_same_seed_same_result_and_batch_independence(cifar_lenet, cifar_samples):
+  idx = _correct(cifar_lenet, cifar_samples, 4)
+  cfg = PixelAttackConfig(pixels=3, strategy="best1bin", **SMALL)
+  run = lambda sel, key: attack(cifar_lenet.predict, cifar_samples.images[sel],
+                                cifar_samples.labels[sel], key, cfg, image_ids=sel)
+  a = run(idx, jax.random.PRNGKey(7))
+  b = run(idx, jax.random.PRNGKey(7))
+  chex.assert_trees_all_equal(a, b)
+  single = run(idx[2:3], jax.random.PRNGKey(7))   # same image alone in its batch
+  np.testing.assert_array_equal(single.pixels[0], a.pixels[2])
+  c = run(idx, jax.random.PRNGKey(8))
+  assert not np.array_equal(a.pixels, c.pixels)
+
+
+def test_targeted_attack_for_all_targets(cifar_lenet, cifar_samples):
+  idx = _correct(cifar_lenet, cifar_samples, 2)
+  rows, targets = pixel_attack.targets_for_all(cifar_samples.labels[idx], 10)
+  assert len(rows) == 18 and not np.any(targets == cifar_samples.labels[idx][rows])
+  cfg = PixelAttackConfig(pixels=1, targeted=True, **SMALL)
+  rec = attack(cifar_lenet.predict, cifar_samples.images[idx][rows],
+               cifar_samples.labels[idx][rows], jax.random.PRNGKey(0), cfg, targets=targets,
+               image_ids=idx[rows])
+  np.testing.assert_array_equal(rec.success, rec.adversarial_class == rec.target_class)
+  m = metrics.summary(rec, 10)
+  assert len(m["target_classes_per_image"]) == 10
+  assert sum(m["target_classes_per_image"]) == pytest.approx(1.0)
+
+
+def test_bad_input_is_named(cifar_lenet, cifar_samples):
+  imgs, labels = cifar_samples.images[:2], cifar_samples.labels[:2]
+  key = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError, match="pixels must be >= 1"):
+    PixelAttackConfig(pixels=0)
+  with pytest.raises(ValueError, match="exceeds the 1024 pixels"):
+    attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(pixels=1025, **SMALL))
+  with pytest.raises(ValueError, match="label out of range"):
+    attack(cifar_lenet.predict, imgs, np.array([3, 10]), key, PixelAttackConfig(**SMALL))
+  with pytest.raises(ValueError, match="images must be"):
+    attack(cifar_lenet.predict, imgs[0], labels, key, PixelAttackConfig(**SMALL))
+  with pytest.raises(ValueError, match="differ from the true label"):
+    attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(targeted=True, **SMALL),
+           targets=labels)
+  with pytest.raises(ValueError, match="strategy"):
+    PixelAttackConfig(strategy="nope")
+  nan_model = lambda x: jnp.full((x.shape[0], 10), jnp.nan)
+  with pytest.raises(FloatingPointError, match="NaN"):
+    attack(nan_model, imgs, labels, key, PixelAttackConfig(**SMALL))
+
+
+def test_image_model_shape_mismatch(cifar_lenet, tmp_path):
+  from pixeljax import data
+  with pytest.raises(ValueError, match=r"expects images of shape \(N, 32, 32, 3\)"):
+    campaign.one_pixel_experiment(cifar_lenet, data.load("mnist_samples"), [1], str(tmp_path),
+                                  num_images=2, popsize=8, generations=1, figures=False)
+
+
+def test_exhaustive_baseline_matches_brute_force(cifar_lenet, cifar_samples):
+  img, label = cifar_samples.images[3:4].astype(np.float32), cifar_samples.labels[3:4]
+  crop = lambda x: jax.image.resize(x, (x.shape[0], 32, 32, 3), "nearest")
+  colours = np.array([[0., 0., 0.], [255., 255., 255.]])
+  out = pixel_attack.exhaustive_one_pixel(cifar_lenet.predict, img, label, colours, chunk=300)
+  # brute force in numpy-land
+  cands = []
+  for y in range(32):
+    for x in range(32):
+      for c in colours:
+        im = img[0].copy()
+        im[y, x] = c
+        cands.append(im)
+  probs = np.asarray(cifar_lenet(np.stack(cands)))
+  fooled = probs.argmax(-1) != label[0]
+  assert out["num_fooling_changes"][0] == fooled.sum()
+  assert bool(out["fooled"][0]) == bool(fooled.any())
+  np.testing.assert_allclose(out["lowest_true_prob"][0], probs[:, label[0]].min(), atol=1e-6)
+  assert out["queries"][0] == 2048
+
+
+def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_samples, tmp_path):
+  idx = _correct(cifar_lenet, cifar_samples, 5)
+  args = (cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
+          PixelAttackConfig(pixels=1, **SMALL), 0)
+  full = campaign.run(*args, str(tmp_path / "a"), "t", 10, chunk_size=2)
+  # "Kill" a run after its second chunk: keep only the first two chunk files, then rerun.
+  campaign.run(*args, str(tmp_path / "b"), "t", 10, chunk_size=2)
+  chunks = sorted(os.listdir(tmp_path / "b" / "chunks" / "t"))
+  assert len(chunks) == 3
+  os.remove(tmp_path / "b" / "chunks" / "t" / chunks[-1])
+  logs = []
+  resumed = campaign.run(*args, str(tmp_path / "b"), "t", 10, chunk_size=2, log=logs.append)
+  assert sum("(loaded)" in l for l in logs) == 2 and sum("(attacked)" in l for l in logs) == 1
+  chex.assert_trees_all_equal(full, resumed)
+
+
+def test_select_images_draws_correct_ones_with_seed(cifar_lenet, cifar_samples):
+  a = campaign.select_images(cifar_lenet.predict, cifar_samples.images[:100],
+                             cifar_samples.labels[:100], 20, seed=1)
+  b = campaign.select_images(cifar_lenet.predict, cifar_samples.images[:100],
+                             cifar_samples.labels[:100], 20, seed=1)
+  np.testing.assert_array_equal(a, b)
+  probs = np.asarray(cifar_lenet(cifar_samples.images[a]))
+  assert np.all(probs.argmax(-1) == cifar_samples.labels[a])
+
+
+def test_one_and_four_devices_give_identical_results(tmp_path):
+  """Sharding the attack axis over 4 (forced host) devices changes nothing."""
+  script = textwrap.dedent("""
+      import os, sys, numpy as np, jax
+      from pixeljax import data, models, sharding
+      from pixeljax.pixel_attack import PixelAttackConfig, attack
+      clf = models.load("cifar10_lenet_hyperparticle")
+      ds = data.load("cifar10_samples")
+      idx = np.array([0, 1, 3, 4, 5, 6])
+      mesh = sharding.attack_mesh() if jax.device_count() > 1 else None
+      rec = attack(clf.predict, ds.images[idx], ds.labels[idx], jax.random.PRNGKey(0),
+                   PixelAttackConfig(pixels=1, popsize=16, generations=3), image_ids=idx,
+                   mesh=mesh)
+      np.savez(sys.argv[1], pixels=rec.pixels, probs=rec.probs, queries=rec.queries,
+               devices=jax.device_count())
+  """)
+  outs = []
+  for n in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu")
+    path = str(tmp_path / f"d{n}.npz")
+    subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+    outs.append(np.load(path))
+  assert int(outs[1]["devices"]) == 4
+  np.testing.assert_array_equal(outs[0]["pixels"], outs[1]["pixels"])
+  np.testing.assert_array_equal(outs[0]["queries"], outs[1]["queries"])
+  np.testing.assert_allclose(outs[0]["probs"], outs[1]["probs"], atol=1e-6)
