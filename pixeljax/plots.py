@@ -92,7 +92,7 @@ def gallery(path: str, images, class_names: Sequence[str], confidences,
   plt = _plt()
   n = len(images)
   rows = int(np.ceil(n / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.7 * rows), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for i, ax in enumerate(axes.ravel()[:n]):
