@@ -193,3 +193,31 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
   np.testing.assert_array_equal(outs[0]["pixels"], outs[1]["pixels"])
   np.testing.assert_array_equal(outs[0]["queries"], outs[1]["queries"])
   np.testing.assert_allclose(outs[0]["probs"], outs[1]["probs"], atol=1e-6)
+
+
+def test_224_inputs_work_with_automatic_chunking(tmp_path):
+  """AlexNet-shaped inputs: the chunk size follows a memory budget and the attack runs."""
+  from pixeljax.models import get
+  alexnet = get("imagenet_alexnet")
+  variables = jax.eval_shape(lambda: alexnet.init(jax.random.PRNGKey(0)))
+  variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+  chunk = campaign.auto_chunk_size(lambda x: alexnet.module().apply(variables, x),
+                                   (224, 224, 3), popsize=400, budget_bytes=16 << 30)
+  assert 1 <= chunk < 100   # a 400-image AlexNet generation takes gigabytes
+  # A small conv net on 224x224x3 stands in for AlexNet (whose 62M parameters are slow on CPU).
+  w = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 3, 5)) * 0.01
+
+  def predict(x):
+    y = jax.lax.conv_general_dilated(x / 255.0, w, (8, 8), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.softmax(y.mean(axis=(1, 2)) * 50)
+
+  images = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (3, 224, 224, 3), 0, 256),
+                      np.uint8)
+  labels = np.asarray(predict(images.astype(np.float32)).argmax(-1))
+  small_chunk = campaign.auto_chunk_size(predict, (224, 224, 3), popsize=8,
+                                         budget_bytes=8 * 224 * 224 * 3 * 4 * 3)
+  rec = campaign.run(predict, images, labels, np.arange(3), PixelAttackConfig(
+      pixels=5, popsize=8, generations=2), 0, str(tmp_path), "big", 5, chunk_size=small_chunk)
+  assert small_chunk < 3 and len(rec.success) == 3
+  assert rec.pixels.shape == (3, 5, 5) and rec.pixels[..., :2].max() < 224
