@@ -11,6 +11,18 @@ def _plt():
   return plt
 
 
+def _save(fig, path: str):
+  import matplotlib.pyplot as plt
+  _save(fig, path)
+
+
+def _finish_line_plot(fig, ax, path: str, title: str):
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=10)
+  _save(fig, path)
+
+
 def adversarial_grid(path: str, images, records, class_names: Sequence[str],
                      max_images: int = 20, cols: int = 5, title: Optional[str] = None):
   """Successful adversarial images with "true -> adversarial (confidence)", each perturbed
@@ -37,9 +49,7 @@ def adversarial_grid(path: str, images, records, class_names: Sequence[str],
                  fontsize=8, color="black" if records.success[i] else "gray")
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def class_pair_heatmap(path: str, pairs: np.ndarray, class_names: Sequence[str],
@@ -58,9 +68,7 @@ def class_pair_heatmap(path: str, pairs: np.ndarray, class_names: Sequence[str],
         ax.text(j, i, int(pairs[i, j]), ha="center", va="center", fontsize=7, color="w")
   fig.colorbar(im, ax=ax)
   ax.set_title(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def success_vs_pixels(path: str, results: Dict[str, Dict[int, float]],
@@ -78,12 +86,7 @@ def success_vs_pixels(path: str, results: Dict[str, Dict[int, float]],
   ax.set_xlabel("pixels changed")
   ax.set_ylabel("success rate (%)")
   ax.set_ylim(0, 100)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _finish_line_plot(fig, ax, path, title)
 
 
 def gallery(path: str, images, class_names: Sequence[str], confidences,
@@ -102,9 +105,7 @@ def gallery(path: str, images, class_names: Sequence[str], confidences,
     ax.set_title(f"{class_names[i]}\n{confidences[i]:.4%}", fontsize=8)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def curves(path: str, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel: str,
@@ -117,9 +118,4 @@ def curves(path: str, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel
   ax.set_ylabel(ylabel)
   if logy:
     ax.set_yscale("log")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _finish_line_plot(fig, ax, path, title)
