@@ -13,7 +13,9 @@ def _plt():
 
 def _save(fig, path: str):
   import matplotlib.pyplot as plt
-  _save(fig, path)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def _finish_line_plot(fig, ax, path: str, title: str):
