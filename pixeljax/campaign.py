@@ -173,8 +173,9 @@ def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted:
     results["metrics"][f"{k}px"] = m
     curve[k] = m["success_rate"]
     _save_records(os.path.join(workdir, f"records_{tag}.npz"), rec)
+    conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
     log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%}, "
-        f"confidence {m['confidence']:.1%}, {m['queries_per_attack']:.0f} queries/attack")
+        f"confidence {conf}, {m['queries_per_attack']:.0f} queries/attack")
     if figures:
       pos = {int(i): j for j, i in enumerate(sub.index)}
       imgs = sub.images[[pos[int(i)] for i in rec.image_id]]

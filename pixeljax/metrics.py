@@ -42,15 +42,20 @@ def target_classes_per_image(records, num_classes: int) -> np.ndarray:
   return hist / max(len(uniq), 1)
 
 
+def _json_float(x: float):
+  return None if not np.isfinite(x) else float(x)
+
+
 def summary(records, num_classes: int) -> Dict:
-  """All metrics as a JSON-ready dict."""
+  """All metrics as a JSON-ready dict (undefined values, e.g. the confidence of zero
+  successes, are None)."""
   q = np.asarray(records.queries)
   n_succ = int(np.sum(records.success))
   out = dict(attacks=int(len(q)), images=int(len(np.unique(records.image_id))),
              successes=n_succ, success_rate=success_rate(records),
-             confidence=confidence(records),
+             confidence=_json_float(confidence(records)),
              queries_per_attack=float(np.mean(q)) if len(q) else 0.0,
-             queries_per_success=float(np.sum(q) / n_succ) if n_succ else float("nan"),
+             queries_per_success=float(np.sum(q) / n_succ) if n_succ else None,
              class_pairs=class_pairs(records, num_classes).tolist())
   targeted = np.any(np.asarray(records.target_class) >= 0)
   if targeted:

@@ -221,3 +221,21 @@ def test_224_inputs_work_with_automatic_chunking(tmp_path):
       pixels=5, popsize=8, generations=2), 0, str(tmp_path), "big", 5, chunk_size=small_chunk)
   assert small_chunk < 3 and len(rec.success) == 3
   assert rec.pixels.shape == (3, 5, 5) and rec.pixels[..., :2].max() < 224
+
+
+def test_one_pixel_experiment_writes_results_and_figures(cifar_lenet, tmp_path):
+  import json
+  from pixeljax import data
+  ds = data.load("cifar10_samples").take(np.arange(40))
+  res = campaign.one_pixel_experiment(cifar_lenet, ds, [1, 3], str(tmp_path), num_images=4,
+                                      popsize=16, generations=2, exhaustive=True, chunk_size=4,
+                                      log=lambda s: None)
+  with open(tmp_path / "results.json") as f:
+    saved = json.load(f)
+  assert saved["settings"]["num_images"] == 4 and set(saved["metrics"]) == {"1px", "3px"}
+  assert 0 <= saved["metrics"]["1px"]["success_rate"] <= 1
+  assert saved["exhaustive_one_pixel"]["queries_per_image"] == 32 * 32 * 8
+  for f in ("adversarial_untargeted_1px_rand1.png", "class_pairs_untargeted_3px_rand1.png",
+            "success_vs_pixels_untargeted.png", "records_untargeted_1px_rand1.npz"):
+    assert os.path.getsize(tmp_path / f) > 0
+  assert res["metrics"] == saved["metrics"]
