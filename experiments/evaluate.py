@@ -1,4 +1,5 @@
-r"""Accuracy of shipped networks on a data set (default: the bundled samples).
+r"""Accuracy of shipped networks on a data set (default: the bundled samples), next to the
+accuracy recorded in each checkpoint on its full test set.
 
   python experiments/evaluate.py                       # every shipped net, bundled samples
   python experiments/evaluate.py --models cifar10_resnet32_akamaster \
@@ -24,7 +25,7 @@ def main(argv):
   names = FLAGS.models or [n for n in models.names() if os.path.exists(
       os.path.join(models.checkpoint_dir(), n + ".msgpack"))]
   sets = {"cifar10": data.load(FLAGS.cifar10_data), "mnist": data.load(FLAGS.mnist_data)}
-  print(f"{'model':<34} {'params':>9} {'data':<22} {'accuracy':>9} {'recorded':>9}")
+  print(f"{'model':<34} {'params':>9} {'data':<22} {'accuracy':>9} {'full test':>9}")
   for name in names:
     clf = models.load(name)
     ds = sets[clf.spec.dataset]
