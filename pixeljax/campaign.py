@@ -53,7 +53,7 @@ def _save_records(path: str, rec: AttackRecords):
   import io
   buf = io.BytesIO()
   np.savez(buf, **{f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)})
-  checkpoint._atomic_write(path, buf.getvalue())
+  checkpoint.atomic_write(path, buf.getvalue())
 
 
 def load_records(path: str) -> AttackRecords:

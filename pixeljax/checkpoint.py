@@ -20,7 +20,8 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
+  """Writes via a temporary file and a rename, so a killed run never leaves half a file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -47,8 +48,8 @@ def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
   meta["stored_dtype"] = dtype or "float32"
   meta["num_params"] = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(
       tree.get("params", tree) if isinstance(tree, dict) else tree)))
-  _atomic_write(prefix + ".msgpack", data)
-  _atomic_write(prefix + ".json", json.dumps(meta, indent=1, sort_keys=True).encode())
+  atomic_write(prefix + ".msgpack", data)
+  atomic_write(prefix + ".json", json.dumps(meta, indent=1, sort_keys=True).encode())
   return prefix + ".msgpack"
 
 

@@ -71,7 +71,7 @@ def evolve(score: Callable, encoding, num_classes: int, image_shape, population:
     if state_path:
       payload = {"archive": flax.serialization.to_state_dict(archive),
                  "stats": {k: np.asarray(v) for k, v in stats.items()}}
-      checkpoint._atomic_write(state_path, flax.serialization.msgpack_serialize(
+      checkpoint.atomic_write(state_path, flax.serialization.msgpack_serialize(
           jax.tree_util.tree_map(np.asarray, payload)))
     fit = np.asarray(archive.fitness)
     log(f"generation {int(archive.generation)}: {int(np.sum(archive.filled))}/{num_classes} "

@@ -173,6 +173,15 @@ def _bucket(n: int, multiple: int, cap: int) -> int:
   return int(math.ceil(size / multiple) * multiple)
 
 
+def _padded_batches(rows: np.ndarray, cap: int, devices: int):
+  """Splits ``rows`` into batches of at most ``cap``, each padded (by repeating its first row)
+  to a bucket size; yields (rows, padded rows)."""
+  for start in range(0, len(rows), cap):
+    idx = rows[start:start + cap]
+    size = _bucket(len(idx), devices, cap)
+    yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])
+
+
 def _put(tree, sharding):
   """Host arrays -> device arrays, sharded over the attack axis (every process passes the
   same global array; each places only its own devices' rows, so this works multi-host)."""
@@ -258,10 +267,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
 
   # Initialise in batches of at most `cap`, then advance the unfinished ones in segments.
   states = []
-  for start in range(0, n, cap):
-    idx = np.arange(start, min(start + cap, n))
-    size = _bucket(len(idx), devices, cap)
-    pad = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+  for idx, pad in _padded_batches(np.arange(n), cap, devices):
     s = engine.init(*_put((keys[pad], images[pad], labels[pad], targets[pad]), sharding))
     states.append(jax.tree_util.tree_map(lambda a: _get(a)[:len(idx)], s))
   state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
@@ -271,10 +277,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   for max_gen in range(seg, config.generations + seg, seg):
     max_gen = min(max_gen, config.generations)
     active = np.nonzero(~state.done & (state.generation < max_gen))[0]
-    for start in range(0, len(active), cap):
-      idx = active[start:start + cap]
-      size = _bucket(len(idx), devices, cap)
-      pad = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+    for idx, pad in _padded_batches(active, cap, devices):
       sub = jax.tree_util.tree_map(lambda a: a[pad], state)
       out = engine.run(*_put((sub, images[pad], labels[pad], targets[pad]), sharding),
                        max_gen)
@@ -288,10 +291,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
       break
 
   probs, prior, pixels = [], [], []
-  for start in range(0, n, cap):
-    idx = np.arange(start, min(start + cap, n))
-    size = _bucket(len(idx), devices, cap)
-    pad = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+  for idx, pad in _padded_batches(np.arange(n), cap, devices):
     p, q, px = engine.finish(*_put((state.best_member[pad], images[pad]), sharding))
     probs.append(_get(p)[:len(idx)])
     prior.append(_get(q)[:len(idx)])

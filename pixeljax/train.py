@@ -166,6 +166,6 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
     history.append(record)
     log(json.dumps(record))
     state = state.replace(epoch=jnp.asarray(epoch + 1, jnp.int32))
-    checkpoint._atomic_write(state_path, flax.serialization.to_bytes(state))
-    checkpoint._atomic_write(history_path, json.dumps(history, indent=1).encode())
+    checkpoint.atomic_write(state_path, flax.serialization.to_bytes(state))
+    checkpoint.atomic_write(history_path, json.dumps(history, indent=1).encode())
   return _variables(state), history
