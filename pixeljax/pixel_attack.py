@@ -259,11 +259,9 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   sharding = (NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])) if mesh is not None
               else None)
   cap = max_batch or max(n, 1)
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
-      jnp.asarray(image_ids * 1000 + targets + 1, jnp.uint32))
-  keys = np.asarray(jax.random.key_data(keys)) if jnp.issubdtype(keys.dtype,
-                                                                jax.dtypes.prng_key) else \
-      np.asarray(keys)
+  # Raw key data on the host (key_data takes typed and legacy keys alike), gathered per batch.
+  keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      jnp.asarray(image_ids * 1000 + targets + 1, jnp.uint32))))
 
   # Initialise in batches of at most `cap`, then advance the unfinished ones in segments.
   states = []
