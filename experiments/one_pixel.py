@@ -25,6 +25,9 @@ flags.DEFINE_integer("num_images", 500, "Correctly classified images to attack (
 flags.DEFINE_integer("popsize", 400, "DE population (paper: 400).")
 flags.DEFINE_integer("generations", 100, "DE generations (paper: 100).")
 flags.DEFINE_enum("strategy", "rand1", ["rand1", "best1bin"], "DE strategy.")
+flags.DEFINE_enum("objective", "probability", ["probability", "success_first"],
+                  "Fitness: the paper's probability, or success_first (any fooling candidate "
+                  "ranks first).")
 flags.DEFINE_float("stop_probability", None, "Early stop threshold (default 0.05 / 0.5).")
 flags.DEFINE_integer("seed", 0, "Seed (image draw and DE).")
 flags.DEFINE_integer("chunk_size", None, "Attacks per call (default: fit device memory).")
@@ -44,7 +47,8 @@ def main(argv):
   results = campaign.one_pixel_experiment(
       classifier, dataset, [int(p) for p in FLAGS.pixels], FLAGS.workdir,
       targeted=FLAGS.targeted, num_images=FLAGS.num_images, popsize=FLAGS.popsize,
-      generations=FLAGS.generations, strategy=FLAGS.strategy, seed=FLAGS.seed,
+      generations=FLAGS.generations, strategy=FLAGS.strategy, objective=FLAGS.objective,
+      seed=FLAGS.seed,
       stop_probability=FLAGS.stop_probability, chunk_size=FLAGS.chunk_size,
       exhaustive=FLAGS.exhaustive, mesh=mesh)
   table = {k: {m: v[m] for m in ("success_rate", "confidence", "queries_per_attack")}

@@ -131,8 +131,8 @@ REFERENCE = {
 
 def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted: bool = False,
                          num_images: int = 500, popsize: int = 400, generations: int = 100,
-                         strategy: str = "rand1", seed: int = 0,
-                         stop_probability: Optional[float] = None,
+                         strategy: str = "rand1", objective: str = "probability",
+                         seed: int = 0, stop_probability: Optional[float] = None,
                          chunk_size: Optional[int] = None, exhaustive: bool = False,
                          mesh=None, figures: bool = True, log=None) -> dict:
   """The paper's experiment on one model: for each pixel count, attack ``num_images``
@@ -154,7 +154,8 @@ def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted:
   results = dict(settings=dict(model=classifier.name, data=dataset.name, split=dataset.split,
                                pixels=list(pixels), targeted=targeted, num_images=len(chosen),
                                popsize=popsize, generations=generations, strategy=strategy,
-                               seed=seed, stop_probability=stop_probability,
+                               objective=objective, seed=seed,
+                               stop_probability=stop_probability,
                                image_ids=sub.index.tolist()),
                  versions=_versions(), model_metadata={k: classifier.metadata.get(k) for k in (
                      "accuracy", "accuracy_on", "source", "num_params")},
@@ -162,9 +163,11 @@ def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted:
   curve = {}
   for k in pixels:
     config = PixelAttackConfig(pixels=k, popsize=popsize, generations=generations,
-                               strategy=strategy, targeted=targeted,
+                               strategy=strategy, targeted=targeted, objective=objective,
                                stop_probability=stop_probability)
     tag = f"{mode}_{k}px_{strategy}"
+    if objective != "probability":
+      tag += f"_{objective}"
     t0 = time.time()
     rec = run(classifier.predict, sub.images, sub.labels, sub.index, config, seed, workdir, tag,
               classifier.num_classes, chunk_size=chunk_size, mesh=mesh, log=log)
@@ -198,7 +201,7 @@ def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted:
   if figures and len(curve) > 1:
     ref = REFERENCE.get(classifier.name, {}).get(mode)
     plots.success_vs_pixels(os.path.join(workdir, f"success_vs_pixels_{mode}.png"),
-                            {f"pixeljax ({strategy})": curve},
+                            {f"pixeljax ({strategy}, {objective})": curve},
                             {"Hyperparticle (Keras)": ref} if ref else None,
                             title=f"{classifier.name}, {mode}")
   with open(os.path.join(workdir, "results.json"), "w") as f:

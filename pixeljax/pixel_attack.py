@@ -8,6 +8,11 @@ Fitness (minimised): untargeted, the probability of the true class; targeted, on
 probability of the target. Early stop as in the paper: untargeted once the true class falls
 below 5%, targeted once the target rises above 50% (``stop_probability``).
 
+``objective="success_first"`` keeps that fitness but ranks every candidate that already fools
+the net (top-1 != true, or top-1 = target) before every one that does not (fitness - 1). The
+paper's fitness alone can keep a lower-p_true candidate that is still classified correctly over
+one that was misclassified; a black-box attacker keeps any query that fooled the model.
+
 ``attack`` vmaps the DE over attacks (image x target pairs) and runs generations in segments
 of one jit-compiled ``while_loop``; between segments finished attacks are dropped from the batch
 (compaction into power-of-two buckets), so a finished attack stops costing model evaluations.
@@ -27,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pixeljax import de
 
 Predict = Callable[[jax.Array], jax.Array]
+OBJECTIVES = ("probability", "success_first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,7 @@ class PixelAttackConfig:
   targeted: bool = False
   stop_probability: Optional[float] = None   # default: 0.05 untargeted, 0.5 targeted
   recombination: float = 1.0      # best1bin only
+  objective: str = "probability"  # "probability" (paper) or "success_first"
   segment_generations: int = 10   # generations between compactions / progress reports
 
   def __post_init__(self):
@@ -50,6 +57,8 @@ class PixelAttackConfig:
       raise ValueError(f"generations must be >= 0, got {self.generations}")
     if self.strategy not in de.STRATEGIES:
       raise ValueError(f"unknown strategy {self.strategy!r}; known: {de.STRATEGIES}")
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"unknown objective {self.objective!r}; known: {OBJECTIVES}")
 
   @property
   def threshold(self) -> float:
@@ -60,6 +69,8 @@ class PixelAttackConfig:
   def de_config(self) -> de.DEConfig:
     # Both modes minimise; untargeted fitness = p_true, targeted = 1 - p_target.
     stop = self.threshold if not self.targeted else 1.0 - self.threshold
+    if self.objective == "success_first":
+      stop -= 1.0   # below the threshold the candidate always fools the net
     if self.strategy == "rand1":
       return de.DEConfig.paper(stop_fitness=stop)
     return de.DEConfig.scipy_best1bin(self.recombination, stop_fitness=stop)
@@ -101,13 +112,19 @@ def perturb(image: jax.Array, candidate: jax.Array) -> jax.Array:
   return image.at[y, x].set(col.astype(image.dtype))
 
 
-def fitness_fn(predict: Predict, image, label, target, targeted: bool):
+def fitness_fn(predict: Predict, image, label, target, targeted: bool,
+               objective: str = "probability"):
   """The black-box fitness of one attack: population (P, D) -> (P,), lower is better."""
   def fitness(population):
     probs = predict(jax.vmap(perturb, (None, 0))(image, population))
+    top1 = jnp.argmax(probs, axis=-1)
     if targeted:
-      return 1.0 - probs[:, target]
-    return probs[:, label]
+      value, fooled = 1.0 - probs[:, target], top1 == target
+    else:
+      value, fooled = probs[:, label], top1 != label
+    if objective == "success_first":
+      value = value - fooled.astype(value.dtype)
+    return value
   return fitness
 
 
@@ -139,11 +156,11 @@ class _Engine:
     def one_init(key, image, label, target):
       pop = initial_population(jax.random.fold_in(key, 0), self.shape, config.pixels,
                                config.popsize)
-      fit = fitness_fn(predict, image, label, target, targeted)
+      fit = fitness_fn(predict, image, label, target, targeted, config.objective)
       return de.init(jax.random.fold_in(key, 1), pop, fit, self.de_config)
 
     def one_run(state, image, label, target, max_gen):
-      fit = fitness_fn(predict, image, label, target, targeted)
+      fit = fitness_fn(predict, image, label, target, targeted, config.objective)
       return de.run(state, fit, self.de_config, lo, hi, max_gen)
 
     def finish(best, images):

@@ -40,6 +40,30 @@ def test_initial_population_follows_the_paper():
   assert abs(np.median(col) - 128) < 5   # N(128, 127) clipped
 
 
+def test_success_first_ranks_fooling_candidates_first():
+  # Fake model: candidate i's probabilities are row i of `table` (chosen by its x coordinate).
+  table = jnp.array([[0.40, 0.35, 0.25],    # p_true lowest, still classified as 0
+                     [0.45, 0.50, 0.05],    # higher p_true, but fooled (top-1 = 1)
+                     [0.02, 0.90, 0.08]])   # fooled and below the 5% stop threshold
+  predict = lambda imgs: table[jnp.argmax(imgs[:, 0, :, 0], axis=-1)]
+  pop = jnp.array([[0., 0., 1.], [1., 0., 1.], [2., 0., 1.]])
+  image = jnp.zeros((1, 3, 1))
+  paper = pixel_attack.fitness_fn(predict, image, 0, -1, False)(pop)
+  first = pixel_attack.fitness_fn(predict, image, 0, -1, False, "success_first")(pop)
+  np.testing.assert_allclose(paper, [0.40, 0.45, 0.02])
+  np.testing.assert_allclose(first, [0.40, -0.55, -0.98])
+  assert float(first[1]) < float(first[0])           # the fooling candidate now wins
+  targeted = pixel_attack.fitness_fn(predict, image, 0, 1, True, "success_first")(pop)
+  np.testing.assert_allclose(targeted, [0.65, -0.50, -0.90])
+  # The paper's early stop is unchanged: p_true < 5% (or p_target > 50%) stops either way.
+  for targeted_mode, fit in ((False, first), (True, targeted)):
+    cfg = PixelAttackConfig(targeted=targeted_mode, objective="success_first")
+    stops = np.asarray(fit) < cfg.de_config().stop_fitness
+    np.testing.assert_array_equal(stops, [False, False, True])
+  with pytest.raises(ValueError, match="unknown objective"):
+    PixelAttackConfig(objective="margin")
+
+
 def _correct(clf, ds, n):
   probs = np.asarray(clf(ds.images[:64]))
   return np.nonzero(probs.argmax(-1) == ds.labels[:64])[0][:n]
