@@ -5,7 +5,8 @@
   * number of target classes -- (targeted runs) for each image, how many of the other classes
     it could be turned into; reported as the fraction of images per count 0..K-1;
   * class pairs  -- K x K counts of successful original -> adversarial class changes;
-plus model queries per attack and per success.
+plus model queries per attack and per success, and a 95% Wilson interval on the success rate
+(so a rate measured on 500 images can be compared honestly with one measured on 100).
 """
 from typing import Dict
 
@@ -14,6 +15,17 @@ import numpy as np
 
 def success_rate(records) -> float:
   return float(np.mean(records.success)) if len(records.success) else 0.0
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964):
+  """(low, high) Wilson score interval of a binomial proportion (95% by default)."""
+  if trials <= 0:
+    return (0.0, 1.0)
+  p = successes / trials
+  denom = 1 + z * z / trials
+  centre = (p + z * z / (2 * trials)) / denom
+  half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+  return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def confidence(records) -> float:
@@ -53,6 +65,7 @@ def summary(records, num_classes: int) -> Dict:
   n_succ = int(np.sum(records.success))
   out = dict(attacks=int(len(q)), images=int(len(np.unique(records.image_id))),
              successes=n_succ, success_rate=success_rate(records),
+             success_rate_ci95=list(wilson_interval(n_succ, int(len(q)))),
              confidence=_json_float(confidence(records)),
              queries_per_attack=float(np.mean(q)) if len(q) else 0.0,
              queries_per_success=float(np.sum(q) / n_succ) if n_succ else None,

@@ -25,6 +25,17 @@ def test_untargeted_metrics():
   assert m["class_pairs"] == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
   assert m["queries_per_attack"] == 250 and m["queries_per_success"] == pytest.approx(1000 / 3)
   assert "target_classes_per_image" not in m
+  lo, hi = m["success_rate_ci95"]
+  assert lo < 0.75 < hi
+
+
+def test_wilson_interval_matches_the_textbook():
+  # 61 of 100: Wilson 95% interval [0.5120, 0.6998] (worked by hand from the formula).
+  lo, hi = metrics.wilson_interval(61, 100)
+  assert lo == pytest.approx(0.5120, abs=5e-4) and hi == pytest.approx(0.6998, abs=5e-4)
+  assert metrics.wilson_interval(0, 10)[0] == 0.0 and metrics.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+  # More trials, narrower interval.
+  assert np.diff(metrics.wilson_interval(305, 500)) < np.diff(metrics.wilson_interval(61, 100))
 
 
 def test_targeted_metrics_count_targets_per_image():
