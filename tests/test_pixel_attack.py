@@ -263,3 +263,15 @@ def test_one_pixel_experiment_writes_results_and_figures(cifar_lenet, tmp_path):
             "success_vs_pixels_untargeted.png", "records_untargeted_1px_rand1.npz"):
     assert os.path.getsize(tmp_path / f) > 0
   assert res["metrics"] == saved["metrics"]
+  lo, hi = saved["metrics"]["1px"]["success_rate_ci95"]
+  assert lo <= saved["metrics"]["1px"]["success_rate"] <= hi
+  # The other objective keeps its own chunks and records beside the paper's.
+  other = campaign.one_pixel_experiment(cifar_lenet, ds, [1], str(tmp_path), num_images=4,
+                                        popsize=16, generations=2, chunk_size=4,
+                                        objective="success_first", figures=False,
+                                        log=lambda s: None)
+  assert other["settings"]["objective"] == "success_first"
+  assert os.path.getsize(tmp_path / "records_untargeted_1px_rand1_success_first.npz") > 0
+  # Success is judged the same way under either objective.
+  rec = campaign.load_records(str(tmp_path / "records_untargeted_1px_rand1_success_first.npz"))
+  np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
