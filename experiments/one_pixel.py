@@ -32,6 +32,9 @@ flags.DEFINE_float("stop_probability", None, "Early stop threshold (default 0.05
 flags.DEFINE_integer("seed", 0, "Seed (image draw and DE).")
 flags.DEFINE_integer("chunk_size", None, "Attacks per call (default: fit device memory).")
 flags.DEFINE_bool("exhaustive", False, "Also run the exhaustive one-pixel baseline.")
+flags.DEFINE_list("exhaustive_levels", ["0", "255"],
+                  "Channel values of the exhaustive baseline's colours (0,255: the 8 cube "
+                  "corners; 0,128,255: 27 colours).")
 flags.DEFINE_bool("shard", True, "Shard attacks over all devices.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 flags.DEFINE_string("workdir", "runs/one_pixel", "Output folder.")
@@ -50,7 +53,8 @@ def main(argv):
       generations=FLAGS.generations, strategy=FLAGS.strategy, objective=FLAGS.objective,
       seed=FLAGS.seed,
       stop_probability=FLAGS.stop_probability, chunk_size=FLAGS.chunk_size,
-      exhaustive=FLAGS.exhaustive, mesh=mesh)
+      exhaustive=FLAGS.exhaustive,
+      exhaustive_levels=[float(v) for v in FLAGS.exhaustive_levels], mesh=mesh)
   table = {k: {m: v[m] for m in ("success_rate", "confidence", "queries_per_attack")}
            for k, v in results["metrics"].items()}
   print(json.dumps(table, indent=1))

@@ -14,7 +14,7 @@ from pixeljax.direct_encoding import DirectEncoding
 from pixeljax.gradient_ascent import GradientAscentConfig
 from pixeljax.map_elites import Archive
 from pixeljax.models import Classifier, ModelSpec
-from pixeljax.pixel_attack import (AttackRecords, PixelAttackConfig, attack,
+from pixeljax.pixel_attack import (AttackRecords, PixelAttackConfig, attack, colour_grid,
                                    exhaustive_one_pixel)
 
 __version__ = "0.1.0"

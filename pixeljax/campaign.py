@@ -134,13 +134,14 @@ def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted:
                          strategy: str = "rand1", objective: str = "probability",
                          seed: int = 0, stop_probability: Optional[float] = None,
                          chunk_size: Optional[int] = None, exhaustive: bool = False,
+                         exhaustive_levels=(0, 255),
                          mesh=None, figures: bool = True, log=None) -> dict:
   """The paper's experiment on one model: for each pixel count, attack ``num_images``
   correctly classified images, write records, metrics (``results.json``) and figures."""
   import json
   from pixeljax import metrics, plots
   from pixeljax.models import check_images
-  from pixeljax.pixel_attack import exhaustive_one_pixel
+  from pixeljax.pixel_attack import colour_grid, exhaustive_one_pixel
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   os.makedirs(workdir, exist_ok=True)
   check_images(dataset.images[:1], classifier.spec.input_shape,
@@ -189,9 +190,10 @@ def one_pixel_experiment(classifier, dataset, pixels, workdir: str, *, targeted:
                                np.asarray(m["class_pairs"]), dataset.class_names)
   if exhaustive:
     t0 = time.time()
-    ex = exhaustive_one_pixel(classifier.predict, sub.images, sub.labels)
+    colours = colour_grid(exhaustive_levels, sub.images.shape[-1])
+    ex = exhaustive_one_pixel(classifier.predict, sub.images, sub.labels, colours)
     results["exhaustive_one_pixel"] = dict(
-        colours="8 corners of the RGB cube" if sub.images.shape[-1] == 3 else "black, white",
+        colours=f"{len(colours)}: every channel in {sorted(set(exhaustive_levels))}",
         images_fooled=float(np.mean(ex["fooled"])),
         queries_per_image=int(ex["queries"][0]),
         mean_fooling_changes_per_image=float(np.mean(ex["num_fooling_changes"])),

@@ -344,10 +344,18 @@ def targets_for_all(labels, num_classes: int):
 
 # --- Exhaustive one-pixel baseline ------------------------------------------------------
 
+def colour_grid(levels: Sequence[float], channels: int = 3) -> np.ndarray:
+  """Every colour whose channels all take values in ``levels``: len(levels)^C colours."""
+  levels = [float(v) for v in levels]
+  if not levels or min(levels) < 0 or max(levels) > 255:
+    raise ValueError(f"colour levels must be non-empty and in [0, 255], got {levels}")
+  grid = np.stack(np.meshgrid(*[levels] * channels, indexing="ij"), -1)
+  return grid.reshape(-1, channels).astype(np.float32)
+
+
 def rgb_cube_corners(channels: int = 3) -> np.ndarray:
   """The default colour set: the 2^C corners of the colour cube (8 for RGB, 2 for gray)."""
-  grid = np.stack(np.meshgrid(*[[0.0, 255.0]] * channels, indexing="ij"), -1)
-  return grid.reshape(-1, channels)
+  return colour_grid((0.0, 255.0), channels)
 
 
 @functools.lru_cache(maxsize=8)

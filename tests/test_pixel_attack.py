@@ -259,6 +259,10 @@ def test_one_pixel_experiment_writes_results_and_figures(cifar_lenet, tmp_path):
   assert saved["settings"]["num_images"] == 4 and set(saved["metrics"]) == {"1px", "3px"}
   assert 0 <= saved["metrics"]["1px"]["success_rate"] <= 1
   assert saved["exhaustive_one_pixel"]["queries_per_image"] == 32 * 32 * 8
+  np.testing.assert_array_equal(pixel_attack.colour_grid([0, 128, 255])[13], [128, 128, 128])
+  assert len(pixel_attack.colour_grid([0, 128, 255], 1)) == 3
+  with pytest.raises(ValueError, match="colour levels"):
+    pixel_attack.colour_grid([0, 300])
   for f in ("adversarial_untargeted_1px_rand1.png", "class_pairs_untargeted_3px_rand1.png",
             "success_vs_pixels_untargeted.png", "records_untargeted_1px_rand1.npz"):
     assert os.path.getsize(tmp_path / f) > 0
