@@ -115,6 +115,9 @@ def perturb(image: jax.Array, candidate: jax.Array) -> jax.Array:
 def fitness_fn(predict: Predict, image, label, target, targeted: bool,
                objective: str = "probability"):
   """The black-box fitness of one attack: population (P, D) -> (P,), lower is better."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f"unknown objective {objective!r}; known: {OBJECTIVES}")
+
   def fitness(population):
     probs = predict(jax.vmap(perturb, (None, 0))(image, population))
     top1 = jnp.argmax(probs, axis=-1)
