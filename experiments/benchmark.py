@@ -7,13 +7,12 @@ Prints a table and writes benchmark.json: model evaluations per second of the at
 jit(model) on the same batch (images x population), their ratio, and time per image for each
 number of images per call.
 """
-import json
 import os
 
-from absl import app, flags
+from absl import flags
 import jax
 
-from pixeljax import benchmark, data, models
+from pixeljax import benchmark, cli, data, models, workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["cifar10_lenet_hyperparticle", "cifar10_resnet32_hyperparticle"],
@@ -29,7 +28,6 @@ flags.DEFINE_string("workdir", "runs/benchmark", "Where benchmark.json goes.")
 
 def main(argv):
   del argv
-  os.makedirs(FLAGS.workdir, exist_ok=True)
   out = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
              popsize=FLAGS.popsize, generations=FLAGS.generations, results={})
   for name in FLAGS.models:
@@ -56,10 +54,9 @@ def main(argv):
     for s in scaling:
       print(f"  {s['images_per_call']:>11} {s['evals_per_second']:>12,.0f} "
             f"{s['seconds_per_image']:>10.4f} {base / s['seconds_per_image']:>9.1f}x")
-  with open(os.path.join(FLAGS.workdir, "benchmark.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  workdir.write_json(os.path.join(FLAGS.workdir, "benchmark.json"), out)
   print(f"\nwrote {FLAGS.workdir}/benchmark.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,11 +7,11 @@ accuracy recorded in each checkpoint on its full test set.
 """
 import os
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
-from pixeljax import data, models
+from pixeljax import cli, data, models
 from pixeljax.evaluate import accuracy
 
 FLAGS = flags.FLAGS
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

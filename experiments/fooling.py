@@ -1,44 +1,91 @@
 r"""Fooling images (Nguyen, Yosinski & Clune): MAP-Elites with a direct or CPPN encoding, or
 gradient ascent, against a zoo model.
 
-  python experiments/fooling.py --model mnist_lenet_fooling --encoding direct \
-      --generations 200 --population 400 --workdir runs/fooling_mnist_direct
+  python experiments/fooling.py --workdir runs/fooling_mnist_direct
+  python experiments/fooling.py --config=configs/fooling.py:mnist_cppn \
+      --config.generations=1500 --workdir runs/fooling_mnist_cppn
 
-Writes archive.npz (images, confidences, CPPN genomes), gallery.png, confidence.png and
-results.json to --workdir; rerunning after an interruption resumes from the last chunk.
+Settings: ``configs/fooling.py`` (named runs after ``:``; any value with ``--config.<key>``).
+Writes config.json first, then archive.npz (images, confidences, per-generation statistics,
+CPPN genomes), gallery.png, confidence.png and results.json to --workdir. Rerunning after an
+interruption resumes from the last segment of generations; rerunning with other settings
+refuses (or, with --new_run, starts <workdir>-2).
 """
 import json
+import time
 
-from absl import app, flags
+import flax.serialization
+import numpy as np
 
-from pixeljax import data, fooling, models
+from pixeljax import cli, data, models, plots
+from pixeljax.errors import UserError
+from pixeljax.fooling import driver
+from pixeljax.fooling.gradient_ascent import GradientAscentConfig
+from pixeljax.metrics import fooling as metrics
+from pixeljax.workdir import versions
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "mnist_lenet_fooling", f"One of {models.names()}.")
-flags.DEFINE_enum("encoding", "direct", list(fooling.ENCODINGS), "Encoding.")
-flags.DEFINE_integer("generations", 200, "Generations (gradient: steps).")
-flags.DEFINE_integer("population", 400, "Offspring per generation.")
-flags.DEFINE_integer("chunk", 50, "Generations per compiled chunk (and save point).")
-flags.DEFINE_float("crossover", 0.0, "SBX crossover rate (direct encoding).")
-flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("workdir", "runs/fooling", "Output folder.")
+METHODS = driver.ENCODINGS + ("gradient",)
 
 
-def main(argv):
-  del argv
-  clf = models.load(FLAGS.model)
-  names = data.CIFAR10_CLASSES if clf.spec.dataset == "cifar10" else (
-      data.MNIST_CLASSES if clf.spec.dataset == "mnist" else None)
-  res = fooling.fooling_experiment(clf, FLAGS.encoding, FLAGS.workdir,
-                                   generations=FLAGS.generations, population=FLAGS.population,
-                                   seed=FLAGS.seed, chunk=FLAGS.chunk,
-                                   crossover_rate=FLAGS.crossover,
-                                   class_names=list(names) if names else None)
-  print(json.dumps({k: res[k] for k in ("model", "encoding", "classes_at_9999",
-                                        "classes_at_99", "first_generation_all_9999",
-                                        "seconds")}))
-  print("confidence per class:", " ".join(f"{c:.6f}" for c in res["confidence"]))
+def class_names(classifier):
+  names = {"cifar10": data.CIFAR10_CLASSES, "mnist": data.MNIST_CLASSES}.get(
+      classifier.spec.dataset)
+  return list(names) if names else [str(i) for i in range(classifier.num_classes)]
+
+
+def run(config, workdir, log=cli.log) -> dict:
+  """Evolves (or gradient-ascends) one fooling image per class of ``config.model``."""
+  if config.encoding not in METHODS:
+    raise UserError(f"unknown encoding {config.encoding!r}; known: {', '.join(METHODS)}")
+  clf = models.load(config.model)
+  shape, k = clf.spec.input_shape, clf.num_classes
+  t0 = time.time()
+  genomes = {}
+  if config.encoding == "gradient":
+    ascent = GradientAscentConfig(**config.gradient.to_dict())
+    images, fitness, stats, extra = driver.ascend(clf.predict, k, shape, ascent, config.seed)
+    length = f"{ascent.steps} steps"
+  else:
+    encoding = driver.make_encoding(config.encoding, shape, config[config.encoding].to_dict())
+    archive, images, stats = driver.evolve(
+        clf.predict, encoding, k, shape, driver.EvolutionConfig.from_config(config),
+        state_dir=workdir.path, scorer=config.model, log=log,
+        progress_interval=config.runtime.progress_interval,
+        show_progress=config.runtime.progress)
+    fitness, extra = np.asarray(archive.fitness), {}
+    length = f"{config.generations} generations"
+    if config.encoding == "cppn":
+      genomes = {f"genome_{n}": np.asarray(v) for n, v in
+                 flax.serialization.to_state_dict(archive.genomes).items()}
+  seconds = time.time() - t0
+  probs = np.asarray(clf(np.clip(images, 0, 255)))   # re-scored from scratch, as a user would
+  workdir.write_npz("archive.npz", compressed=True, images=images, fitness=fitness,
+                    probs=probs, **{f"stats_{n}": v for n, v in stats.items()}, **genomes)
+  # seconds: this invocation only (a resumed run's earlier sessions are not counted).
+  results = dict(metrics.summary(probs, stats), **extra, seconds=seconds,
+                 resumed=workdir.resumed, config=config.to_dict(), versions=versions())
+  title = f"{clf.name}, {config.encoding}, {length}"
+  workdir.save_figure("gallery.png", plots.gallery(images, class_names(clf),
+                                                   metrics.own_class_confidence(probs),
+                                                   title=title))
+  workdir.save_figure("confidence.png", plots.curves(
+      np.arange(1, len(stats["median"]) + 1),
+      {"median elite": 1 - np.asarray(stats["median"]),
+       "worst elite": 1 - np.asarray(stats["minimum"])},
+      "step" if config.encoding == "gradient" else "generation", "1 - confidence",
+      f"{clf.name}, {config.encoding}", logy=True))
+  workdir.write_json("results.json", results)
+  return results
+
+
+def report(results: dict) -> str:
+  c = results["config"]
+  line = dict(model=c["model"], encoding=c["encoding"],
+              **{k: results[k] for k in ("classes_at_9999", "classes_at_99",
+                                         "first_generation_all_9999", "seconds")})
+  return (json.dumps(line) + "\nconfidence per class: " +
+          " ".join(f"{x:.6f}" for x in results["confidence"]))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, "fooling.py", report=report)

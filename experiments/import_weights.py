@@ -10,10 +10,10 @@ then writes ``<name>.msgpack`` + ``<name>.json`` with that provenance.
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
-from pixeljax import checkpoint, data, models
+from pixeljax import checkpoint, cli, data, models
 from pixeljax.evaluate import accuracy
 from pixeljax.models.registry import Classifier
 from pixeljax.weight_import import CONVERTERS
@@ -76,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,67 +1,132 @@
 r"""One-pixel / few-pixel attack of Su, Vargas & Sakurai on a zoo model.
 
-  python experiments/one_pixel.py --model cifar10_lenet_hyperparticle \
-      --data ../shared/data/cifar10_test_exact1017.npz --pixels 1,3,5 --num_images 500 \
-      --workdir runs/lenet_untargeted
+  python experiments/one_pixel.py --workdir runs/lenet               # configs/one_pixel.py
+  python experiments/one_pixel.py --config=configs/one_pixel.py:lenet_best1bin \
+      --workdir runs/lenet_best1bin
+  python experiments/one_pixel.py --config.model=cifar10_resnet32_hyperparticle \
+      --config.data=../shared/data/cifar10_test_exact1017.npz --config.pixels=3 --workdir runs/r
 
-Writes results.json (settings, versions, metrics), records_*.npz (one row per attack) and
-figures to --workdir; finished chunks live in --workdir/chunks, so rerunning the same command
-after an interruption resumes. Multi-host: pass --distributed on every host.
+The config (``configs/one_pixel.py``) is the run's one source of settings. Writes to
+--workdir: config.json (first), results.json (config, versions, metrics), records_*.npz (one row
+per attack) and figures; finished chunks of attacks live in --workdir/chunks, so rerunning the
+same command after an interruption resumes. A rerun with other settings is refused (or, with
+--new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
+every host.
 """
-import json
+import time
 
-from absl import app, flags
+import numpy as np
 
-from pixeljax import campaign, data, models, sharding
+from pixeljax import cli, data, models, plots, sharding, workdir as workdir_lib
+from pixeljax.errors import UserError
+from pixeljax.metrics import one_pixel as metrics
+from pixeljax.models import check_images
+from pixeljax.sparse import campaign
+from pixeljax.sparse.exhaustive import colour_grid, exhaustive_one_pixel
+from pixeljax.sparse.problem import PixelAttackConfig
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "cifar10_lenet_hyperparticle", f"One of {models.names()}.")
-flags.DEFINE_string("data", "cifar10_samples", "Data set name or .npz path (pixeljax.data).")
-flags.DEFINE_string("split", "test", "Split.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir (for tfds data sets).")
-flags.DEFINE_list("pixels", ["1", "3", "5"], "Pixel counts to attack with.")
-flags.DEFINE_bool("targeted", False, "Targeted: every image towards each other class.")
-flags.DEFINE_integer("num_images", 500, "Correctly classified images to attack (paper: 500).")
-flags.DEFINE_integer("popsize", 400, "DE population (paper: 400).")
-flags.DEFINE_integer("generations", 100, "DE generations (paper: 100).")
-flags.DEFINE_enum("strategy", "rand1", ["rand1", "best1bin"], "DE strategy.")
-flags.DEFINE_enum("objective", "probability", ["probability", "success_first"],
-                  "Fitness: the paper's probability, or success_first (any fooling candidate "
-                  "ranks first).")
-flags.DEFINE_float("stop_probability", None, "Early stop threshold (default 0.05 / 0.5).")
-flags.DEFINE_integer("seed", 0, "Seed (image draw and DE).")
-flags.DEFINE_integer("chunk_size", None, "Attacks per call (default: fit device memory).")
-flags.DEFINE_bool("exhaustive", False, "Also run the exhaustive one-pixel baseline.")
-flags.DEFINE_list("exhaustive_levels", ["0", "255"],
-                  "Channel values of the exhaustive baseline's colours (0,255: the 8 cube "
-                  "corners; 0,128,255: 27 colours).")
-flags.DEFINE_bool("shard", True, "Shard attacks over all devices.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
-flags.DEFINE_string("workdir", "runs/one_pixel", "Output folder.")
+# Peers' figures on the same weights (Hyperparticle README: 100 samples, 75 generations).
+REFERENCE = {
+    "cifar10_lenet_hyperparticle": {"untargeted": {1: .63, 3: .92, 5: .93},
+                                    "targeted": {1: .344, 3: .644, 5: .644}},
+    "cifar10_resnet32_hyperparticle": {"untargeted": {1: .34, 3: .79, 5: .79},
+                                       "targeted": {1: .144, 3: .211, 5: .222}},
+}
 
 
-def main(argv):
-  del argv
-  if FLAGS.distributed:
-    sharding.initialize()
-  classifier = models.load(FLAGS.model)
-  dataset = data.load(FLAGS.data, FLAGS.split, data_dir=FLAGS.data_dir)
-  mesh = sharding.attack_mesh() if FLAGS.shard else None
-  results = campaign.one_pixel_experiment(
-      classifier, dataset, [int(p) for p in FLAGS.pixels], FLAGS.workdir,
-      targeted=FLAGS.targeted, num_images=FLAGS.num_images, popsize=FLAGS.popsize,
-      generations=FLAGS.generations, strategy=FLAGS.strategy, objective=FLAGS.objective,
-      seed=FLAGS.seed,
-      stop_probability=FLAGS.stop_probability, chunk_size=FLAGS.chunk_size,
-      exhaustive=FLAGS.exhaustive,
-      exhaustive_levels=[float(v) for v in FLAGS.exhaustive_levels], mesh=mesh)
-  table = {k: {m: v[m] for m in ("success_rate", "confidence", "queries_per_attack")}
-           for k, v in results["metrics"].items()}
-  print(json.dumps(table, indent=1))
+def attack_config(config, pixels: int) -> PixelAttackConfig:
+  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict())
+
+
+def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
+  """The paper's experiment on one model: for each pixel count, attack ``num_images``
+  correctly classified images; write records, metrics (``results.json``) and figures."""
+  pixels = [int(k) for k in config.pixels]
+  configs = {k: attack_config(config, k) for k in pixels}   # validates before any work
+  classifier = models.load(config.model)
+  dataset = data.load(config.data, config.split, data_dir=config.data_dir)
+  check_images(dataset.images[:1], classifier.spec.input_shape,
+               f"model {classifier.name} (data set {dataset.name})")
+  if dataset.num_classes != classifier.num_classes:
+    raise UserError(f"data set {dataset.name} has {dataset.num_classes} classes, model "
+                    f"{classifier.name} has {classifier.num_classes}")
+  if config.num_images < 1:
+    raise UserError(f"num_images must be >= 1, got {config.num_images}")
+  mesh = sharding.attack_mesh() if config.runtime.shard else None
+  chosen = campaign.select_images(classifier.predict, dataset.images, dataset.labels,
+                                  config.num_images, config.seed)
+  sub = dataset.take(chosen)
+  mode = "targeted" if config.attack.targeted else "untargeted"
+  log(f"{classifier.name}: {mode} attack on {len(chosen)} correctly classified images of "
+      f"{dataset.name}, {pixels} pixel(s), {config.attack.strategy}, population "
+      f"{config.attack.popsize}, {config.attack.generations} generations")
+  results = dict(config=config.to_dict(), versions=workdir_lib.versions(),
+                 image_ids=sub.index.tolist(),
+                 model_metadata={k: classifier.metadata.get(k) for k in (
+                     "accuracy", "accuracy_on", "source", "num_params")},
+                 metrics={})
+  identity = dict(model=classifier.name, data=dataset.name, split=dataset.split)
+  curve = {}
+  for k in pixels:
+    tag = f"{mode}_{k}px"
+    t0 = time.time()
+    rec = campaign.run(classifier.predict, sub.images, sub.labels, sub.index, configs[k],
+                       config.seed, workdir.file("chunks", tag), classifier.num_classes,
+                       identity=identity, attacks_per_call=config.runtime.attacks_per_call,
+                       mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)
+    m = metrics.summary(rec, classifier.num_classes)
+    m["seconds"] = time.time() - t0
+    results["metrics"][f"{k}px"] = m
+    curve[k] = m["success_rate"]
+    workdir.write_npz(f"records_{tag}.npz", **rec.as_dict())
+    conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
+    log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%}, "
+        f"confidence {conf}, {m['queries_per_attack']:.0f} queries/attack")
+    if config.figures:
+      pos = {int(i): j for j, i in enumerate(sub.index)}
+      imgs = sub.images[[pos[int(i)] for i in rec.image_id]]
+      workdir.save_figure(f"adversarial_{tag}.png", plots.adversarial_grid(
+          imgs, rec, dataset.class_names, title=f"{classifier.name}: {mode} {k}-pixel attack"))
+      workdir.save_figure(f"class_pairs_{tag}.png", plots.class_pair_heatmap(
+          np.asarray(m["class_pairs"]), dataset.class_names))
+  if config.exhaustive:
+    t0 = time.time()
+    levels = [float(v) for v in config.exhaustive_levels]
+    colours = colour_grid(levels, sub.images.shape[-1])
+    ex = exhaustive_one_pixel(classifier.predict, sub.images, sub.labels, colours)
+    results["exhaustive_one_pixel"] = dict(
+        colours=f"{len(colours)}: every channel in {sorted(set(levels))}",
+        images_fooled=float(np.mean(ex["fooled"])),
+        queries_per_image=int(ex["queries"][0]),
+        mean_fooling_changes_per_image=float(np.mean(ex["num_fooling_changes"])),
+        seconds=time.time() - t0)
+    workdir.write_npz("exhaustive_one_pixel.npz", image_id=sub.index, **ex)
+    log(f"exhaustive one-pixel baseline: {np.mean(ex['fooled']):.1%} of images fooled")
+  if config.figures and len(curve) > 1:
+    ref = REFERENCE.get(classifier.name, {}).get(mode)
+    workdir.save_figure(f"success_vs_pixels_{mode}.png", plots.success_vs_pixels(
+        {f"pixeljax ({config.attack.strategy}, {config.attack.objective})": curve},
+        {"Hyperparticle (Keras)": ref} if ref else None, title=f"{classifier.name}, {mode}"))
+  workdir.write_json("results.json", results)
+  return results
+
+
+def report(results: dict) -> str:
+  """A short table: one line per pixel count."""
+  lines = [f"{'pixels':>6} {'attacks':>8} {'success':>8} {'95% interval':>15} "
+           f"{'confidence':>10} {'queries/attack':>15} {'seconds':>8}"]
+  for k, m in results["metrics"].items():
+    lo, hi = m["success_rate_ci95"]
+    conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
+    lines.append(f"{k:>6} {m['attacks']:>8} {m['success_rate']:>8.1%} "
+                 f"{f'{lo:.1%}-{hi:.1%}':>15} {conf:>10} {m['queries_per_attack']:>15,.0f} "
+                 f"{m['seconds']:>8.0f}")
   if "exhaustive_one_pixel" in results:
-    print(json.dumps({"exhaustive_one_pixel": results["exhaustive_one_pixel"]}))
-  print(f"results in {FLAGS.workdir}/results.json")
+    ex = results["exhaustive_one_pixel"]
+    lines.append(f"exhaustive one pixel ({ex['colours']}): {ex['images_fooled']:.1%} of images "
+                 f"fooled, {ex['queries_per_image']:,} queries per image")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, "one_pixel.py", report=report)

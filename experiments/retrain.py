@@ -1,41 +1,90 @@
 r"""The fooling paper's defence on MNIST: add evolved fooling images as class n+1, retrain,
 evolve again, repeat, and report the fooling confidence per iteration.
 
-  python experiments/retrain.py --model mnist_lenet_fooling \
-      --train_data ../shared/data/mnist.npz --iterations 2 --workdir runs/retrain
+  python experiments/retrain.py --workdir runs/retrain
+  python experiments/retrain.py --config.iterations=1 --config.runs_per_iteration=2 \
+      --workdir runs/retrain_short
+
+Settings: ``configs/retrain.py``. Every stage saves into --workdir (``iter<i>/evolve_seed<s>``
+archives, ``iter<i>/train`` training state, ``iter<i>/fooling_images.npz``), so a rerun
+resumes; writes retrain.png and results.json.
 """
+import dataclasses
 import json
 
-from absl import app, flags
+import numpy as np
 
-from pixeljax import data, fooling, models
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "mnist_lenet_fooling", "Starting net (its architecture is reused).")
-flags.DEFINE_string("train_data", "../shared/data/mnist.npz", "Training data (.npz or name).")
-flags.DEFINE_enum("encoding", "direct", ["direct", "cppn"], "Encoding.")
-flags.DEFINE_integer("iterations", 2, "Retraining iterations.")
-flags.DEFINE_integer("generations", 200, "Generations per evolution run.")
-flags.DEFINE_integer("population", 400, "Offspring per generation.")
-flags.DEFINE_integer("runs", 5, "Evolution runs (x classes images) per iteration.")
-flags.DEFINE_integer("epochs", 2, "Training epochs per retraining.")
-flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("workdir", "runs/retrain", "Output folder.")
+from pixeljax import cli, data, models, plots
+from pixeljax.evaluate import accuracy
+from pixeljax.fooling import driver
+from pixeljax.metrics import fooling as metrics
+from pixeljax.models.registry import Classifier
+from pixeljax.train import TrainConfig, train
+from pixeljax.workdir import versions
 
 
-def main(argv):
-  del argv
-  base = models.load(FLAGS.model)
-  tr = data.load(FLAGS.train_data, "train")
-  te = data.load(FLAGS.train_data, "test")
-  res = fooling.retrain_experiment(base, tr.images, tr.labels, te.images, te.labels,
-                                   FLAGS.workdir, iterations=FLAGS.iterations,
-                                   encoding_name=FLAGS.encoding, generations=FLAGS.generations,
-                                   population=FLAGS.population, runs_per_iteration=FLAGS.runs,
-                                   epochs=FLAGS.epochs, seed=FLAGS.seed)
-  for e in res["report"]:
-    print(json.dumps(e))
+def run(config, workdir, log=cli.log) -> dict:
+  base = models.load(config.model)
+  train_set = data.load(config.train_data, "train")
+  test_set = data.load(config.train_data, "test")
+  spec, k = base.spec, base.num_classes
+  shape = spec.input_shape
+  evolution = driver.EvolutionConfig.from_config(config)
+  encoding = driver.make_encoding(config.encoding, shape, config[config.encoding].to_dict())
+  runtime = config.runtime
+  classifier, pool, report = base, [], []
+  for it in range(config.iterations + 1):
+    predict = classifier.predict
+    score = lambda x, predict=predict: predict(x)[:, :k]     # the K real classes only
+    scorer = f"{config.model}[:{k}]" if it == 0 else f"{config.model} retrained {it}x [:{k}]"
+    elites, fitness = [], []
+    for r in range(config.runs_per_iteration):
+      seed = evolution.seed + r
+      archive, images, _ = driver.evolve(
+          score, encoding, k, shape, dataclasses.replace(evolution, seed=seed),
+          state_dir=workdir.file(f"iter{it}", f"evolve_seed{seed}"), scorer=scorer, log=log,
+          progress_interval=runtime.progress_interval,
+          show_progress=runtime.progress)
+      elites.append(images)
+      fitness.append(np.asarray(archive.fitness))
+    elites, fitness = np.concatenate(elites), np.concatenate(fitness)
+    entry = dict(iteration=it, num_classes=classifier.num_classes,
+                 test_accuracy=accuracy(predict, test_set.images, test_set.labels),
+                 **metrics.elites(fitness),
+                 fooling_images_in_training=int(sum(len(p) for p in pool)),
+                 new_images_labelled_fooling=(
+                     metrics.fraction_labelled(classifier(np.clip(elites, 0, 255)), k)
+                     if classifier.num_classes > k else None))
+    report.append(entry)
+    log(json.dumps(entry))
+    workdir.write_npz(f"iter{it}/fooling_images.npz", compressed=True, images=elites,
+                      fitness=fitness)
+    if it == config.iterations:
+      break
+    pool.append(elites)
+    x, y = driver.add_fooling_class(train_set.images, train_set.labels, np.concatenate(pool), k)
+    train_config = TrainConfig(**config.train.to_dict(), seed=config.seed + it,
+                               num_classes=k + 1)
+    variables, _ = train(spec, x, y, test_set.images, test_set.labels, train_config,
+                         workdir.file(f"iter{it + 1}", "train"), log=log,
+                         log_every=runtime.log_every,
+                         progress_interval=runtime.progress_interval,
+                         show_progress=runtime.progress)
+    classifier = Classifier(spec, spec.module(k + 1), variables, {"num_classes": k + 1})
+  results = dict(report=report, config=config.to_dict(), versions=versions())
+  its = [e["iteration"] for e in report]
+  workdir.save_figure("retrain.png", plots.curves(
+      its, {"median fooling confidence": [e["median_confidence"] for e in report],
+            "fraction >= 0.9999": [e["fraction_at_9999"] for e in report],
+            "test accuracy": [e["test_accuracy"] for e in report]},
+      "retraining iteration", "value", f"{base.name}: fooling class defence"))
+  workdir.write_json("results.json", results)
+  return results
+
+
+def report(results: dict) -> str:
+  return "\n".join(json.dumps(e) for e in results["report"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, "retrain.py", report=report)

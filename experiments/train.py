@@ -1,38 +1,27 @@
 r"""Trains a zoo model and writes a checkpoint with its recipe and measured accuracy.
 
-  python experiments/train.py --model mnist_lenet --train_data ../shared/data/mnist.npz \
-      --epochs 8 --optimizer adam --learning_rate 1e-3 --noaugment --workdir runs/mnist_lenet
+  python experiments/train.py --workdir runs/train_mnist_lenet
+  python experiments/train.py --config=configs/train.py:cifar10_allcnn \
+      --config.train.epochs=200 --config.out_dir=checkpoints --workdir runs/train_allcnn
 
-``--train_data`` / ``--test_data``: a data set name or ``.npz`` path (see ``pixeljax.data``);
-the CIFAR JPEG copy ``cifar10_jpeg75.npz`` is decoded on the fly. An interrupted run resumes
-from ``--workdir``. The final checkpoint goes to ``--out_dir/<model>.msgpack``.
+Settings: ``configs/train.py`` (``:name`` picks a model and its recipe; ``--config.train.*``
+is ``pixeljax.train.TrainConfig``). ``train_data`` / ``test_data``: a data set name or
+``.npz`` path (see ``pixeljax.data``); the CIFAR JPEG copy ``cifar10_jpeg75.npz`` is decoded
+on the fly. An interrupted run resumes from --workdir; one with other settings refuses. The
+checkpoint goes to ``<out_dir>/<model>.msgpack`` (default ``<workdir>/checkpoint``).
 """
+import dataclasses
 import io
 import os
 
-from absl import app, flags
 import numpy as np
 
-from pixeljax import checkpoint, data, models
+from pixeljax import checkpoint, cli, data, models
+from pixeljax.errors import UserError
 from pixeljax.train import TrainConfig, train
+from pixeljax.workdir import versions
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "mnist_lenet", "Registered model name.")
-flags.DEFINE_string("train_data", "../shared/data/mnist.npz", "Training data set or .npz.")
-flags.DEFINE_string("test_data", None, "Test data (default: the test split of --train_data).")
-flags.DEFINE_string("workdir", None, "Training state and history (resume point).")
-flags.DEFINE_string("out_dir", "checkpoints", "Where the final checkpoint goes.")
-flags.DEFINE_integer("epochs", 10, "Epochs.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimiser.")
-flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate.")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on kernels.")
-flags.DEFINE_enum("schedule", "cosine", ["cosine", "constant"], "Learning-rate schedule.")
-flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up epochs.")
-flags.DEFINE_bool("augment", True, "Random crop + flip (CIFAR).")
-flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_integer("num_train", None, "Use only the first N training images.")
-flags.DEFINE_enum("store_dtype", "float32", ["float32", "bfloat16"], "Checkpoint dtype.")
+STORE_DTYPES = ("float32", "bfloat16")
 
 
 def load_split(name: str, split: str) -> data.Dataset:
@@ -43,6 +32,8 @@ def load_split(name: str, split: str) -> data.Dataset:
 
 def _decode_jpeg_cifar(path: str, split: str) -> data.Dataset:
   from PIL import Image
+  if not os.path.isfile(path):
+    raise UserError(f"data file {path} does not exist")
   with np.load(path) as d:
     blob, offsets, labels = d[f"{split}_jpeg"], d[f"{split}_offsets"], d[f"y_{split}"]
   images = np.stack([np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]]
@@ -52,32 +43,41 @@ def _decode_jpeg_cifar(path: str, split: str) -> data.Dataset:
                       data.CIFAR10_CLASSES, np.arange(len(labels)))
 
 
-def main(argv):
-  del argv
-  spec = models.get(FLAGS.model)
-  train_set = load_split(FLAGS.train_data, "train")
-  test_set = load_split(FLAGS.test_data or FLAGS.train_data, "test")
-  if FLAGS.num_train:
-    train_set = train_set.take(np.arange(min(FLAGS.num_train, len(train_set))))
-  config = TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                       optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
-                       weight_decay=FLAGS.weight_decay, schedule=FLAGS.schedule,
-                       warmup_epochs=FLAGS.warmup_epochs, augment=FLAGS.augment,
-                       seed=FLAGS.seed)
-  workdir = FLAGS.workdir or os.path.join("runs", "train", FLAGS.model)
+def run(config, workdir, log=cli.log) -> dict:
+  if config.store_dtype not in STORE_DTYPES:
+    raise UserError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got "
+                    f"{config.store_dtype!r}")
+  spec = models.get(config.model)
+  train_set = load_split(config.train_data, "train")
+  test_set = load_split(config.test_data or config.train_data, "test")
+  if config.num_train:
+    train_set = train_set.take(np.arange(min(config.num_train, len(train_set))))
+  train_config = TrainConfig(**config.train.to_dict())
   variables, history = train(spec, train_set.images, train_set.labels, test_set.images,
-                             test_set.labels, config, workdir)
+                             test_set.labels, train_config, workdir.path, log=log,
+                             log_every=config.runtime.log_every,
+                             progress_interval=config.runtime.progress_interval,
+                             show_progress=config.runtime.progress)
   meta = dict(model=spec.name, architecture=spec.description, dataset=spec.dataset,
               num_classes=spec.num_classes, input_shape=list(spec.input_shape),
               preprocessing=spec.preprocess, source="trained in pixeljax",
               licence="Apache-2.0", accuracy=history[-1]["test_accuracy"],
               accuracy_on=f"{test_set.name} {test_set.split} ({len(test_set)} images)",
               trained_on=f"{train_set.name} train ({len(train_set)} images)",
-              recipe=dict(config.__dict__), history=history)
-  path = checkpoint.save(os.path.join(FLAGS.out_dir, spec.name), variables, meta,
-                         dtype=None if FLAGS.store_dtype == "float32" else FLAGS.store_dtype)
-  print(f"wrote {path}: test accuracy {meta['accuracy']:.4f}")
+              recipe=dataclasses.asdict(train_config), history=history)
+  out_dir = config.out_dir or workdir.file("checkpoint")
+  path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta,
+                         dtype=None if config.store_dtype == "float32" else config.store_dtype)
+  results = dict(checkpoint=path, accuracy=meta["accuracy"], accuracy_on=meta["accuracy_on"],
+                 trained_on=meta["trained_on"], history=history, config=config.to_dict(),
+                 versions=versions())
+  workdir.write_json("results.json", results)
+  return results
+
+
+def report(results: dict) -> str:
+  return f"wrote {results['checkpoint']}: test accuracy {results['accuracy']:.4f}"
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, "train.py", report=report)

@@ -1,42 +1,53 @@
 r"""Do net A's fooling images fool net B?
 
-  python experiments/transfer.py --archive runs/fooling_mnist_direct/archive.npz \
-      --model_b mnist_lenet --workdir runs/transfer
+  python experiments/transfer.py --config=configs/transfer.py:mnist_direct \
+      --workdir runs/transfer_direct
+  python experiments/transfer.py --config.source=runs/fooling_mnist_cppn \
+      --config.model_b=mnist_lenet --workdir runs/transfer_cppn
+
+Settings: ``configs/transfer.py``. ``source`` is a fooling run's workdir (its archive.npz and
+results.json). Writes transfer.png and results.json to --workdir.
 """
 import json
 import os
 
-from absl import app, flags
 import numpy as np
 
-from pixeljax import fooling, models, plots
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("archive", None, "archive.npz written by experiments/fooling.py.")
-flags.DEFINE_string("model_b", "mnist_lenet", "Net to score the images on.")
-flags.DEFINE_string("workdir", "runs/transfer", "Output folder.")
-flags.mark_flag_as_required("archive")
+from pixeljax import cli, models, plots
+from pixeljax.errors import UserError
+from pixeljax.metrics import fooling as metrics
+from pixeljax.workdir import read_json, read_npz, versions
 
 
-def main(argv):
-  del argv
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  with np.load(FLAGS.archive) as a:
-    images, probs_a = a["images"], a["probs"]
-  with open(os.path.join(os.path.dirname(FLAGS.archive), "results.json")) as f:
-    source = json.load(f)
-  res = fooling.transfer(images, probs_a, models.load(FLAGS.model_b))
-  res.update(model_a=source["model"], encoding=source["encoding"], model_b=FLAGS.model_b)
-  k = len(images)
-  plots.curves(os.path.join(FLAGS.workdir, "transfer.png"), np.arange(k),
-               {f"A: {res['model_a']}": res["confidence_a"],
-                f"B: {res['model_b']}": res["confidence_b"]},
-               "class", "confidence for the class", f"transfer ({res['encoding']})")
-  with open(os.path.join(FLAGS.workdir, "transfer.json"), "w") as f:
-    json.dump(res, f, indent=1)
-  print(json.dumps({k_: res[k_] for k_ in ("model_a", "model_b", "encoding",
-                                           "mean_confidence_b", "b_agrees_top1")}))
+def run(config, workdir, log=cli.log) -> dict:
+  """Scores the source run's elites (row i made for class i) on ``config.model_b``."""
+  path = config.source if config.source.endswith(".npz") else os.path.join(config.source,
+                                                                           "archive.npz")
+  if not os.path.isfile(path):
+    raise UserError(f"no fooling archive at {path}; run experiments/fooling.py with "
+                    f"--workdir {os.path.dirname(path) or '.'} first")
+  archive = read_npz(path)
+  results_path = os.path.join(os.path.dirname(path), "results.json")
+  source = read_json(results_path) if os.path.exists(results_path) else {}
+  source = source.get("config", source)      # older results.json kept settings at the top
+  model_a, encoding = source.get("model", "net A"), source.get("encoding", "?")
+  log(f"scoring {len(archive['images'])} images of {model_a} ({encoding}) on {config.model_b}")
+  probs_b = np.asarray(models.load(config.model_b)(np.clip(archive["images"], 0, 255)))
+  res = metrics.transfer(archive["probs"], probs_b)
+  res.update(model_a=model_a, encoding=encoding, model_b=config.model_b, archive=path,
+             config=config.to_dict(), versions=versions())
+  workdir.save_figure("transfer.png", plots.curves(
+      np.arange(len(probs_b)), {f"A: {model_a}": res["confidence_a"],
+                                f"B: {config.model_b}": res["confidence_b"]},
+      "class", "confidence for the class", f"transfer ({encoding})"))
+  workdir.write_json("results.json", res)
+  return res
+
+
+def report(results: dict) -> str:
+  return json.dumps({k: results[k] for k in ("model_a", "model_b", "encoding",
+                                             "mean_confidence_b", "b_agrees_top1")})
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, "transfer.py", report=report)

@@ -9,10 +9,9 @@ attack runs every generation.
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pixeljax.pixel_attack import PixelAttackConfig, attack
+from pixeljax.sparse import PixelAttackConfig, attack
 
 
 def _time(fn, repeats: int) -> float:

@@ -8,27 +8,18 @@ corrupted file is named as such instead of failing deep inside msgpack.
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Optional, Tuple
 
 import flax.serialization
 import jax
 import numpy as np
 
+from pixeljax.errors import UserError
+from pixeljax.workdir import atomic_write
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
   """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes via a temporary file and a rename, so a killed run never leaves half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
 
 
 def save(prefix: str, variables: Any, metadata: Optional[dict] = None,

@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from pixeljax.errors import UserError
+
 SAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -59,12 +61,12 @@ def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
     ds = _from_npz(os.path.join(SAMPLES_DIR, BUNDLED[name]), split, name)
   elif name.endswith(".npz") or os.path.isfile(name):
     if not os.path.isfile(name):
-      raise FileNotFoundError(f"data file {name} does not exist")
+      raise UserError(f"data file {name} does not exist")
     ds = _from_npz(name, split, os.path.basename(name))
   elif name in TFDS_NAMES:
     ds = _from_tfds(name, split, data_dir, num_examples, image_size)
   else:
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(names())}")
+    raise UserError(f"unknown data set {name!r}; known: {', '.join(names())}")
   if num_examples is not None:
     ds = ds.take(np.arange(min(num_examples, len(ds))))
   return ds
@@ -74,7 +76,7 @@ def _from_npz(path: str, split: str, name: str) -> Dataset:
   with np.load(path, allow_pickle=False) as d:
     xk, yk = f"x_{split}", f"y_{split}"
     if xk not in d or yk not in d:
-      raise ValueError(f"{path} has no split {split!r}: expected keys {xk!r} and {yk!r}, "
+      raise UserError(f"{path} has no split {split!r}: expected keys {xk!r} and {yk!r}, "
                        f"found {sorted(d.files)}")
     images, labels = d[xk], d[yk]
     index = d[f"index_{split}"] if f"index_{split}" in d else np.arange(len(labels))
@@ -82,7 +84,7 @@ def _from_npz(path: str, split: str, name: str) -> Dataset:
   if images.ndim == 3:   # grayscale stored as (N, H, W)
     images = images[..., None]
   if images.dtype != np.uint8:
-    raise ValueError(f"{path}: expected uint8 images, got {images.dtype}")
+    raise UserError(f"{path}: expected uint8 images, got {images.dtype}")
   if class_names is None:
     class_names = _default_class_names(images, labels)
   return Dataset(name, split, images, labels.astype(np.int32), class_names,

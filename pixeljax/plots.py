@@ -1,4 +1,5 @@
-"""Figures as PNG files (matplotlib, Agg backend): nothing here computes a metric."""
+"""Figures as matplotlib ``Figure`` objects (Agg backend): nothing here computes a metric or
+writes a file. Experiments save them with ``Workdir.save_figure`` (atomic PNG)."""
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -11,21 +12,19 @@ def _plt():
   return plt
 
 
-def _save(fig, path: str):
-  import matplotlib.pyplot as plt
+def _done(fig):
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
-def _finish_line_plot(fig, ax, path: str, title: str):
+def _finish_line_plot(fig, ax, title: str):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title, fontsize=10)
-  _save(fig, path)
+  return _done(fig)
 
 
-def adversarial_grid(path: str, images, records, class_names: Sequence[str],
+def adversarial_grid(images, records, class_names: Sequence[str],
                      max_images: int = 20, cols: int = 5, title: Optional[str] = None):
   """Successful adversarial images with "true -> adversarial (confidence)", each perturbed
   pixel circled."""
@@ -51,10 +50,10 @@ def adversarial_grid(path: str, images, records, class_names: Sequence[str],
                  fontsize=8, color="black" if records.success[i] else "gray")
   if title:
     fig.suptitle(title, fontsize=10)
-  _save(fig, path)
+  return _done(fig)
 
 
-def class_pair_heatmap(path: str, pairs: np.ndarray, class_names: Sequence[str],
+def class_pair_heatmap(pairs: np.ndarray, class_names: Sequence[str],
                        title: str = "original → adversarial class (successful attacks)"):
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -70,10 +69,10 @@ def class_pair_heatmap(path: str, pairs: np.ndarray, class_names: Sequence[str],
         ax.text(j, i, int(pairs[i, j]), ha="center", va="center", fontsize=7, color="w")
   fig.colorbar(im, ax=ax)
   ax.set_title(title, fontsize=10)
-  _save(fig, path)
+  return _done(fig)
 
 
-def success_vs_pixels(path: str, results: Dict[str, Dict[int, float]],
+def success_vs_pixels(results: Dict[str, Dict[int, float]],
                       reference: Optional[Dict[str, Dict[int, float]]] = None,
                       title: str = "success rate vs number of pixels"):
   """``results``: {label: {pixels: success_rate}}; ``reference`` drawn dashed."""
@@ -88,10 +87,10 @@ def success_vs_pixels(path: str, results: Dict[str, Dict[int, float]],
   ax.set_xlabel("pixels changed")
   ax.set_ylabel("success rate (%)")
   ax.set_ylim(0, 100)
-  _finish_line_plot(fig, ax, path, title)
+  return _finish_line_plot(fig, ax, title)
 
 
-def gallery(path: str, images, class_names: Sequence[str], confidences,
+def gallery(images, class_names: Sequence[str], confidences,
             title: Optional[str] = None, cols: int = 5):
   """One image per class labelled with class and confidence (fooling images)."""
   plt = _plt()
@@ -107,10 +106,10 @@ def gallery(path: str, images, class_names: Sequence[str], confidences,
     ax.set_title(f"{class_names[i]}\n{confidences[i]:.4%}", fontsize=8)
   if title:
     fig.suptitle(title, fontsize=10)
-  _save(fig, path)
+  return _done(fig)
 
 
-def curves(path: str, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel: str,
+def curves(x, series: Dict[str, Sequence[float]], xlabel: str, ylabel: str,
            title: str = "", logy: bool = False):
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -120,4 +119,4 @@ def curves(path: str, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel
   ax.set_ylabel(ylabel)
   if logy:
     ax.set_yscale("log")
-  _finish_line_plot(fig, ax, path, title)
+  return _finish_line_plot(fig, ax, title)

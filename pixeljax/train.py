@@ -1,15 +1,22 @@
 """Supervised training of zoo models with optax: augmentation, evaluation, resumable state.
 
-``train(spec, train_set, test_set, config, workdir)`` runs epochs of a jit-compiled step,
-writes the whole training state (params, batch statistics, optimiser state, epoch) to
-``workdir/train_state.msgpack`` after every epoch, and resumes from it when restarted, so an
-interrupted run loses at most one epoch.
+``train(spec, train_images, train_labels, test_images, test_labels, config, workdir)`` runs
+epochs of a jit-compiled step, writes the whole training state (params, batch statistics,
+optimiser state, epoch) to ``workdir/train_state.msgpack`` and the history to
+``workdir/history.json`` after every epoch (atomically), and resumes from them when
+restarted, so an interrupted run loses at most one epoch and ends exactly where an
+uninterrupted one does.
+
+The folder is claimed (``workdir.claim``) by the ``TrainConfig``, the model and a
+fingerprint of the data; a restart with anything else raises ``SettingsMismatch`` instead of
+continuing someone else's training under new labels.
 """
 import dataclasses
-import json
+import hashlib
 import os
+import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import flax.serialization
 import jax
@@ -18,9 +25,14 @@ import numpy as np
 import optax
 from flax import struct
 
-from pixeljax import checkpoint
+from pixeljax import workdir as workdir_lib
+from pixeljax.errors import UserError
 from pixeljax.evaluate import accuracy
 from pixeljax.models.registry import ModelSpec, PixelClassifier
+from pixeljax.progress import Progress
+
+STATE_FILE = "train_state.msgpack"
+HISTORY_FILE = "history.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +48,6 @@ class TrainConfig:
   augment: bool = True            # random crop (4-pixel zero pad) + horizontal flip
   seed: int = 0
   num_classes: Optional[int] = None   # head size override (e.g. n + 1 for a fooling class)
-  log_every: int = 100
 
 
 @struct.dataclass
@@ -50,19 +61,21 @@ class TrainState:
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
   total = max(1, config.epochs * steps_per_epoch)
-  if config.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, int(config.warmup_epochs * steps_per_epoch), total)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  if config.schedule == "cosine" and warmup == 0:   # the same values, without optax's warning
+    lr = optax.cosine_decay_schedule(config.learning_rate, total)
+  elif config.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
   elif config.schedule == "constant":
     lr = config.learning_rate
   else:
-    raise ValueError(f"unknown schedule {config.schedule!r}; use 'cosine' or 'constant'")
+    raise UserError(f"unknown schedule {config.schedule!r}; use 'cosine' or 'constant'")
   if config.optimizer == "sgd":
     opt = optax.sgd(lr, momentum=config.momentum, nesterov=True)
   elif config.optimizer == "adam":
     opt = optax.adam(lr)
   else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+    raise UserError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
   # Decay only kernels (not biases / BN scales), as the usual CIFAR recipes do.
   decay_mask = lambda p: jax.tree_util.tree_map_with_path(
       lambda path, _: getattr(path[-1], "key", "") == "kernel", p)
@@ -116,56 +129,96 @@ def _variables(state: TrainState):
   return v
 
 
+def _sha1(array) -> str:
+  return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def data_fingerprint(images, labels, samples: int = 256) -> Dict[str, Any]:
+  """Identifies a data set cheaply: its size, image shape and dtype, a sha1 of all labels and
+  one of every (n // samples)-th image."""
+  images, labels = np.asarray(images), np.asarray(labels, np.int64)
+  stride = max(1, len(images) // samples)
+  return dict(count=int(len(labels)), image_shape=list(images.shape[1:]),
+              dtype=str(images.dtype), labels_sha1=_sha1(labels),
+              images_sha1=_sha1(images[::stride]))
+
+
 def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
-          config: TrainConfig, workdir: str, log: Callable[[str], None] = print):
-  """Trains ``spec`` and returns ``(variables, history)``; resumes from ``workdir``."""
-  os.makedirs(workdir, exist_ok=True)
+          config: TrainConfig, workdir: str, log: Optional[Callable[[str], None]] = None, *,
+          log_every: int = 100, progress_interval: float = 5.0, show_progress: bool = True):
+  """Trains ``spec`` and returns ``(variables, history)``; resumes from ``workdir``.
+
+  ``log_every`` (steps between progress updates), ``progress_interval`` and
+  ``show_progress`` change what is shown, never the result."""
+  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   n = len(train_labels)
+  if len(train_images) != n:
+    raise UserError(f"{len(train_images)} training images but {n} labels")
   if n < config.batch_size:
-    raise ValueError(f"training set has {n} images, fewer than one batch of "
-                     f"{config.batch_size}")
+    raise UserError(f"training set has {n} images, fewer than one batch of "
+                    f"{config.batch_size}")
   steps_per_epoch = n // config.batch_size
+  tx = make_optimizer(config, steps_per_epoch)     # validates the optimiser settings
+  settings = dict(config=dataclasses.asdict(config), model=spec.name,
+                  train_data=data_fingerprint(train_images, train_labels),
+                  test_data=data_fingerprint(test_images, test_labels))
+  resumed = workdir_lib.claim(workdir, settings)
   module = spec.module(config.num_classes)
   variables = spec.init(jax.random.PRNGKey(config.seed), config.num_classes)
-  tx = make_optimizer(config, steps_per_epoch)
   state = TrainState(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32),
                      params=variables["params"], batch_stats=variables.get("batch_stats"),
                      opt_state=tx.init(variables["params"]))
-  state_path = os.path.join(workdir, "train_state.msgpack")
-  history_path = os.path.join(workdir, "history.json")
+  state_path = os.path.join(workdir, STATE_FILE)
+  history_path = os.path.join(workdir, HISTORY_FILE)
   history = []
-  if os.path.exists(state_path):
+  if resumed and os.path.exists(state_path):
     with open(state_path, "rb") as f:
-      state = flax.serialization.from_bytes(state, f.read())
-    if os.path.exists(history_path):
-      with open(history_path) as f:
-        history = json.load(f)
+      try:
+        state = flax.serialization.from_bytes(state, f.read())
+      except Exception as e:  # msgpack errors of a truncated or foreign file
+        raise UserError(f"{state_path} is corrupt ({e}); remove it to start over") from None
+    # The history is written before the state, so it may hold one epoch more (a run killed
+    # between the two writes): that epoch is redone.
+    history = workdir_lib.read_json(history_path) if os.path.exists(history_path) else []
+    history = history[:int(state.epoch)]
+    if len(history) != int(state.epoch):
+      raise UserError(f"{workdir} is inconsistent ({len(history)} epochs of history, state "
+                      f"at epoch {int(state.epoch)}); remove it to start over")
     log(f"resumed from {state_path} at epoch {int(state.epoch)}")
   step_fn = _make_step(module, tx, config.augment)
   predict = jax.jit(lambda v, x: module.apply(v, x, train=False))
   train_images = np.asarray(train_images)
-  for epoch in range(int(state.epoch), config.epochs):
-    t0 = time.time()
-    order = np.random.default_rng([config.seed, epoch]).permutation(n)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
-    run_loss = run_acc = 0.0
-    for i in range(steps_per_epoch):
-      idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-      state, loss, acc = step_fn(state, jnp.asarray(train_images[idx], jnp.float32),
-                                 jnp.asarray(train_labels[idx]), jax.random.fold_in(key, i))
-      run_loss += float(loss)
-      run_acc += float(acc)
-      if (i + 1) % config.log_every == 0:
-        log(f"epoch {epoch + 1}/{config.epochs} step {i + 1}/{steps_per_epoch} "
-            f"loss {run_loss / (i + 1):.4f} acc {run_acc / (i + 1):.4f}")
-    variables = _variables(state)
-    test_acc = accuracy(lambda x: predict(variables, x), test_images, test_labels)
-    record = dict(epoch=epoch + 1, train_loss=run_loss / steps_per_epoch,
-                  train_accuracy=run_acc / steps_per_epoch, test_accuracy=test_acc,
-                  seconds=time.time() - t0)
-    history.append(record)
-    log(json.dumps(record))
-    state = state.replace(epoch=jnp.asarray(epoch + 1, jnp.int32))
-    checkpoint.atomic_write(state_path, flax.serialization.to_bytes(state))
-    checkpoint.atomic_write(history_path, json.dumps(history, indent=1).encode())
+  train_labels = np.asarray(train_labels)
+  start = int(state.epoch)
+  bar = Progress(config.epochs * steps_per_epoch, f"train {spec.name}",
+                 min_interval=progress_interval, enabled=show_progress,
+                 initial=min(start, config.epochs) * steps_per_epoch)
+  with bar:
+    for epoch in range(start, config.epochs):
+      t0 = time.time()
+      order = np.random.default_rng([config.seed, epoch]).permutation(n)
+      key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
+      run_loss = run_acc = 0.0
+      done = epoch * steps_per_epoch
+      for i in range(steps_per_epoch):
+        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+        state, loss, acc = step_fn(state, jnp.asarray(train_images[idx], jnp.float32),
+                                   jnp.asarray(train_labels[idx]), jax.random.fold_in(key, i))
+        run_loss += float(loss)
+        run_acc += float(acc)
+        if (i + 1) % log_every == 0 and i + 1 < steps_per_epoch:
+          bar.update(done + i + 1, epoch=f"{epoch + 1}/{config.epochs}",
+                     loss=run_loss / (i + 1), accuracy=run_acc / (i + 1))
+      variables = _variables(state)
+      test_acc = accuracy(lambda x: predict(variables, x), test_images, test_labels)
+      record = dict(epoch=epoch + 1, train_loss=run_loss / steps_per_epoch,
+                    train_accuracy=run_acc / steps_per_epoch, test_accuracy=test_acc,
+                    seconds=time.time() - t0)
+      history.append(record)
+      state = state.replace(epoch=jnp.asarray(epoch + 1, jnp.int32))
+      workdir_lib.write_json(history_path, history)
+      workdir_lib.atomic_write(state_path, flax.serialization.to_bytes(state))
+      bar.update(done + steps_per_epoch, epoch=f"{epoch + 1}/{config.epochs}",
+                 loss=record["train_loss"], accuracy=record["train_accuracy"],
+                 test_accuracy=test_acc)
   return _variables(state), history

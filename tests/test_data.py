@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pixeljax import data
+from pixeljax.errors import UserError
 
 
 def test_bundled_samples():
@@ -31,9 +32,9 @@ def test_local_npz(tmp_path):
 
 
 def test_unknown_data_set():
-  with pytest.raises(ValueError, match="unknown data set 'svhn'"):
+  with pytest.raises(UserError, match="unknown data set 'svhn'"):
     data.load("svhn")
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(UserError, match="does not exist"):
     data.load("/nonexistent/file.npz")
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixeljax import de
+from pixeljax.evolution import de
 
 
 def test_distinct_indices_are_distinct_and_exclude_self():

@@ -1,4 +1,6 @@
-import os
+"""The fooling library: encodings, the generic MAP-Elites engine, the resumable driver,
+gradient ascent and the paper's metrics (experiments: tests/test_fooling_experiments.py)."""
+import dataclasses
 
 import chex
 import jax
@@ -6,30 +8,35 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixeljax import fooling, gradient_ascent, map_elites
-from pixeljax.cppn import CPPN, hls_to_rgb
-from pixeljax.direct_encoding import (DirectEncoding, mutation_rate, polynomial_mutation,
-                                      sbx_crossover)
+from pixeljax.errors import UserError
+from pixeljax.evolution import map_elites
+from pixeljax.fooling import driver, gradient_ascent
+from pixeljax.fooling.cppn import CPPN, hls_to_rgb
+from pixeljax.fooling.direct import (DirectEncoding, mutation_rate, polynomial_mutation,
+                                     sbx_crossover)
+from pixeljax.metrics import fooling as metrics
+from pixeljax.workdir import SettingsMismatch
 
 
 def test_renderer_shapes_any_resolution_and_determinism():
   for outputs in (1, 3):
     c = CPPN(outputs=outputs)
     g = c.init(jax.random.PRNGKey(0), 5)
+    render = jax.jit(c.render, static_argnums=(1, 2))
     for h, w in ((28, 28), (32, 32), (7, 13)):
-      img = c.render(g, h, w)
+      img = render(g, h, w)
       chex.assert_shape(img, (5, h, w, outputs))
       assert float(img.min()) >= 0 and float(img.max()) <= 255
-    render = jax.jit(c.render, static_argnums=(1, 2))
     chex.assert_trees_all_equal(render(g, 16, 16), render(g, 16, 16))
-    chex.assert_trees_all_close(c.render(g, 16, 16), render(g, 16, 16), atol=1e-3)
+    chex.assert_trees_all_close(c.render(g, 6, 6), render(g, 6, 6), atol=1e-3)   # eager
 
 
 def test_renderer_draws_one_function_at_every_resolution():
   """A CPPN is resolution independent: the 2x image subsampled on shared coordinates matches."""
   c = CPPN(outputs=1)
   g = c.mutate(jax.random.PRNGKey(3), c.init(jax.random.PRNGKey(2), 1))
-  small, big = c.render(g, 5, 5), c.render(g, 9, 9)
+  render = jax.jit(c.render, static_argnums=(1, 2))
+  small, big = render(g, 5, 5), render(g, 9, 9)
   np.testing.assert_allclose(np.asarray(big[:, ::2, ::2]), np.asarray(small), atol=1e-3)
 
 
@@ -99,25 +106,100 @@ def test_every_offspring_competes_in_every_cell():
   np.testing.assert_allclose(tie.fitness, out.fitness)   # ties keep the incumbent
 
 
-def test_map_elites_improves_and_resumes(tmp_path):
+def _brightness_score(images):
   """Toy scorer: class c likes mean brightness near c * 25."""
-  def score(images):
-    m = images.mean(axis=(1, 2, 3))
-    return jnp.exp(-((m[:, None] - 25.0 * jnp.arange(10)[None]) / 20.0) ** 2)
-  enc = DirectEncoding((4, 4, 1))
-  logs = []
-  a, imgs, stats = fooling.evolve(score, enc, 10, (4, 4, 1), 32, 20, 0, str(tmp_path / "a"),
-                                  chunk=10, log=logs.append)
-  assert imgs.shape == (10, 4, 4, 1) and len(stats["median"]) == 20
+  m = images.mean(axis=(1, 2, 3))
+  return jnp.exp(-((m[:, None] - 25.0 * jnp.arange(10)[None]) / 20.0) ** 2)
+
+
+ENC = DirectEncoding((4, 4, 1))
+
+
+def _evolve(state_dir=None, generations=7, segment=3, population=32, seed=0,
+            scorer="brightness", **kw):
+  config = driver.EvolutionConfig(population=population, generations=generations,
+                                  segment=segment, seed=seed)
+  return driver.evolve(_brightness_score, kw.pop("encoding", ENC), 10, (4, 4, 1), config,
+                       state_dir=None if state_dir is None else str(state_dir),
+                       scorer=scorer, show_progress=False, **kw)
+
+
+class Interrupted(Exception):
+  """Stands in for a killed process."""
+
+
+def _interrupt_after(monkeypatch, module, updates: int):
+  """Makes ``module``'s progress report raise at its ``updates``-th update (they come after
+  each segment's or epoch's save point)."""
+  from pixeljax.progress import Progress
+  count = [0]
+
+  class Flaky(Progress):
+    def update(self, done, **stats):
+      count[0] += 1
+      if count[0] >= updates:
+        raise Interrupted
+  monkeypatch.setattr(module, "Progress", Flaky)
+
+
+def test_map_elites_engine_knows_nothing_of_images():
+  """Genomes are any pytree; the scoring function maps genomes to (B, K) scores."""
+  class AddNoise:
+    def mutate(self, key, genomes, generation, partners=None):
+      return jax.tree_util.tree_map(lambda g: g + 0.3 * jax.random.normal(key, g.shape),
+                                    genomes)
+  target = jnp.array([-2.0, 0.0, 2.0])
+  scoring_fn = lambda g: -jnp.abs((g["x"][:, 0] + g["y"][:, 1])[:, None] - target[None])
+  genomes = {"x": jnp.zeros((8, 1)), "y": jnp.zeros((8, 2))}
+  archive = map_elites.init(jax.random.PRNGKey(0), genomes, scoring_fn, num_cells=3)
+  chex.assert_shape(archive.genomes["y"], (3, 2))
+  archive, stats = jax.jit(lambda a: map_elites.run(a, AddNoise(), scoring_fn, 8, 30))(archive)
+  assert int(archive.generation) == 30 and int(archive.evaluations) == 8 * 31
+  assert stats["median"].shape == (30,) and float(archive.fitness.min()) > -0.3
+  with pytest.raises(AssertionError):   # scores of the wrong shape are a programming error
+    map_elites.init(jax.random.PRNGKey(0), genomes, lambda g: scoring_fn(g)[:, :2], 3)
+
+
+def test_evolve_improves_and_ends_exactly_at_generations():
+  """7 generations in segments of 3 compile a 3- and a 1-generation scan: the archive ends at
+  generation 7 (not 9) with 7 statistics, and equals a run in one segment."""
+  archive, images, stats = _evolve(generations=7, segment=3)
+  assert images.shape == (10, 4, 4, 1)
+  assert int(archive.generation) == 7 and int(archive.evaluations) == 32 * 8
+  assert all(len(v) == 7 for v in stats.values())
   assert np.all(np.diff(stats["minimum"][np.isfinite(stats["minimum"])]) >= -1e-6)
-  # Interrupted after the first chunk: copy its save point, resume, same final archive.
-  b1, _, _ = fooling.evolve(score, enc, 10, (4, 4, 1), 32, 10, 0, str(tmp_path / "b"), chunk=10,
-                            log=logs.append)
-  b, _, stats_b = fooling.evolve(score, enc, 10, (4, 4, 1), 32, 20, 0, str(tmp_path / "b"),
-                                 chunk=10, log=logs.append)
-  assert any("resumed at generation 10" in l for l in logs)
-  chex.assert_trees_all_equal(a.genomes, b.genomes)
-  np.testing.assert_array_equal(stats["median"], stats_b["median"])
+  one, _, stats_one = _evolve(generations=7, segment=7)
+  chex.assert_trees_all_equal(archive, one)
+  chex.assert_trees_all_equal(stats, stats_one)
+
+
+def test_interrupted_evolution_resumes_to_the_same_archive(tmp_path, monkeypatch):
+  uninterrupted = _evolve(tmp_path / "a", generations=7, segment=3)
+  _interrupt_after(monkeypatch, driver, updates=2)     # killed after generation 6 is saved
+  with pytest.raises(Interrupted):
+    _evolve(tmp_path / "b", generations=7, segment=3)
+  monkeypatch.undo()
+  logs = []
+  resumed = _evolve(tmp_path / "b", generations=7, segment=3, log=logs.append)
+  assert logs == ["resumed at generation 6"]
+  chex.assert_trees_all_equal(resumed, uninterrupted)
+  # A finished run can be extended: its settings do not include the generation count.
+  extended = _evolve(tmp_path / "b", generations=10, segment=3, log=logs.append)
+  chex.assert_trees_all_equal(extended, _evolve(generations=10, segment=3))
+  with pytest.raises(UserError, match="at generation 10, beyond the 7 asked"):
+    _evolve(tmp_path / "b", generations=7, segment=3)
+
+
+def test_evolve_refuses_a_folder_made_with_other_settings(tmp_path):
+  _evolve(tmp_path, generations=2)
+  for change, name in ((dict(population=16), "population"), (dict(seed=1), "seed"),
+                       (dict(segment=2), "segment"), (dict(scorer="other net"), "scorer"),
+                       (dict(encoding=DirectEncoding((4, 4, 1), eta=20.0)),
+                        "encoding_settings.eta")):
+    with pytest.raises(SettingsMismatch, match=name):
+      _evolve(tmp_path, generations=4, **change)
+  with pytest.raises(ValueError, match="scorer name"):
+    _evolve(tmp_path, generations=4, scorer=None)
 
 
 def test_gradient_ascent_records_first_steps():
@@ -134,23 +216,46 @@ def test_gradient_ascent_records_first_steps():
   reached = fc >= 0
   assert np.all(fc[reached] >= np.repeat(ft[:, None], 3, 1)[reached])
   assert float(state.images.min()) >= 0 and float(state.images.max()) <= 255
+  images, fitness, stats, first = driver.ascend(
+      predict, 3, (4, 4, 1), gradient_ascent.GradientAscentConfig(steps=100, blur_every=10),
+      seed=1)
+  np.testing.assert_allclose(images, state.images)
+  np.testing.assert_allclose(fitness, conf[-1])
+  np.testing.assert_allclose(stats["minimum"], np.asarray(conf).min(1))
+  assert first["first_top1_step"] == ft.tolist()
 
 
-def test_bad_input_is_named():
-  with pytest.raises(ValueError, match="unknown encoding 'dna'"):
-    fooling.make_encoding("dna", (28, 28, 1))
-  with pytest.raises(ValueError, match="population must be >= 1"):
-    fooling.evolve(lambda x: x, DirectEncoding((2, 2, 1)), 2, (2, 2, 1), 0, 5, 0)
+def test_make_encoding_reads_settings_and_names_bad_input():
+  enc = driver.make_encoding("direct", (28, 28, 1), {"crossover_rate": 0.5})
+  assert enc == DirectEncoding((28, 28, 1), crossover_rate=0.5)
+  assert driver.make_encoding("cppn", (32, 32, 3)) == CPPN(outputs=3)
+  assert set(driver.encoding_defaults("cppn")) == {
+      f.name for f in dataclasses.fields(CPPN)} - {"outputs"}
+  with pytest.raises(UserError, match="unknown encoding 'dna'"):
+    driver.make_encoding("dna", (28, 28, 1))
+  with pytest.raises(UserError, match="unknown setting.*max_hiden"):
+    driver.make_encoding("cppn", (28, 28, 1), {"max_hiden": 3})
+  with pytest.raises(UserError, match="population and segment must be >= 1"):
+    _evolve(population=0)
 
 
-def test_fooling_experiment_on_the_papers_mnist_net(tmp_path):
-  from pixeljax import models
-  clf = models.load("mnist_lenet_fooling")
-  res = fooling.fooling_experiment(clf, "direct", str(tmp_path), generations=50,
-                                   population=400, chunk=25)
-  assert res["classes_at_99"] >= 8     # direct encoding fools this net within tens of gens
-  for f in ("archive.npz", "gallery.png", "confidence.png", "results.json"):
-    assert os.path.exists(tmp_path / f)
-  with np.load(tmp_path / "archive.npz") as a:
-    t = fooling.transfer(a["images"], a["probs"], clf)
-  np.testing.assert_allclose(t["confidence_b"], t["confidence_a"], atol=1e-5)
+def test_fooling_class_is_oversampled_to_an_average_class():
+  images = np.zeros((100, 2, 2, 1), np.uint8)
+  labels = np.repeat(np.arange(10), 10)
+  x, y = driver.add_fooling_class(images, labels, np.full((3, 2, 2, 1), 254.6), 10)
+  assert x.shape == (110, 2, 2, 1) and x.dtype == np.uint8 and np.all(x[100:] == 255)
+  assert np.sum(y == 10) == 10 and np.array_equal(y[:100], labels)
+
+
+def test_fooling_metrics():
+  stats = {"filled": np.array([8, 10, 10, 10]), "minimum": np.array([.99999, .5, .995, .99995])}
+  assert metrics.first_generation_all_above(stats, 0.99) == 3      # 1-based; gen 1 not full
+  assert metrics.first_generation_all_above(stats, 0.9999) == 4
+  assert metrics.first_generation_all_above(stats, 0.999999) is None
+  probs = np.array([[0.99995, 0.00005], [0.6, 0.4]])
+  s = metrics.summary(probs, stats)
+  assert s["classes_at_9999"] == 1 and s["classes_at_99"] == 1 and s["top1"] == [0, 0]
+  t = metrics.transfer(probs, probs[::-1])
+  assert t["confidence_b"] == [0.6, 0.00005] and t["b_agrees_top1"] == 0.5
+  e = metrics.elites([0.5, 0.995, 0.99995, 1.0])
+  assert e["fraction_at_99"] == 0.75 and e["fraction_at_9999"] == 0.5

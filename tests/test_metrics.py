@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pixeljax import metrics
-from pixeljax.pixel_attack import AttackRecords
+from pixeljax.metrics import one_pixel as metrics
+from pixeljax.sparse.records import AttackRecords
 
 
 def _records(success, true, adv, target, probs_adv, image_id, queries):

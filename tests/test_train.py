@@ -1,11 +1,34 @@
-import json
-import os
+import dataclasses
 
+import chex
 import jax
 import numpy as np
+import pytest
 
 from pixeljax import data, models
+from pixeljax import train as train_lib
+from pixeljax.errors import UserError
+from pixeljax.progress import Progress
 from pixeljax.train import TrainConfig, augment_batch, train
+from pixeljax.workdir import SettingsMismatch
+
+CFG = TrainConfig(epochs=2, batch_size=50, optimizer="adam", learning_rate=1e-3,
+                  weight_decay=0.0, augment=False)
+
+
+class Interrupted(Exception):
+  """Stands in for a killed process."""
+
+
+@pytest.fixture(scope="module")
+def mnist():
+  ds = data.load("mnist_samples")
+  return ds.images[:400], ds.labels[:400], ds.images[400:], ds.labels[400:]
+
+
+def _train(mnist, folder, config=CFG, logs=None, spec="mnist_lenet"):
+  return train(models.get(spec), *mnist, config, str(folder),
+               log=(logs.append if logs is not None else lambda s: None), show_progress=False)
 
 
 def test_augment_keeps_shape_and_content():
@@ -15,20 +38,47 @@ def test_augment_keeps_shape_and_content():
   assert float(y.max()) <= float(x.max())
 
 
-def test_training_lowers_the_loss_and_resumes(tmp_path):
-  ds = data.load("mnist_samples")
-  spec = models.get("mnist_lenet")
-  cfg = TrainConfig(epochs=2, batch_size=50, optimizer="adam", learning_rate=1e-3,
-                    weight_decay=0.0, augment=False, log_every=1000)
-  logs = []
-  _, hist = train(spec, ds.images[:400], ds.labels[:400], ds.images[400:], ds.labels[400:],
-                  cfg, str(tmp_path), log=logs.append)
+def test_training_lowers_the_loss_and_an_interrupted_run_resumes_to_the_same_weights(
+    mnist, tmp_path, monkeypatch):
+  variables, hist = _train(mnist, tmp_path / "whole")
   assert hist[1]["train_loss"] < hist[0]["train_loss"]
   assert hist[1]["test_accuracy"] > 0.5
-  # A rerun with more epochs resumes at epoch 2 instead of starting over.
-  cfg3 = TrainConfig(**{**cfg.__dict__, "epochs": 3})
-  logs.clear()
-  _, hist3 = train(spec, ds.images[:400], ds.labels[:400], ds.images[400:], ds.labels[400:],
-                   cfg3, str(tmp_path), log=logs.append)
-  assert any("resumed" in l and "epoch 2" in l for l in logs)
-  assert len(hist3) == 3 and hist3[:2] == hist
+  # Killed right after epoch 1 is saved; the rerun resumes there and ends identical.
+  count = [0]
+
+  class Killed(Progress):
+    def update(self, done, **stats):
+      count[0] += 1
+      raise Interrupted
+  monkeypatch.setattr(train_lib, "Progress", Killed)
+  with pytest.raises(Interrupted):
+    _train(mnist, tmp_path / "cut")
+  monkeypatch.undo()
+  logs = []
+  resumed, hist_r = _train(mnist, tmp_path / "cut", logs=logs)
+  assert count[0] == 1 and any("resumed" in l and "epoch 1" in l for l in logs)
+  chex.assert_trees_all_equal(resumed, variables)
+  strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+  assert strip(hist_r) == strip(hist)
+  # Rerunning a finished run trains nothing and returns the same weights.
+  again, hist_a = _train(mnist, tmp_path / "cut")
+  chex.assert_trees_all_equal(again, variables)
+  assert hist_a == hist_r
+
+
+def test_a_restart_with_other_settings_or_data_is_refused(mnist, tmp_path):
+  one = dataclasses.replace(CFG, epochs=1)
+  _train(mnist, tmp_path, one)
+  with pytest.raises(SettingsMismatch, match=r"config\.learning_rate: 0\.001 -> 0\.01"):
+    _train(mnist, tmp_path, dataclasses.replace(one, learning_rate=1e-2))
+  with pytest.raises(SettingsMismatch, match=r"config\.epochs: 1 -> 2"):
+    _train(mnist, tmp_path, CFG)     # the cosine schedule depends on the epoch count
+  x, y, xt, yt = mnist
+  with pytest.raises(SettingsMismatch, match=r"train_data\.labels_sha1"):
+    _train((x, np.roll(y, 1), xt, yt), tmp_path, one)
+  with pytest.raises(SettingsMismatch, match=r"train_data\.count: 400 -> 350"):
+    _train((x[:350], y[:350], xt, yt), tmp_path, one)
+  with pytest.raises(SettingsMismatch, match="model"):
+    _train(mnist, tmp_path, one, spec="mnist_lenet_fooling")
+  with pytest.raises(UserError, match="unknown optimizer 'adamw'"):
+    _train(mnist, tmp_path / "other", dataclasses.replace(one, optimizer="adamw"))

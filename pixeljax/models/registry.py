@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixeljax.errors import UserError
 from pixeljax import checkpoint as ckpt
 from pixeljax.models import layers
 from pixeljax.models.alexnet import AlexNet
@@ -84,7 +85,7 @@ def get(name: str) -> ModelSpec:
   try:
     return _SPECS[name]
   except KeyError:
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
+    raise UserError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
 
 
 def _keras(graph_name: str) -> Callable[[], nn.Module]:
@@ -156,15 +157,15 @@ def check_images(images, input_shape, who="model"):
   """Validates a batch of pixel images for a model; returns it as float32."""
   shape = np.shape(images)
   if len(shape) != 4 or tuple(shape[1:]) != tuple(input_shape):
-    raise ValueError(f"{who} expects images of shape (N, {', '.join(map(str, input_shape))}) "
+    raise UserError(f"{who} expects images of shape (N, {', '.join(map(str, input_shape))}) "
                      f"(NHWC), got {tuple(shape)}")
   dtype = np.dtype(getattr(images, "dtype", np.float32))
   if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
-    raise ValueError(f"{who} expects uint8 or float pixel images, got dtype {dtype}")
+    raise UserError(f"{who} expects uint8 or float pixel images, got dtype {dtype}")
   if not isinstance(images, jax.core.Tracer) and np.issubdtype(dtype, np.floating):
     arr = np.asarray(images)
     if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255):
-      raise ValueError(f"{who} expects pixels in [0, 255]; got values in "
+      raise UserError(f"{who} expects pixels in [0, 255]; got values in "
                        f"[{np.nanmin(arr)}, {np.nanmax(arr)}] (NaN/inf present: "
                        f"{not np.all(np.isfinite(arr))})")
   return jnp.asarray(images, jnp.float32)

@@ -11,7 +11,6 @@ from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 

@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixeljax import campaign, metrics, pixel_attack
-from pixeljax.pixel_attack import PixelAttackConfig, attack
+from pixeljax.errors import UserError
+from pixeljax.metrics import one_pixel as metrics
+from pixeljax.sparse import exhaustive, problem, runner
+from pixeljax.sparse.problem import PixelAttackConfig
+from pixeljax.sparse.runner import attack
 
 SMALL = dict(popsize=24, generations=4, segment_generations=2)
 
@@ -18,19 +21,19 @@ SMALL = dict(popsize=24, generations=4, segment_generations=2)
 def test_perturb_writes_exactly_k_pixels():
   img = jnp.zeros((5, 6, 3))
   cand = jnp.array([2.7, 4.1, 10., 20., 30., 0.2, 0.9, 255., 255., 255.])
-  out = np.asarray(pixel_attack.perturb(img, cand))
+  out = np.asarray(problem.perturb(img, cand))
   np.testing.assert_array_equal(out[4, 2], [10, 20, 30])
   np.testing.assert_array_equal(out[0, 0], [255, 255, 255])
   assert np.count_nonzero(out.sum(-1)) == 2
 
 
 def test_decode_clips_and_rounds():
-  x, y, col = pixel_attack.decode(jnp.array([6.0, -1.0, 12.4]), (5, 6, 1))
+  x, y, col = problem.decode(jnp.array([6.0, -1.0, 12.4]), (5, 6, 1))
   assert int(x[0]) == 5 and int(y[0]) == 0 and float(col[0, 0]) == 12.0
 
 
 def test_initial_population_follows_the_paper():
-  pop = np.asarray(pixel_attack.initial_population(jax.random.PRNGKey(0), (32, 32, 3), 2,
+  pop = np.asarray(problem.initial_population(jax.random.PRNGKey(0), (32, 32, 3), 2,
                                                    4000)).reshape(4000, 2, 5)
   assert pop.shape == (4000, 2, 5)
   assert pop[..., :2].min() >= 0 and pop[..., :2].max() < 32
@@ -48,19 +51,19 @@ def test_success_first_ranks_fooling_candidates_first():
   predict = lambda imgs: table[jnp.argmax(imgs[:, 0, :, 0], axis=-1)]
   pop = jnp.array([[0., 0., 1.], [1., 0., 1.], [2., 0., 1.]])
   image = jnp.zeros((1, 3, 1))
-  paper = pixel_attack.fitness_fn(predict, image, 0, -1, False)(pop)
-  first = pixel_attack.fitness_fn(predict, image, 0, -1, False, "success_first")(pop)
+  paper = problem.fitness_fn(predict, image, 0, -1, False)(pop)
+  first = problem.fitness_fn(predict, image, 0, -1, False, "success_first")(pop)
   np.testing.assert_allclose(paper, [0.40, 0.45, 0.02])
   np.testing.assert_allclose(first, [0.40, -0.55, -0.98])
   assert float(first[1]) < float(first[0])           # the fooling candidate now wins
-  targeted = pixel_attack.fitness_fn(predict, image, 0, 1, True, "success_first")(pop)
+  targeted = problem.fitness_fn(predict, image, 0, 1, True, "success_first")(pop)
   np.testing.assert_allclose(targeted, [0.65, -0.50, -0.90])
   # The paper's early stop is unchanged: p_true < 5% (or p_target > 50%) stops either way.
   for targeted_mode, fit in ((False, first), (True, targeted)):
     cfg = PixelAttackConfig(targeted=targeted_mode, objective="success_first")
     stops = np.asarray(fit) < cfg.de_config().stop_fitness
     np.testing.assert_array_equal(stops, [False, False, True])
-  with pytest.raises(ValueError, match="unknown objective"):
+  with pytest.raises(UserError, match="unknown objective"):
     PixelAttackConfig(objective="margin")
 
 
@@ -103,7 +106,7 @@ def test_same_seed_same_result_and_batch_independence(cifar_lenet, cifar_samples
 
 def test_targeted_attack_for_all_targets(cifar_lenet, cifar_samples):
   idx = _correct(cifar_lenet, cifar_samples, 2)
-  rows, targets = pixel_attack.targets_for_all(cifar_samples.labels[idx], 10)
+  rows, targets = runner.targets_for_all(cifar_samples.labels[idx], 10)
   assert len(rows) == 18 and not np.any(targets == cifar_samples.labels[idx][rows])
   cfg = PixelAttackConfig(pixels=1, targeted=True, **SMALL)
   rec = attack(cifar_lenet.predict, cifar_samples.images[idx][rows],
@@ -118,36 +121,29 @@ def test_targeted_attack_for_all_targets(cifar_lenet, cifar_samples):
 def test_bad_input_is_named(cifar_lenet, cifar_samples):
   imgs, labels = cifar_samples.images[:2], cifar_samples.labels[:2]
   key = jax.random.PRNGKey(0)
-  with pytest.raises(ValueError, match="pixels must be >= 1"):
+  with pytest.raises(UserError, match="pixels must be >= 1"):
     PixelAttackConfig(pixels=0)
-  with pytest.raises(ValueError, match="exceeds the 1024 pixels"):
+  with pytest.raises(UserError, match="exceeds the 1024 pixels"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(pixels=1025, **SMALL))
-  with pytest.raises(ValueError, match="label out of range"):
+  with pytest.raises(UserError, match="label out of range"):
     attack(cifar_lenet.predict, imgs, np.array([3, 10]), key, PixelAttackConfig(**SMALL))
-  with pytest.raises(ValueError, match="images must be"):
+  with pytest.raises(UserError, match="images must be"):
     attack(cifar_lenet.predict, imgs[0], labels, key, PixelAttackConfig(**SMALL))
-  with pytest.raises(ValueError, match="differ from the true label"):
+  with pytest.raises(UserError, match="differ from the true label"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(targeted=True, **SMALL),
            targets=labels)
-  with pytest.raises(ValueError, match="strategy"):
+  with pytest.raises(UserError, match="strategy"):
     PixelAttackConfig(strategy="nope")
   nan_model = lambda x: jnp.full((x.shape[0], 10), jnp.nan)
   with pytest.raises(FloatingPointError, match="NaN"):
     attack(nan_model, imgs, labels, key, PixelAttackConfig(**SMALL))
 
 
-def test_image_model_shape_mismatch(cifar_lenet, tmp_path):
-  from pixeljax import data
-  with pytest.raises(ValueError, match=r"expects images of shape \(N, 32, 32, 3\)"):
-    campaign.one_pixel_experiment(cifar_lenet, data.load("mnist_samples"), [1], str(tmp_path),
-                                  num_images=2, popsize=8, generations=1, figures=False)
-
-
 def test_exhaustive_baseline_matches_brute_force(cifar_lenet, cifar_samples):
   img, label = cifar_samples.images[3:4].astype(np.float32), cifar_samples.labels[3:4]
-  crop = lambda x: jax.image.resize(x, (x.shape[0], 32, 32, 3), "nearest")
   colours = np.array([[0., 0., 0.], [255., 255., 255.]])
-  out = pixel_attack.exhaustive_one_pixel(cifar_lenet.predict, img, label, colours, chunk=300)
+  out = exhaustive.exhaustive_one_pixel(cifar_lenet.predict, img, label, colours,
+                                       candidates_per_call=300)
   # brute force in numpy-land
   cands = []
   for y in range(32):
@@ -164,38 +160,12 @@ def test_exhaustive_baseline_matches_brute_force(cifar_lenet, cifar_samples):
   assert out["queries"][0] == 2048
 
 
-def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_samples, tmp_path):
-  idx = _correct(cifar_lenet, cifar_samples, 5)
-  args = (cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
-          PixelAttackConfig(pixels=1, **SMALL), 0)
-  full = campaign.run(*args, str(tmp_path / "a"), "t", 10, chunk_size=2)
-  # "Kill" a run after its second chunk: keep only the first two chunk files, then rerun.
-  campaign.run(*args, str(tmp_path / "b"), "t", 10, chunk_size=2)
-  chunks = sorted(os.listdir(tmp_path / "b" / "chunks" / "t"))
-  assert len(chunks) == 3
-  os.remove(tmp_path / "b" / "chunks" / "t" / chunks[-1])
-  logs = []
-  resumed = campaign.run(*args, str(tmp_path / "b"), "t", 10, chunk_size=2, log=logs.append)
-  assert sum("(loaded)" in l for l in logs) == 2 and sum("(attacked)" in l for l in logs) == 1
-  chex.assert_trees_all_equal(full, resumed)
-
-
-def test_select_images_draws_correct_ones_with_seed(cifar_lenet, cifar_samples):
-  a = campaign.select_images(cifar_lenet.predict, cifar_samples.images[:100],
-                             cifar_samples.labels[:100], 20, seed=1)
-  b = campaign.select_images(cifar_lenet.predict, cifar_samples.images[:100],
-                             cifar_samples.labels[:100], 20, seed=1)
-  np.testing.assert_array_equal(a, b)
-  probs = np.asarray(cifar_lenet(cifar_samples.images[a]))
-  assert np.all(probs.argmax(-1) == cifar_samples.labels[a])
-
-
 def test_one_and_four_devices_give_identical_results(tmp_path):
   """Sharding the attack axis over 4 (forced host) devices changes nothing."""
   script = textwrap.dedent("""
       import os, sys, numpy as np, jax
       from pixeljax import data, models, sharding
-      from pixeljax.pixel_attack import PixelAttackConfig, attack
+      from pixeljax.sparse import PixelAttackConfig, attack
       clf = models.load("cifar10_lenet_hyperparticle")
       ds = data.load("cifar10_samples")
       idx = np.array([0, 1, 3, 4, 5, 6])
@@ -219,63 +189,10 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
   np.testing.assert_allclose(outs[0]["probs"], outs[1]["probs"], atol=1e-6)
 
 
-def test_224_inputs_work_with_automatic_chunking(tmp_path):
-  """AlexNet-shaped inputs: the chunk size follows a memory budget and the attack runs."""
-  from pixeljax.models import get
-  alexnet = get("imagenet_alexnet")
-  variables = jax.eval_shape(lambda: alexnet.init(jax.random.PRNGKey(0)))
-  variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
-  chunk = campaign.auto_chunk_size(lambda x: alexnet.module().apply(variables, x),
-                                   (224, 224, 3), popsize=400, budget_bytes=16 << 30)
-  assert 1 <= chunk < 100   # a 400-image AlexNet generation takes gigabytes
-  # A small conv net on 224x224x3 stands in for AlexNet (whose 62M parameters are slow on CPU).
-  w = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 3, 5)) * 0.01
-
-  def predict(x):
-    y = jax.lax.conv_general_dilated(x / 255.0, w, (8, 8), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jax.nn.softmax(y.mean(axis=(1, 2)) * 50)
-
-  images = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (3, 224, 224, 3), 0, 256),
-                      np.uint8)
-  labels = np.asarray(predict(images.astype(np.float32)).argmax(-1))
-  small_chunk = campaign.auto_chunk_size(predict, (224, 224, 3), popsize=8,
-                                         budget_bytes=8 * 224 * 224 * 3 * 4 * 3)
-  rec = campaign.run(predict, images, labels, np.arange(3), PixelAttackConfig(
-      pixels=5, popsize=8, generations=2), 0, str(tmp_path), "big", 5, chunk_size=small_chunk)
-  assert small_chunk < 3 and len(rec.success) == 3
-  assert rec.pixels.shape == (3, 5, 5) and rec.pixels[..., :2].max() < 224
 
 
-def test_one_pixel_experiment_writes_results_and_figures(cifar_lenet, tmp_path):
-  import json
-  from pixeljax import data
-  ds = data.load("cifar10_samples").take(np.arange(40))
-  res = campaign.one_pixel_experiment(cifar_lenet, ds, [1, 3], str(tmp_path), num_images=4,
-                                      popsize=16, generations=2, exhaustive=True, chunk_size=4,
-                                      log=lambda s: None)
-  with open(tmp_path / "results.json") as f:
-    saved = json.load(f)
-  assert saved["settings"]["num_images"] == 4 and set(saved["metrics"]) == {"1px", "3px"}
-  assert 0 <= saved["metrics"]["1px"]["success_rate"] <= 1
-  assert saved["exhaustive_one_pixel"]["queries_per_image"] == 32 * 32 * 8
-  np.testing.assert_array_equal(pixel_attack.colour_grid([0, 128, 255])[13], [128, 128, 128])
-  assert len(pixel_attack.colour_grid([0, 128, 255], 1)) == 3
-  with pytest.raises(ValueError, match="colour levels"):
-    pixel_attack.colour_grid([0, 300])
-  for f in ("adversarial_untargeted_1px_rand1.png", "class_pairs_untargeted_3px_rand1.png",
-            "success_vs_pixels_untargeted.png", "records_untargeted_1px_rand1.npz"):
-    assert os.path.getsize(tmp_path / f) > 0
-  assert res["metrics"] == saved["metrics"]
-  lo, hi = saved["metrics"]["1px"]["success_rate_ci95"]
-  assert lo <= saved["metrics"]["1px"]["success_rate"] <= hi
-  # The other objective keeps its own chunks and records beside the paper's.
-  other = campaign.one_pixel_experiment(cifar_lenet, ds, [1], str(tmp_path), num_images=4,
-                                        popsize=16, generations=2, chunk_size=4,
-                                        objective="success_first", figures=False,
-                                        log=lambda s: None)
-  assert other["settings"]["objective"] == "success_first"
-  assert os.path.getsize(tmp_path / "records_untargeted_1px_rand1_success_first.npz") > 0
-  # Success is judged the same way under either objective.
-  rec = campaign.load_records(str(tmp_path / "records_untargeted_1px_rand1_success_first.npz"))
-  np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
+def test_colour_grid():
+  np.testing.assert_array_equal(exhaustive.colour_grid([0, 128, 255])[13], [128, 128, 128])
+  assert len(exhaustive.colour_grid([0, 128, 255], 1)) == 3
+  with pytest.raises(UserError, match="colour levels"):
+    exhaustive.colour_grid([0, 300])

@@ -1,0 +1,129 @@
+"""A resumable campaign of few-pixel attacks: image selection, chunks saved as they finish.
+
+A campaign attacks many (image, target) rows in *chunks* -- groups of rows attacked in one
+call of the batched runner and saved together to ``<folder>/chunk_NNNNN_<key>.npz`` before the
+next starts, so a killed run restarts where it stopped. The folder is claimed by the
+campaign's settings (``workdir.claim``): a restart with other settings is refused. Each chunk
+file name carries a key hashed from those settings and from the image ids and targets of its
+rows, and the file stores them; a chunk is reused only if all of them match. Every attack's
+randomness depends only on the seed, its image id and its target, so a resumed run gives
+exactly the records of an uninterrupted one.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Mapping, Optional
+
+import jax
+import numpy as np
+
+from pixeljax import sharding, workdir
+from pixeljax.evaluate import predict_in_batches
+from pixeljax.progress import Progress
+from pixeljax.sparse import records as records_lib
+from pixeljax.sparse.problem import PixelAttackConfig
+from pixeljax.sparse.records import AttackRecords
+from pixeljax.sparse.runner import attack, targets_for_all
+
+
+def select_images(predict, images, labels, num_images: int, seed: int) -> np.ndarray:
+  """Indices of ``num_images`` correctly classified images, drawn at random with ``seed``
+  (all of them, in random order, if fewer are correct)."""
+  probs = predict_in_batches(predict, images)
+  correct = np.nonzero(probs.argmax(-1) == np.asarray(labels))[0]
+  rng = np.random.default_rng(seed)
+  return rng.choice(correct, size=min(num_images, len(correct)), replace=False)
+
+
+def attack_rows(labels, num_classes: int, targeted: bool):
+  """(row -> image index, target) of a campaign: one row per image untargeted, K - 1 rows
+  (every other class) per image targeted."""
+  if targeted:
+    return targets_for_all(labels, num_classes)
+  return np.arange(len(labels)), np.full(len(labels), -1, np.int32)
+
+
+def chunk_key(settings: Mapping, image_ids, targets) -> str:
+  """A short hash of everything that determines a chunk's records."""
+  h = hashlib.sha256(json.dumps(workdir.to_jsonable(settings), sort_keys=True).encode())
+  h.update(np.asarray(image_ids, np.int64).tobytes())
+  h.update(np.asarray(targets, np.int64).tobytes())
+  return h.hexdigest()[:16]
+
+
+def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int,
+        folder: str, num_classes: int, *, identity: Optional[Mapping] = None,
+        attacks_per_call: Optional[int] = None, mesh=None, desc: str = "attack",
+        progress: bool = True, log: Callable[[str], None] = None) -> AttackRecords:
+  """Attacks the given images (all K-1 targets of each when ``config.targeted``), chunk by
+  chunk, saving each chunk in ``folder``; returns the records of the whole campaign.
+
+  ``identity`` names what the caller attacks (model, data set); it joins the settings that
+  claim ``folder``, so chunks made against another model are never reused."""
+  images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
+  rows, targets = attack_rows(labels, num_classes, config.targeted)
+  settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
+                  num_classes=num_classes)
+  workdir.claim(folder, settings)
+  if attacks_per_call is None:
+    attacks_per_call = sharding.attacks_per_call(predict, images.shape[1:], config.popsize)
+  if mesh is not None:
+    attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
+  key = jax.random.PRNGKey(seed)
+  starts = range(0, len(rows), attacks_per_call)
+  paths, done_parts = [], {}
+  for c, start in enumerate(starts):
+    sl = slice(start, start + attacks_per_call)
+    k = chunk_key(settings, image_ids[rows[sl]], targets[sl])
+    path = os.path.join(folder, f"chunk_{c:05d}_{k}.npz")
+    paths.append((sl, path))
+    if os.path.exists(path):
+      rec = records_lib.load(path)
+      if not (np.array_equal(rec.image_id, image_ids[rows[sl]]) and
+              np.array_equal(rec.target_class, targets[sl])):
+        raise workdir.UserError(f"{path} holds other attacks than its name says; remove it")
+      done_parts[c] = rec
+
+  gens = max(config.generations, 1)
+  total = len(rows) * gens
+  loaded = sum(len(r) for r in done_parts.values())
+  bar = Progress(total, desc, initial=loaded * gens, enabled=progress)
+  state = dict(attacks=loaded, evaluations=0,
+               successes=sum(int(np.sum(r.success)) for r in done_parts.values()))
+
+  def report(p=None):
+    """``p``: the runner's progress within the chunk being attacked."""
+    evals = state["evaluations"] + (p["evaluations"] if p else 0)
+    stats = {"attacks done": f"{state['attacks'] + (p['finished'] if p else 0)}/{len(rows)}"}
+    if p:
+      stats["stopped early"] = p["stopped"]
+    if state["attacks"]:
+      stats["success"] = f"{100 * state['successes'] / state['attacks']:.1f}%"
+    stats["evals/s"] = evals / max(1e-9, time.time() - bar.start)
+    bar.update(state["attacks"] * gens + (p["work"] if p else 0), stats)
+
+  try:
+    if loaded:
+      log and log(f"[{desc}] {loaded} attacks loaded from finished chunks in {folder}")
+    parts = []
+    for c, (sl, path) in enumerate(paths):
+      if c in done_parts:
+        parts.append(done_parts[c])
+        continue
+      r = rows[sl]
+      rec = attack(predict, images[r], labels[r], key, config, targets=targets[sl],
+                   image_ids=image_ids[r], num_classes=num_classes, mesh=mesh,
+                   attacks_per_call=attacks_per_call,
+                   progress=report)
+      if workdir.is_writer():
+        records_lib.save(path, rec)
+      parts.append(rec)
+      state["attacks"] += len(rec)
+      state["successes"] += int(np.sum(rec.success))
+      state["evaluations"] += int(np.sum(rec.queries))
+      report()
+  finally:
+    bar.close()
+  return records_lib.concat(parts) if parts else None

@@ -1,0 +1,84 @@
+"""The exhaustive one-pixel baseline: every position x every colour of a grid, in blocks.
+
+It bounds what any one-pixel method can find with those colours on an image, and (with the
+8 RGB-cube corners) is the first stage of CornerSearch.
+"""
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pixeljax.errors import UserError
+from pixeljax.sparse.problem import Predict, perturb
+
+
+def colour_grid(levels: Sequence[float], channels: int = 3) -> np.ndarray:
+  """Every colour whose channels all take values in ``levels``: len(levels)^C colours."""
+  levels = [float(v) for v in levels]
+  if not levels or min(levels) < 0 or max(levels) > 255:
+    raise UserError(f"colour levels must be non-empty and in [0, 255], got {levels}")
+  grid = np.stack(np.meshgrid(*[levels] * channels, indexing="ij"), -1)
+  return grid.reshape(-1, channels).astype(np.float32)
+
+
+def rgb_cube_corners(channels: int = 3) -> np.ndarray:
+  """The default colour set: the 2^C corners of the colour cube (8 for RGB, 2 for gray)."""
+  return colour_grid((0.0, 255.0), channels)
+
+
+@functools.lru_cache(maxsize=8)
+def _exhaustive_fn(predict, image_shape, num_colours, block):
+  h, w, c = image_shape
+  total = h * w * num_colours
+
+  def one(image, label, colours):
+    cand_idx = jnp.arange(total)
+    pos, col = cand_idx // num_colours, cand_idx % num_colours
+    cands = jnp.concatenate([(pos % w)[:, None].astype(jnp.float32),
+                             (pos // w)[:, None].astype(jnp.float32), colours[col]], axis=1)
+    pad = (-total) % block
+    cands = jnp.concatenate([cands, jnp.repeat(cands[:1], pad, axis=0)])
+    valid = jnp.arange(total + pad) < total
+
+    def body(carry, block):
+      block, ok = block
+      probs = predict(jax.vmap(perturb, (None, 0))(image, block))
+      fooled = (jnp.argmax(probs, -1) != label) & ok
+      p_true = jnp.where(ok, probs[:, label], 2.0)
+      best = jnp.argmin(p_true)
+      found, lowest, lowest_cand, n_fooling = carry
+      better = p_true[best] < lowest
+      return (found | jnp.any(fooled), jnp.where(better, p_true[best], lowest),
+              jnp.where(better, block[best], lowest_cand),
+              n_fooling + jnp.sum(fooled)), None
+
+    init = (jnp.zeros((), bool), jnp.full((), 2.0), cands[0], jnp.zeros((), jnp.int32))
+    blocks = (cands.reshape(-1, block, 2 + c), valid.reshape(-1, block))
+    return jax.lax.scan(body, init, blocks)[0]
+
+  return jax.jit(jax.vmap(one, (0, 0, None)))
+
+
+def exhaustive_one_pixel(predict: Predict, images, labels, colours=None,
+                         candidates_per_call: int = 1024, images_per_call: int = 8):
+  """For each image: is there any single pixel set to a colour of ``colours`` (default the
+  cube's corners) that changes the top-1 class? Also the lowest true-class probability found,
+  its candidate and how many of the H*W*len(colours) changes fool the net.
+
+  Returns a dict of numpy arrays; ``queries`` = H * W * len(colours) per image."""
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int32)
+  h, w, c = images.shape[1:]
+  colours = rgb_cube_corners(c) if colours is None else np.asarray(colours, np.float32)
+  total = h * w * len(colours)
+  block = min(candidates_per_call, total)
+  fn = _exhaustive_fn(predict, (h, w, c), len(colours), block)
+  outs = []
+  for start in range(0, len(images), images_per_call):
+    sl = slice(start, start + images_per_call)
+    outs.append([np.asarray(o) for o in fn(images[sl], labels[sl], jnp.asarray(colours))])
+  found, lowest, cand, count = [np.concatenate(o) for o in zip(*outs)]
+  return dict(fooled=found, lowest_true_prob=lowest, best_candidate=cand,
+              num_fooling_changes=count, queries=np.full(len(images), total))

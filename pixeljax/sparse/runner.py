@@ -1,0 +1,211 @@
+"""The batched runner: thousands of few-pixel attacks in one XLA call.
+
+``attack`` vmaps the DE of ``pixeljax.sparse.problem`` over attacks (image x target rows) and
+runs generations in segments of one jit-compiled ``while_loop``; between segments finished
+attacks are dropped from the batch (compaction into power-of-two buckets), so a finished
+attack stops costing model evaluations. With a ``jax.sharding.Mesh`` the attack axis is
+sharded over its devices (placement and gathering: ``pixeljax.sharding``).
+"""
+import functools
+import math
+from typing import Callable, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from pixeljax import sharding as sharding_lib
+from pixeljax.errors import UserError
+from pixeljax.evolution import de
+from pixeljax.sparse.problem import (PixelAttackConfig, Predict, bounds, decode,
+                                     fitness_fn, initial_population, perturb)
+from pixeljax.sparse.records import AttackRecords
+
+
+class _Engine:
+  """The compiled pieces of a batched attack for one (predict, shape, config)."""
+
+  def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig):
+    self.shape = tuple(image_shape)
+    self.config = config
+    self.de_config = config.de_config()
+    lo, hi = bounds(self.shape, config.pixels)
+    targeted = config.targeted
+
+    def one_init(key, image, label, target):
+      chex.assert_shape(image, self.shape)
+      pop = initial_population(jax.random.fold_in(key, 0), self.shape, config.pixels,
+                               config.popsize)
+      fit = fitness_fn(predict, image, label, target, targeted, config.objective)
+      return de.init(jax.random.fold_in(key, 1), pop, fit, self.de_config)
+
+    def one_run(state, image, label, target, max_gen):
+      fit = fitness_fn(predict, image, label, target, targeted, config.objective)
+      return de.run(state, fit, self.de_config, lo, hi, max_gen)
+
+    def finish(best, images):
+      adv = jax.vmap(perturb)(images, best)
+      both = jnp.concatenate([adv, images], axis=0)
+      probs = predict(both)
+      n = images.shape[0]
+      x, y, col = jax.vmap(lambda b: decode(b, self.shape))(best)
+      pixels = jnp.concatenate([x[..., None], y[..., None], col], axis=-1)
+      return probs[:n], probs[n:], pixels
+
+    self.init = jax.jit(jax.vmap(one_init))
+    self.run = jax.jit(jax.vmap(one_run, (0, 0, 0, 0, None)))
+    self.finish = jax.jit(finish)
+
+
+@functools.lru_cache(maxsize=16)
+def _engine(predict, image_shape, config) -> _Engine:
+  return _Engine(predict, image_shape, config)
+
+
+def _bucket(n: int, multiple: int, cap: int) -> int:
+  """Smallest power of two >= n (times the device count), at most ``cap``: few shapes to
+  compile, little padding."""
+  size = max(1, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+  size = min(max(size, n), max(cap, n))
+  return int(math.ceil(size / multiple) * multiple)
+
+
+def _padded_batches(rows: np.ndarray, cap: int, devices: int):
+  """Splits ``rows`` into batches of at most ``cap``, each padded (by repeating its first row)
+  to a bucket size; yields (rows, padded rows)."""
+  for start in range(0, len(rows), cap):
+    idx = rows[start:start + cap]
+    size = _bucket(len(idx), devices, cap)
+    yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])
+
+
+def validate_inputs(images, labels, targets, num_classes: int, pixels: int):
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
+  if np.issubdtype(images.dtype, np.floating):
+    if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 255:
+      raise UserError("images must hold pixels in [0, 255] without NaN")
+  elif images.dtype != np.uint8:
+    raise UserError(f"images must be uint8 or float, got {images.dtype}")
+  n, h, w, _ = images.shape
+  if pixels > h * w:
+    raise UserError(f"pixels={pixels} exceeds the {h * w} pixels of a {h}x{w} image")
+  labels = np.asarray(labels)
+  targets = np.asarray(targets)
+  if labels.shape != (n,) or targets.shape != (n,):
+    raise UserError(f"labels and targets must have shape ({n},), got {labels.shape} "
+                    f"and {targets.shape}")
+  for what, arr, low in (("label", labels, 0), ("target", targets, -1)):
+    if arr.size and (arr.min() < low or arr.max() >= num_classes):
+      raise UserError(f"{what} out of range [{low}, {num_classes}): found "
+                      f"{arr.min()}..{arr.max()}")
+  return images.astype(np.float32), labels.astype(np.int32), targets.astype(np.int32)
+
+
+def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
+           targets=None, image_ids=None, num_classes: Optional[int] = None,
+           mesh: Optional[Mesh] = None, attacks_per_call: Optional[int] = None,
+           progress: Optional[Callable[[dict], None]] = None) -> AttackRecords:
+  """Attacks each (image, label, target) row; returns numpy ``AttackRecords``.
+
+  ``predict`` must be a pure, traceable function (e.g. ``Classifier.predict``); reuse the same
+  function object across calls so the compiled engine is reused. Attack ``i`` draws its
+  randomness from ``fold_in(key, image_ids[i] * 1000 + target + 1)``, so a row's result does
+  not depend on which batch or device it runs in.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
+  n = len(images)
+  if targets is None:
+    if config.targeted:
+      raise UserError("targeted attack needs targets")
+    targets = np.full((n,), -1, np.int32)
+  if image_ids is None:
+    image_ids = np.arange(n)
+  image_ids = np.asarray(image_ids, np.int64)
+  if num_classes is None:
+    num_classes = int(jax.eval_shape(predict, jax.ShapeDtypeStruct((1,) + images.shape[1:],
+                                                                   jnp.float32)).shape[-1])
+  images, labels, targets = validate_inputs(images, labels, targets, num_classes,
+                                            config.pixels)
+  if config.targeted and np.any((targets < 0) | (targets == labels)):
+    raise UserError("targeted attack: every target must differ from the true label")
+  engine = _engine(predict, images.shape[1:], config)
+  devices = mesh.size if mesh is not None else 1
+  sharding = sharding_lib.attack_sharding(mesh)
+  cap = attacks_per_call or max(n, 1)
+  # Raw key data on the host (key_data takes typed and legacy keys alike), gathered per batch.
+  keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      jnp.asarray(image_ids * 1000 + targets + 1, jnp.uint32))))
+
+  # Initialise in batches of at most `cap`, then advance the unfinished ones in segments.
+  states = []
+  for idx, pad in _padded_batches(np.arange(n), cap, devices):
+    s = engine.init(*sharding_lib.put((keys[pad], images[pad], labels[pad], targets[pad]),
+                                      sharding))
+    states.append(jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], s))
+  state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
+  _check_finite(state.fitness)
+
+  seg = max(1, config.segment_generations)
+  for max_gen in range(seg, config.generations + seg, seg):
+    max_gen = min(max_gen, config.generations)
+    active = np.nonzero(~state.done & (state.generation < max_gen))[0]
+    for idx, pad in _padded_batches(active, cap, devices):
+      sub = jax.tree_util.tree_map(lambda a: a[pad], state)
+      out = engine.run(*sharding_lib.put((sub, images[pad], labels[pad], targets[pad]),
+                                         sharding), max_gen)
+      out = jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], out)
+      state = jax.tree_util.tree_map(lambda a, b: _scatter(a, idx, b), state, out)
+    _check_finite(state.best_fitness)
+    if progress is not None:
+      finished = state.done | (state.generation >= config.generations)
+      progress(dict(generation=max_gen, attacks=n, finished=int(np.sum(finished)),
+                    stopped=int(np.sum(state.done)),
+                    work=int(np.sum(np.where(finished, config.generations, state.generation))),
+                    evaluations=int(np.sum(state.evaluations))))
+    if max_gen >= config.generations:
+      break
+
+  probs, prior, pixels = [], [], []
+  for idx, pad in _padded_batches(np.arange(n), cap, devices):
+    p, q, px = engine.finish(*sharding_lib.put((state.best_member[pad], images[pad]),
+                                               sharding))
+    probs.append(sharding_lib.gather(p)[:len(idx)])
+    prior.append(sharding_lib.gather(q)[:len(idx)])
+    pixels.append(sharding_lib.gather(px)[:len(idx)])
+  probs, prior, pixels = map(np.concatenate, (probs, prior, pixels))
+  _check_finite(probs)
+  adv = probs.argmax(-1)
+  success = (adv == targets) if config.targeted else (adv != labels)
+  return AttackRecords(image_id=image_ids, true_class=labels, target_class=targets,
+                       adversarial_class=adv.astype(np.int32), success=success,
+                       probs=probs, prior_probs=prior, pixels=pixels,
+                       queries=state.evaluations.astype(np.int64),
+                       generations=state.generation.astype(np.int32))
+
+
+def _scatter(a, idx, b):
+  a = a.copy()
+  a[idx] = b
+  return a
+
+
+def _check_finite(x):
+  if not np.all(np.isfinite(np.asarray(x))):
+    raise FloatingPointError("the model returned NaN or infinite probabilities; check its "
+                             "weights and preprocessing")
+
+
+def targets_for_all(labels, num_classes: int):
+  """Expands each image to its num_classes - 1 targets: (image_index, target) arrays."""
+  labels = np.asarray(labels)
+  rows = [(i, t) for i, y in enumerate(labels) for t in range(num_classes) if t != y]
+  idx = np.array([r[0] for r in rows], np.int64)
+  return idx, np.array([r[1] for r in rows], np.int32)
+
+

@@ -1,0 +1,235 @@
+"""A run's folder: its settings written first, a mismatched restart refused, atomic writes.
+
+Every piece of resumable work (attack chunks, a MAP-Elites archive, a training state) lives
+in a folder that is *claimed* by the settings that made it: ``claim`` writes them to
+``settings.json`` the first time and, on every later start, compares them with the settings
+asked for now. A difference raises ``SettingsMismatch`` naming each differing setting, so a
+resumed run can never reuse work done under other settings and label it with the new ones.
+
+``Workdir.open`` does the same for an experiment's ``--workdir`` (its whole configuration in
+``config.json``) and, when asked (``new_run=True``), starts a fresh sibling folder instead of
+refusing. Settings under the top-level key ``runtime`` (attacks per call, sharding, ...) are
+recorded but not compared: they change how fast work is done, never its result.
+
+All files are written through a temporary file and a rename, so a killed run never leaves a
+half-written file behind.
+"""
+import io
+import json
+import os
+import tempfile
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from pixeljax.errors import UserError
+
+CONFIG_FILE = "config.json"
+SETTINGS_FILE = "settings.json"
+UNCOMPARED = ("runtime",)
+
+
+class SettingsMismatch(UserError):
+  """Work in a folder was done under other settings than the ones asked for now."""
+
+
+def atomic_write(path: str, data: bytes) -> None:
+  """Writes ``data`` via a temporary file in the same folder and a rename."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def to_jsonable(obj: Any) -> Any:
+  """Tuples, numpy scalars and arrays, ConfigDicts -> plain JSON values."""
+  if hasattr(obj, "to_dict"):
+    obj = obj.to_dict()
+  if isinstance(obj, Mapping):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, np.generic):
+    return obj.item()
+  return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+  atomic_write(path, (json.dumps(to_jsonable(obj), indent=1) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is corrupt ({e}); remove it or use another folder") from None
+
+
+def write_npz(path: str, compressed: bool = False, **arrays) -> None:
+  buf = io.BytesIO()
+  (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+  atomic_write(path, buf.getvalue())
+
+
+def read_npz(path: str) -> Dict[str, np.ndarray]:
+  try:
+    with np.load(path) as d:
+      return {k: d[k] for k in d.files}
+  except Exception as e:  # zipfile / pickle errors of a truncated or foreign file
+    raise UserError(f"{path} is corrupt or not an .npz file ({e}); remove it to redo "
+                    f"that part of the run") from None
+
+
+def save_figure(path: str, fig) -> None:
+  """Saves a matplotlib figure atomically as PNG and closes it."""
+  import matplotlib.pyplot as plt
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  plt.close(fig)
+  atomic_write(path, buf.getvalue())
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+  if isinstance(d, Mapping):
+    out = {}
+    for k, v in d.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+  return {prefix[:-1]: d}
+
+
+def differences(old: Mapping, new: Mapping, skip=()) -> Dict[str, tuple]:
+  """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys)."""
+  a = _flatten({k: v for k, v in to_jsonable(old).items() if k not in skip})
+  b = _flatten({k: v for k, v in to_jsonable(new).items() if k not in skip})
+  missing = object()
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)}
+
+
+def describe(diff: Dict[str, tuple]) -> str:
+  show = lambda v: "(unset)" if not isinstance(v, (str, int, float, bool, list, dict,
+                                                   type(None))) else json.dumps(v)
+  return "; ".join(f"{k}: {show(a)} -> {show(b)}" for k, (a, b) in diff.items())
+
+
+def claim(folder: str, settings: Mapping, filename: str = SETTINGS_FILE) -> bool:
+  """Makes ``folder`` the home of work done under ``settings``.
+
+  Writes ``settings`` to ``folder/filename`` if absent and returns False; returns True if the
+  folder already holds work with equal settings (a resume); raises ``SettingsMismatch``
+  naming every differing setting otherwise."""
+  path = os.path.join(folder, filename)
+  settings = to_jsonable(settings)
+  if os.path.exists(path):
+    diff = differences(read_json(path), settings, skip=UNCOMPARED)
+    if diff:
+      raise SettingsMismatch(f"{folder} holds work made with other settings ({describe(diff)})")
+    return True
+  write_json(path, settings)
+  return False
+
+
+class Workdir:
+  """An experiment's output folder, claimed by its whole configuration.
+
+  ``Workdir.open(path, config)`` writes ``config.json`` first (or checks it on a restart);
+  the experiment then writes everything through ``file``, ``write_json``, ``write_npz`` and
+  ``save_figure``, which are atomic."""
+
+  def __init__(self, path: str, config: Mapping, resumed: bool):
+    self.path = path
+    self.config = to_jsonable(config)
+    self.resumed = resumed
+
+  @classmethod
+  def open(cls, path: str, config: Mapping, new_run: bool = False,
+           log=None) -> "Workdir":
+    """Claims ``path`` for ``config``; on a mismatch refuses, or with ``new_run`` uses the
+    first free ``path-2``, ``path-3``, ... (logging which settings differed)."""
+    if not path:
+      raise UserError("--workdir must name a folder")
+    candidate, n = path, 1
+    while True:
+      try:
+        try:
+          resumed = claim(candidate, config, CONFIG_FILE)
+        except SettingsMismatch:
+          if not _holds_only_config(candidate):
+            raise
+          # A start that stopped before doing any work (e.g. at a bad model name) leaves only
+          # its config behind: nothing can be mislabelled, so the new settings take its place.
+          os.remove(os.path.join(candidate, CONFIG_FILE))
+          resumed = claim(candidate, config, CONFIG_FILE)
+        if candidate != path and log:
+          log(f"starting a new run in {candidate}")
+        return cls(candidate, config, resumed)
+      except SettingsMismatch as e:
+        if not new_run:
+          raise SettingsMismatch(f"{e}; pass --new_run to start a new run beside it, or "
+                                 f"choose another --workdir") from None
+        if candidate == path and log:
+          log(f"{e}")
+        n += 1
+        candidate = f"{path}-{n}"
+
+  def file(self, *parts: str) -> str:
+    """The path of a file (or folder) inside the run's folder."""
+    return os.path.join(self.path, *parts)
+
+  def write_json(self, name: str, obj: Any) -> str:
+    if is_writer():
+      write_json(self.file(name), obj)
+    return self.file(name)
+
+  def write_npz(self, name: str, compressed: bool = False, **arrays) -> str:
+    if is_writer():
+      write_npz(self.file(name), compressed, **arrays)
+    return self.file(name)
+
+  def save_figure(self, name: str, fig) -> str:
+    if is_writer():
+      save_figure(self.file(name), fig)
+    else:
+      import matplotlib.pyplot as plt
+      plt.close(fig)
+    return self.file(name)
+
+
+def is_writer() -> bool:
+  """In a multi-process run every process computes the same results; process 0 writes them."""
+  import jax
+  return jax.process_index() == 0
+
+
+def _holds_only_config(folder: str) -> bool:
+  if not os.path.isdir(folder):
+    return False
+  return [f for f in os.listdir(folder) if not f.startswith(".tmp-")] == [CONFIG_FILE]
+
+
+def versions() -> Dict[str, Any]:
+  """Library versions and devices, written beside results (not compared on resume)."""
+  import importlib.metadata as md
+  import jax
+  out = {}
+  for pkg in ("pixeljax", "jax", "jaxlib", "flax", "numpy"):
+    try:
+      out[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      pass
+  out["backend"] = jax.default_backend()
+  out["devices"] = jax.device_count()
+  out["processes"] = jax.process_count()
+  return out

@@ -1,0 +1,109 @@
+"""Resumable campaigns: chunks keyed by settings and rows, resume == uninterrupted."""
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pixeljax import sharding
+from pixeljax.sparse import campaign
+from pixeljax.sparse.problem import PixelAttackConfig
+from pixeljax.workdir import SettingsMismatch
+
+SMALL = dict(popsize=24, generations=4, segment_generations=2)
+
+
+def _correct(clf, ds, n):
+  probs = np.asarray(clf(ds.images[:60]))
+  return np.nonzero(probs.argmax(-1) == ds.labels[:60])[0][:n]
+
+
+def _chunks(folder):
+  return sorted(f for f in os.listdir(folder) if f.startswith("chunk_"))
+
+
+def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_samples, tmp_path):
+  idx = _correct(cifar_lenet, cifar_samples, 5)
+  args = (cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
+          PixelAttackConfig(pixels=1, **SMALL), 0)
+  full = campaign.run(*args, str(tmp_path / "a"), 10, attacks_per_call=2, progress=False)
+  # "Kill" a run after its second chunk: keep only the first two chunk files, then rerun.
+  campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False)
+  chunks = _chunks(tmp_path / "b")
+  assert len(chunks) == 3
+  os.remove(tmp_path / "b" / chunks[-1])
+  logs = []
+  resumed = campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False,
+                         log=logs.append)
+  assert any("4 attacks loaded" in line for line in logs)
+  assert _chunks(tmp_path / "b") == chunks
+  chex.assert_trees_all_equal(full, resumed)
+
+
+def test_a_restart_with_other_settings_is_refused(cifar_lenet, cifar_samples, tmp_path):
+  """The bug of the old chunk names: 50 generations reusing a 2-generation chunk."""
+  idx = _correct(cifar_lenet, cifar_samples, 2)
+  run = lambda config, seed=0, **kw: campaign.run(
+      cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx, config,
+      seed, str(tmp_path), 10, progress=False, **kw)
+  run(PixelAttackConfig(popsize=8, generations=2))
+  with pytest.raises(SettingsMismatch, match=r"attack\.generations: 2 -> 3"):
+    run(PixelAttackConfig(popsize=8, generations=3))
+  with pytest.raises(SettingsMismatch, match=r"seed: 0 -> 3"):
+    run(PixelAttackConfig(popsize=8, generations=2), seed=3)
+  with pytest.raises(SettingsMismatch, match=r"model: \(unset\) -> \"other\""):
+    run(PixelAttackConfig(popsize=8, generations=2), identity={"model": "other"})
+
+
+def test_chunks_are_keyed_by_their_rows(cifar_lenet, cifar_samples, tmp_path):
+  """Same settings, other images: a chunk file of other rows is never reused."""
+  idx = _correct(cifar_lenet, cifar_samples, 4)
+  config = PixelAttackConfig(popsize=8, generations=1)
+  go = lambda rows: campaign.run(cifar_lenet.predict, cifar_samples.images[rows],
+                                 cifar_samples.labels[rows], rows, config, 0, str(tmp_path), 10,
+                                 attacks_per_call=2, progress=False)
+  a = go(idx[:2])
+  b = go(idx[2:])
+  np.testing.assert_array_equal(b.image_id, idx[2:])
+  assert len(_chunks(tmp_path)) == 2 and not np.array_equal(a.image_id, b.image_id)
+
+
+def test_select_images_draws_correct_ones_with_seed(cifar_lenet, cifar_samples):
+  a = campaign.select_images(cifar_lenet.predict, cifar_samples.images[:100],
+                             cifar_samples.labels[:100], 20, seed=1)
+  b = campaign.select_images(cifar_lenet.predict, cifar_samples.images[:100],
+                             cifar_samples.labels[:100], 20, seed=1)
+  np.testing.assert_array_equal(a, b)
+  probs = np.asarray(cifar_lenet(cifar_samples.images[a]))
+  assert np.all(probs.argmax(-1) == cifar_samples.labels[a])
+
+
+def test_224_inputs_work_with_automatic_sizing(tmp_path):
+  """AlexNet-shaped inputs: attacks per call follow a memory budget and the attack runs."""
+  from pixeljax.models import get
+  alexnet = get("imagenet_alexnet")
+  variables = jax.eval_shape(lambda: alexnet.init(jax.random.PRNGKey(0)))
+  variables = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+  n = sharding.attacks_per_call(lambda x: alexnet.module().apply(variables, x),
+                                (224, 224, 3), popsize=400, budget_bytes=16 << 30)
+  assert 1 <= n < 100   # a 400-image AlexNet generation takes gigabytes
+  # A small conv net on 224x224x3 stands in for AlexNet (whose 62M parameters are slow on CPU).
+  w = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 3, 5)) * 0.01
+
+  def predict(x):
+    y = jax.lax.conv_general_dilated(x / 255.0, w, (8, 8), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.softmax(y.mean(axis=(1, 2)) * 50)
+
+  images = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (3, 224, 224, 3), 0, 256),
+                      np.uint8)
+  labels = np.asarray(predict(images.astype(np.float32)).argmax(-1))
+  small = sharding.attacks_per_call(predict, (224, 224, 3), popsize=8,
+                                    budget_bytes=8 * 224 * 224 * 3 * 4 * 3)
+  rec = campaign.run(predict, images, labels, np.arange(3), PixelAttackConfig(
+      pixels=5, popsize=8, generations=2), 0, str(tmp_path), 5, attacks_per_call=small,
+      progress=False)
+  assert small < 3 and len(rec.success) == 3
+  assert rec.pixels.shape == (3, 5, 5) and rec.pixels[..., :2].max() < 224

@@ -1,0 +1,153 @@
+"""experiments/fooling.py, transfer.py and retrain.py as a user runs them: a config in,
+results out, resumes that cannot lie, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import fooling as fooling_exp
+from experiments import retrain as retrain_exp
+from experiments import transfer as transfer_exp
+from pixeljax import data
+from pixeljax.fooling import driver
+from pixeljax.progress import Progress
+from pixeljax.workdir import SettingsMismatch, Workdir, to_jsonable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = lambda s: None
+
+
+def _set(c, **over):
+  """Dotted overrides, as --config.a.b=v would set them."""
+  c.update_from_flattened_dict(over)
+  return c
+
+
+def _config(name=None, **over):
+  from configs.fooling import get_config
+  c = get_config(name)
+  c.runtime.progress = False
+  return _set(c, **over)
+
+
+TINY = dict(population=16, generations=6, segment=3)
+
+
+def _run(path, config):
+  wd = Workdir.open(str(path), config)
+  return fooling_exp.run(config, wd, QUIET)
+
+
+class Interrupted(Exception):
+  """Stands in for a killed process."""
+
+
+def test_named_configs_are_the_published_runs():
+  c = _config()
+  assert (c.model, c.encoding, c.generations, c.population) == (
+      "mnist_lenet_fooling", "direct", 400, 400)
+  assert c.direct.to_dict() == driver.encoding_defaults("direct")
+  assert _config("mnist_cppn").generations == 1500
+  assert _config("mnist_gradient").gradient.steps == 1500
+  r = _config("cifar_resnet32_cppn")
+  assert (r.model, r.encoding, r.generations) == ("cifar10_resnet32_hyperparticle", "cppn", 600)
+  with pytest.raises(ValueError, match="unknown fooling config"):
+    _config("mnist_dna")
+
+
+def test_fooling_experiment_on_the_papers_mnist_net_and_transfer(tmp_path):
+  config = _config(generations=50, segment=25)
+  res = _run(tmp_path / "run", config)
+  assert res["classes_at_99"] >= 8     # direct encoding fools this net within tens of gens
+  for f in ("archive.npz", "gallery.png", "confidence.png", "results.json", "config.json",
+            "settings.json"):
+    assert os.path.getsize(tmp_path / "run" / f) > 0
+  with open(tmp_path / "run" / "results.json") as f:
+    saved = json.load(f)
+  assert saved["config"] == to_jsonable(config) and "jax" in saved["versions"]
+  assert saved["classes_at_99"] == res["classes_at_99"]
+  assert "classes_at_9999" in fooling_exp.report(res)
+  # The same net as net B: every image scores as it did on net A.
+  from configs.transfer import get_config
+  tc = _set(get_config(), source=str(tmp_path / "run"), model_b="mnist_lenet_fooling")
+  t = transfer_exp.run(tc, Workdir.open(str(tmp_path / "transfer"), tc), QUIET)
+  np.testing.assert_allclose(t["confidence_b"], t["confidence_a"], atol=1e-5)
+  assert t["model_a"] == "mnist_lenet_fooling" and t["encoding"] == "direct"
+  assert os.path.getsize(tmp_path / "transfer" / "transfer.png") > 0
+
+
+def test_an_interrupted_fooling_run_resumes_to_identical_records(tmp_path, monkeypatch):
+  config = _config(**TINY)
+  whole = _run(tmp_path / "whole", config)
+
+  class Killed(Progress):
+    def update(self, done, **stats):
+      raise Interrupted        # right after the first segment is saved
+  monkeypatch.setattr(driver, "Progress", Killed)
+  with pytest.raises(Interrupted):
+    _run(tmp_path / "cut", config)
+  assert not os.path.exists(tmp_path / "cut" / "results.json")
+  monkeypatch.undo()
+  resumed = _run(tmp_path / "cut", config)
+  a = dict(np.load(tmp_path / "whole" / "archive.npz"))
+  b = dict(np.load(tmp_path / "cut" / "archive.npz"))
+  assert sorted(a) == sorted(b) and len(a["stats_median"]) == 6
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  timing = ("seconds", "versions", "resumed")
+  assert ({k: v for k, v in whole.items() if k not in timing} ==
+          {k: v for k, v in resumed.items() if k not in timing})
+
+
+def test_a_restart_with_another_config_is_refused_or_starts_a_new_run(tmp_path):
+  config = _config(**TINY)
+  _run(tmp_path / "run", config)
+  other = _config(**dict(TINY, population=32))
+  with pytest.raises(SettingsMismatch, match=r"population: 16 -> 32.*--new_run"):
+    Workdir.open(str(tmp_path / "run"), other)
+  # Settings that never change a result do not count.
+  assert Workdir.open(str(tmp_path / "run"),
+                      _set(_config(**TINY), **{"runtime.progress_interval": 60.0})).resumed
+  logs = []
+  wd = Workdir.open(str(tmp_path / "run"), other, new_run=True, log=logs.append)
+  assert wd.path == str(tmp_path / "run") + "-2" and not wd.resumed
+  assert any("population" in l for l in logs)
+  fooling_exp.run(other, wd, QUIET)
+  with open(tmp_path / "run-2" / "results.json") as f:
+    assert json.load(f)["config"]["population"] == 32
+  # The script: a user mistake prints one line and exits 2, with no traceback, before any
+  # work is done.
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "fooling.py"),
+                         f"--workdir={tmp_path / 'run'}", "--config.population=16",
+                         "--config.segment=3", "--config.generations=30"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+  assert "generations: 6 -> 30" in lines[0] and "population" not in lines[0]
+
+
+def test_retraining_with_a_fooling_class(tmp_path):
+  from configs.retrain import get_config
+  ds = data.load("mnist_samples")
+  npz = tmp_path / "mnist_small.npz"
+  np.savez(npz, x_train=ds.images[:300, ..., 0], y_train=ds.labels[:300],
+           x_test=ds.images[300:400, ..., 0], y_test=ds.labels[300:400])
+  config = _set(get_config(), train_data=str(npz), iterations=1, runs_per_iteration=2,
+                population=8, generations=2, segment=2, **{"train.epochs": 1,
+                                                           "train.batch_size": 50,
+                                                           "runtime.progress": False})
+  res = retrain_exp.run(config, Workdir.open(str(tmp_path / "run"), config), QUIET)
+  first, second = res["report"]
+  assert first["num_classes"] == 10 and second["num_classes"] == 11
+  assert first["new_images_labelled_fooling"] is None
+  assert 0 <= second["new_images_labelled_fooling"] <= 1
+  assert second["fooling_images_in_training"] == 20
+  for f in ("results.json", "retrain.png", "iter0/fooling_images.npz",
+            "iter1/fooling_images.npz", "iter1/train/train_state.msgpack",
+            "iter0/evolve_seed1/settings.json"):
+    assert os.path.getsize(tmp_path / "run" / f) > 0

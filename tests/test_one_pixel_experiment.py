@@ -1,0 +1,135 @@
+"""experiments/one_pixel.py as a user runs it: config in, results out, resumes that cannot lie,
+one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import numpy as np
+import pytest
+
+from experiments import one_pixel
+from pixeljax import workdir as workdir_lib
+from pixeljax.errors import UserError
+from pixeljax.sparse import records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "one_pixel.py")
+
+
+def _cli(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _config(**over):
+  from configs.one_pixel import get_config
+  c = get_config("paper")
+  c.num_images, c.pixels = 4, (1, 3)
+  c.attack.popsize, c.attack.generations = 16, 2
+  c.runtime.attacks_per_call, c.runtime.progress = 4, False
+  c.update_from_flattened_dict(over)
+  return c
+
+
+def test_experiment_writes_results_and_figures(tmp_path):
+  config = _config(exhaustive=True)
+  wd = workdir_lib.Workdir.open(str(tmp_path), config)
+  res = one_pixel.run(config, wd, log=lambda s: None)
+  with open(tmp_path / "results.json") as f:
+    saved = json.load(f)
+  assert saved["config"] == workdir_lib.to_jsonable(config)
+  assert saved["config"]["attack"]["generations"] == 2 and len(saved["image_ids"]) == 4
+  assert set(saved["metrics"]) == {"1px", "3px"} and res["metrics"] == saved["metrics"]
+  assert saved["exhaustive_one_pixel"]["queries_per_image"] == 32 * 32 * 8
+  for f in ("adversarial_untargeted_1px.png", "class_pairs_untargeted_3px.png",
+            "success_vs_pixels_untargeted.png", "records_untargeted_1px.npz", "config.json"):
+    assert os.path.getsize(tmp_path / f) > 0
+  lo, hi = saved["metrics"]["1px"]["success_rate_ci95"]
+  assert lo <= saved["metrics"]["1px"]["success_rate"] <= hi
+  rec = records.load(str(tmp_path / "records_untargeted_1px.npz"))
+  assert np.all(rec.queries <= 16 * 3)
+  np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
+  assert "3px" in one_pixel.report(res)
+
+
+def test_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path):
+  config = _config(**{"attack.objective": "success_first", "figures": False})
+  config.runtime.attacks_per_call = 2
+  whole = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "a"), config),
+                        log=lambda s: None)
+  wd = workdir_lib.Workdir.open(str(tmp_path / "b"), config)
+  one_pixel.run(config, wd, log=lambda s: None)
+  chunks = tmp_path / "b" / "chunks" / "untargeted_3px"
+  os.remove(chunks / sorted(f for f in os.listdir(chunks) if f.startswith("chunk_"))[-1])
+  os.remove(tmp_path / "b" / "records_untargeted_3px.npz")
+  resumed = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "b"), config),
+                          log=lambda s: None)
+  for k in ("1px", "3px"):
+    tag = f"untargeted_{k}"
+    chex.assert_trees_all_equal(records.load(str(tmp_path / "a" / f"records_{tag}.npz")),
+                                records.load(str(tmp_path / "b" / f"records_{tag}.npz")))
+    assert {m: v for m, v in whole["metrics"][k].items() if m != "seconds"} == \
+        {m: v for m, v in resumed["metrics"][k].items() if m != "seconds"}
+
+
+def test_shape_mismatch_is_named(tmp_path):
+  config = _config(data="mnist_samples")
+  with pytest.raises(UserError, match=r"expects images of shape \(N, 32, 32, 3\)"):
+    one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path), config), log=lambda s: None)
+
+
+def test_the_two_reported_mislabelled_runs_are_refused_or_moved(tmp_path):
+  """Issue 9's reproductions: a rerun with --generations 50 (or --seed 3) in a workdir made
+  with 2 generations must not reuse its chunks and label them with the new settings."""
+  w = str(tmp_path / "W")
+  small = ["--config.num_images=8", "--config.pixels=1", "--config.attack.popsize=40"]
+  first = _cli(*small, "--config.attack.generations=2", "--workdir", w)
+  assert first.returncode == 0, first.stderr
+  for change, shown in (("--config.attack.generations=50", "attack.generations: 2 -> 50"),
+                        ("--config.seed=3", "seed: 0 -> 3")):
+    again = _cli(*small, "--config.attack.generations=2", change, "--workdir", w)
+    assert again.returncode == 2, again.stderr
+    assert "Traceback" not in again.stderr and shown in again.stderr
+    assert again.stderr.strip().splitlines()[-1].startswith("error: ")
+  moved = _cli(*small, "--config.attack.generations=50", "--new_run", "--workdir", w)
+  assert moved.returncode == 0, moved.stderr
+  with open(w + "-2/results.json") as f:
+    res = json.load(f)
+  with open(w + "/results.json") as f:
+    old = json.load(f)
+  assert res["config"]["attack"]["generations"] == 50
+  assert old["config"]["attack"]["generations"] == 2
+  assert old["metrics"]["1px"]["queries_per_attack"] <= 40 * 3
+  assert res["metrics"]["1px"]["queries_per_attack"] > 40 * 3   # really ran 50 generations
+  assert "1px" in moved.stdout and "Unable to initialize backend" not in moved.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model=resnet_nope"], "unknown model 'resnet_nope'"),
+    (["--config.data=/no/such/file.npz"], "does not exist"),
+    (["--config.data=mnist_samples"], "expects images of shape"),
+    (["--config.attack.strategy=nope"], "unknown strategy 'nope'"),
+    (["--config.pixels=0"], "pixels must be >= 1"),
+])
+def test_user_mistakes_print_one_line(tmp_path, args, message):
+  out = _cli(*args, "--config.num_images=2", "--workdir", str(tmp_path / "w"))
+  assert out.returncode == 2
+  assert "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert message in out.stderr
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--config.num_images=many", "--config.num_images=many"),
+    ("--config.attack.nope=3", "--config.attack.nope names no setting"),
+    ("--config=configs/one_pixel.py:nope", "unknown named config 'nope'"),
+    ("--bogus", "Unknown command line flag 'bogus'"),
+])
+def test_bad_flags_exit_with_one_line(tmp_path, arg, message):
+  out = _cli(arg, "--workdir", str(tmp_path / "w"))
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines() == [out.stderr.strip().splitlines()[-1]]
+  assert message in out.stderr and out.stderr.startswith("error: ")

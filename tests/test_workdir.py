@@ -1,0 +1,73 @@
+"""A run's folder: settings claimed first, mismatches named, new runs beside, atomic writes."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pixeljax import workdir
+from pixeljax.errors import UserError
+
+
+def test_claim_writes_then_compares(tmp_path):
+  folder = str(tmp_path / "w")
+  assert workdir.claim(folder, {"a": 1, "b": {"c": (1, 2)}}) is False
+  assert workdir.claim(folder, {"a": 1, "b": {"c": [1, 2]}}) is True   # tuples == lists
+  with pytest.raises(workdir.SettingsMismatch) as e:
+    workdir.claim(folder, {"a": 2, "b": {"c": [1, 2], "d": 0}})
+  assert "a: 1 -> 2" in str(e.value) and "b.d: (unset) -> 0" in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_runtime_settings_are_recorded_not_compared(tmp_path):
+  config = {"generations": 5, "runtime": {"attacks_per_call": 4}}
+  workdir.Workdir.open(str(tmp_path), config)
+  wd = workdir.Workdir.open(str(tmp_path), dict(config, runtime={"attacks_per_call": 8}))
+  assert wd.resumed
+
+
+def test_open_refuses_or_starts_a_new_run(tmp_path):
+  path = str(tmp_path / "run")
+  wd = workdir.Workdir.open(path, {"generations": 2})
+  wd.write_json("results.json", {"x": 1})       # work done: the folder is no longer empty
+  with pytest.raises(workdir.SettingsMismatch, match="generations: 2 -> 50.*--new_run"):
+    workdir.Workdir.open(path, {"generations": 50})
+  logs = []
+  new = workdir.Workdir.open(path, {"generations": 50}, new_run=True, log=logs.append)
+  assert new.path == path + "-2" and not new.resumed
+  assert any("generations: 2 -> 50" in line for line in logs)
+  with open(os.path.join(path, "config.json")) as f:
+    assert json.load(f) == {"generations": 2}   # the old run is untouched
+  # The same settings again with --new_run: resume the run that has them.
+  again = workdir.Workdir.open(path, {"generations": 50}, new_run=True)
+  assert again.path == path + "-2" and again.resumed
+
+
+def test_a_start_that_did_no_work_does_not_block_the_next(tmp_path):
+  path = str(tmp_path / "run")
+  workdir.Workdir.open(path, {"model": "typo"})      # e.g. stopped at an unknown model
+  wd = workdir.Workdir.open(path, {"model": "right"})
+  assert wd.path == path and not wd.resumed
+
+
+def test_atomic_writes_leave_no_partial_file(tmp_path, monkeypatch):
+  path = str(tmp_path / "a.npz")
+  workdir.write_npz(path, x=np.arange(3))
+
+  def boom(*a, **k):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(os, "replace", boom)
+  with pytest.raises(KeyboardInterrupt):
+    workdir.write_npz(path, x=np.arange(5))
+  monkeypatch.undo()
+  np.testing.assert_array_equal(workdir.read_npz(path)["x"], np.arange(3))
+  assert os.listdir(tmp_path) == ["a.npz"]
+
+
+def test_corrupt_files_are_named(tmp_path):
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  with pytest.raises(UserError, match="bad.npz is corrupt"):
+    workdir.read_npz(str(tmp_path / "bad.npz"))
+  (tmp_path / "config.json").write_text("{")
+  with pytest.raises(UserError, match="config.json is corrupt"):
+    workdir.Workdir.open(str(tmp_path), {"a": 1})
