@@ -7,13 +7,16 @@ r"""One-pixel / few-pixel attack (Su, Vargas & Sakurai): the run's one source of
 
 Named settings (``:name``): ``paper`` (default: 500 correctly classified images, 1/3/5 pixels,
 DE/rand/1, population 400, 100 generations, untargeted), ``paper_targeted``, ``best1bin``
-(SciPy's DE as the peers call it), ``demo`` (the fast default job of ``make demo``), and one per
+(SciPy's DE as the peers call it), ``sparse_rs`` / ``sparse_rs_targeted`` / ``corner_search``
+(margin loss, first success, k = 1, 3, 5, 10), ``de_first_success`` / ``best1bin_first_success``
+(DE under that stopping rule), ``demo`` (the fast default job of ``make demo``), and one per
 published run in ``results/one_pixel`` (``lenet_rand1``, ``lenet_best1bin``,
 ``lenet_rand1_success_first``, ``lenet_best1bin_success_first``, ``lenet_targeted_10img``).
 The attack's defaults are read from ``PixelAttackConfig`` itself, so they are written once.
 Everything except ``runtime`` claims the workdir; ``runtime`` changes speed, never results.
 """
 import dataclasses
+import typing
 
 from ml_collections import ConfigDict, config_dict
 
@@ -23,9 +26,15 @@ EXACT_CIFAR10 = "../shared/data/cifar10_test_exact1017.npz"
 
 
 def attack_defaults() -> ConfigDict:
-  fields = {f.name: f.default for f in dataclasses.fields(PixelAttackConfig)}
+  hints = typing.get_type_hints(PixelAttackConfig)
+  fields = {}
+  for f in dataclasses.fields(PixelAttackConfig):
+    if f.default is None:   # Optional[X]: None means "the method's default"; typed for flags
+      kind = [t for t in typing.get_args(hints[f.name]) if t is not type(None)][0]
+      fields[f.name] = config_dict.placeholder(kind)
+    else:
+      fields[f.name] = f.default
   del fields["pixels"]   # a run attacks with every count in config.pixels
-  fields["stop_probability"] = config_dict.placeholder(float)  # None: 0.05 / 0.5 by mode
   return ConfigDict(fields)
 
 
@@ -55,27 +64,40 @@ def get_config(arg: str = "paper") -> ConfigDict:
     c.attack.targeted = True
   elif arg == "best1bin":
     c.attack.strategy = "best1bin"
+  elif arg in ("sparse_rs", "corner_search", "sparse_rs_targeted"):
+    # Query-efficient L0 attacks: margin loss, stop at the first success, 10k / 100k queries.
+    c.attack.method = arg.replace("_targeted", "")
+    c.attack.loss = "margin"
+    c.attack.targeted = arg.endswith("_targeted")
+    c.pixels = (1, 3, 5, 10)
+  elif arg in ("de_first_success", "best1bin_first_success"):
+    # DE under the same stopping rule as the sparse attacks (for side-by-side comparisons).
+    c.attack.strategy = "best1bin" if arg.startswith("best1bin") else "rand1"
+    c.attack.stop = "first_success"
+    c.pixels = (1, 3, 5, 10)
   elif arg == "demo":
     # Fast and real: SciPy's best1bin with the success-first ranking fools ~90% of the LeNet's
     # images with 3 pixels at about half the paper's queries.
     c.num_images = 24
     c.pixels = (3,)
     c.attack.strategy = "best1bin"
-    c.attack.objective = "success_first"
+    c.attack.success_first = True
   elif arg.startswith("lenet_"):
     c.data = EXACT_CIFAR10
     if arg == "lenet_targeted_10img":
       c.num_images, c.pixels, c.attack.targeted = 10, (1, 3), True
     else:
       rest = arg[len("lenet_"):]
-      c.attack.objective = "success_first" if rest.endswith("_success_first") else "probability"
+      c.attack.success_first = rest.endswith("_success_first")
       c.attack.strategy = rest.replace("_success_first", "")
       c.exhaustive = True
       if c.attack.strategy not in ("rand1", "best1bin"):
         raise ValueError(f"unknown named config {arg!r}")
   else:
     raise ValueError(f"unknown named config {arg!r} for configs/one_pixel.py; known: paper, "
-                     f"paper_targeted, best1bin, demo, lenet_rand1, lenet_best1bin, "
+                     f"paper_targeted, best1bin, sparse_rs, sparse_rs_targeted, corner_search, "
+                     f"de_first_success, best1bin_first_success, demo, lenet_rand1, "
+                     f"lenet_best1bin, "
                      f"lenet_rand1_success_first, lenet_best1bin_success_first, "
                      f"lenet_targeted_10img")
   return c

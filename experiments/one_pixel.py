@@ -34,6 +34,10 @@ REFERENCE = {
 }
 
 
+def describe(config) -> str:
+  return attack_config(config, 1).describe()
+
+
 def attack_config(config, pixels: int) -> PixelAttackConfig:
   return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict())
 
@@ -57,16 +61,16 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                                   config.num_images, config.seed)
   sub = dataset.take(chosen)
   mode = "targeted" if config.attack.targeted else "untargeted"
-  log(f"{classifier.name}: {mode} attack on {len(chosen)} correctly classified images of "
-      f"{dataset.name}, {pixels} pixel(s), {config.attack.strategy}, population "
-      f"{config.attack.popsize}, {config.attack.generations} generations")
+  log(f"{classifier.name}: {mode} {describe(config)} attack on {len(chosen)} correctly "
+      f"classified images of {dataset.name}, {pixels} pixel(s), at most "
+      f"{configs[pixels[0]].budget:,} queries per attack")
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(),
                  image_ids=sub.index.tolist(),
                  model_metadata={k: classifier.metadata.get(k) for k in (
                      "accuracy", "accuracy_on", "source", "num_params")},
                  metrics={})
   identity = dict(model=classifier.name, data=dataset.name, split=dataset.split)
-  curve = {}
+  curve, all_records = {}, {}
   for k in pixels:
     tag = f"{mode}_{k}px"
     t0 = time.time()
@@ -78,6 +82,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     m["seconds"] = time.time() - t0
     results["metrics"][f"{k}px"] = m
     curve[k] = m["success_rate"]
+    all_records[k] = rec
     workdir.write_npz(f"records_{tag}.npz", **rec.as_dict())
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
     log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%}, "
@@ -102,10 +107,14 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
         seconds=time.time() - t0)
     workdir.write_npz("exhaustive_one_pixel.npz", image_id=sub.index, **ex)
     log(f"exhaustive one-pixel baseline: {np.mean(ex['fooled']):.1%} of images fooled")
+  if config.figures:
+    workdir.save_figure(f"success_vs_queries_{mode}.png", plots.success_vs_queries(
+        {f"{k} px": metrics.query_curve(r) for k, r in all_records.items()},
+        title=f"{classifier.name}, {mode}: {describe(config)}"))
   if config.figures and len(curve) > 1:
     ref = REFERENCE.get(classifier.name, {}).get(mode)
     workdir.save_figure(f"success_vs_pixels_{mode}.png", plots.success_vs_pixels(
-        {f"pixeljax ({config.attack.strategy}, {config.attack.objective})": curve},
+        {f"pixeljax ({describe(config)})": curve},
         {"Hyperparticle (Keras)": ref} if ref else None, title=f"{classifier.name}, {mode}"))
   workdir.write_json("results.json", results)
   return results
@@ -114,13 +123,17 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
 def report(results: dict) -> str:
   """A short table: one line per pixel count."""
   lines = [f"{'pixels':>6} {'attacks':>8} {'success':>8} {'95% interval':>15} "
-           f"{'confidence':>10} {'queries/attack':>15} {'seconds':>8}"]
+           f"{'confidence':>10} {'queries/attack':>15} {'1st success: mean':>18} "
+           f"{'median':>7} {'seconds':>8}"]
   for k, m in results["metrics"].items():
     lo, hi = m["success_rate_ci95"]
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
+    first = m["queries_of_first_success"]
+    mean, median = (("n/a", "n/a") if first["mean"] is None
+                    else (f"{first['mean']:,.0f}", f"{first['median']:,.0f}"))
     lines.append(f"{k:>6} {m['attacks']:>8} {m['success_rate']:>8.1%} "
                  f"{f'{lo:.1%}-{hi:.1%}':>15} {conf:>10} {m['queries_per_attack']:>15,.0f} "
-                 f"{m['seconds']:>8.0f}")
+                 f"{mean:>18} {median:>7} {m['seconds']:>8.0f}")
   if "exhaustive_one_pixel" in results:
     ex = results["exhaustive_one_pixel"]
     lines.append(f"exhaustive one pixel ({ex['colours']}): {ex['images_fooled']:.1%} of images "

@@ -35,7 +35,7 @@ def attack_rate(predict, images, labels, pixels: int, popsize: int, generations:
                 repeats: int = 2, mesh=None) -> dict:
   """Evaluations per second of ``attack`` on ``len(images)`` images (no early stop)."""
   config = PixelAttackConfig(pixels=pixels, popsize=popsize, generations=generations,
-                             stop_probability=-1.0, segment_generations=generations)
+                             stop_probability=-1.0, segment_iterations=generations)
   key = jax.random.PRNGKey(0)
   out = {}
 

@@ -90,6 +90,20 @@ def success_vs_pixels(results: Dict[str, Dict[int, float]],
   return _finish_line_plot(fig, ax, title)
 
 
+def success_vs_queries(curves: Dict[str, tuple], title: str = "success vs queries"):
+  """``curves``: {label: (budgets, success fractions)}, one line each, log-scaled queries."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  styles = ["-", "--", "-.", ":"]
+  for i, (label, (budgets, success)) in enumerate(curves.items()):
+    ax.plot(budgets, 100 * np.asarray(success), styles[i // 10 % len(styles)], label=label)
+  ax.set_xscale("log")
+  ax.set_xlabel("queries (model evaluations) per attack")
+  ax.set_ylabel("attacks fooled within (%)")
+  ax.set_ylim(0, 100)
+  return _finish_line_plot(fig, ax, title)
+
+
 def gallery(images, class_names: Sequence[str], confidences,
             title: Optional[str] = None, cols: int = 5):
   """One image per class labelled with class and confidence (fooling images)."""

@@ -12,7 +12,7 @@ from pixeljax.sparse import campaign
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.workdir import SettingsMismatch
 
-SMALL = dict(popsize=24, generations=4, segment_generations=2)
+SMALL = dict(popsize=24, generations=4, segment_iterations=2)
 
 
 def _correct(clf, ds, n):

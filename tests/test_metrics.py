@@ -13,7 +13,8 @@ def _records(success, true, adv, target, probs_adv, image_id, queries):
                        target_class=np.array(target), adversarial_class=np.array(adv),
                        success=np.array(success), probs=probs, prior_probs=probs,
                        pixels=np.zeros((n, 1, 5)), queries=np.array(queries),
-                       generations=np.zeros(n, np.int32))
+                       success_query=np.where(success, queries, -1),
+                       iterations=np.zeros(n, np.int32))
 
 
 def test_untargeted_metrics():

@@ -56,7 +56,7 @@ def test_experiment_writes_results_and_figures(tmp_path):
 
 
 def test_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path):
-  config = _config(**{"attack.objective": "success_first", "figures": False})
+  config = _config(**{"attack.success_first": True, "figures": False})
   config.runtime.attacks_per_call = 2
   whole = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "a"), config),
                         log=lambda s: None)

@@ -15,7 +15,7 @@ from pixeljax.sparse import exhaustive, problem, runner
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.sparse.runner import attack
 
-SMALL = dict(popsize=24, generations=4, segment_generations=2)
+SMALL = dict(popsize=24, generations=4, segment_iterations=2)
 
 
 def test_perturb_writes_exactly_k_pixels():
@@ -51,20 +51,28 @@ def test_success_first_ranks_fooling_candidates_first():
   predict = lambda imgs: table[jnp.argmax(imgs[:, 0, :, 0], axis=-1)]
   pop = jnp.array([[0., 0., 1.], [1., 0., 1.], [2., 0., 1.]])
   image = jnp.zeros((1, 3, 1))
-  paper = problem.fitness_fn(predict, image, 0, -1, False)(pop)
-  first = problem.fitness_fn(predict, image, 0, -1, False, "success_first")(pop)
-  np.testing.assert_allclose(paper, [0.40, 0.45, 0.02])
-  np.testing.assert_allclose(first, [0.40, -0.55, -0.98])
-  assert float(first[1]) < float(first[0])           # the fooling candidate now wins
-  targeted = problem.fitness_fn(predict, image, 0, 1, True, "success_first")(pop)
-  np.testing.assert_allclose(targeted, [0.65, -0.50, -0.90])
+  ev = lambda target, **kw: problem.evaluator(predict, image, 0, target, PixelAttackConfig(
+      targeted=target >= 0, **kw))(pop)
+  paper, first = ev(-1), ev(-1, success_first=True)
+  np.testing.assert_allclose(paper.loss, [0.40, 0.45, 0.02])
+  np.testing.assert_allclose(first.loss, [0.40, -0.55, -0.98])
+  assert float(first.loss[1]) < float(first.loss[0])     # the fooling candidate now wins
+  np.testing.assert_array_equal(first.fooled, [False, True, True])
+  targeted = ev(1, success_first=True)
+  np.testing.assert_allclose(targeted.loss, [0.65, -0.50, -0.90])
   # The paper's early stop is unchanged: p_true < 5% (or p_target > 50%) stops either way.
-  for targeted_mode, fit in ((False, first), (True, targeted)):
-    cfg = PixelAttackConfig(targeted=targeted_mode, objective="success_first")
-    stops = np.asarray(fit) < cfg.de_config().stop_fitness
-    np.testing.assert_array_equal(stops, [False, False, True])
-  with pytest.raises(UserError, match="unknown objective"):
-    PixelAttackConfig(objective="margin")
+  for e in (paper, first, targeted):
+    np.testing.assert_array_equal(e.stop, [False, False, True])
+  # The margin loss is the log-probability (logit) margin.
+  margin = ev(-1, loss="margin").loss
+  np.testing.assert_allclose(margin, np.log([0.40 / 0.35, 0.45 / 0.50, 0.02 / 0.90]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(ev(1, loss="margin").loss,
+                             np.log([0.40 / 0.35, 0.45 / 0.50, 0.08 / 0.90]), rtol=1e-5)
+  with pytest.raises(UserError, match="unknown loss"):
+    PixelAttackConfig(loss="hinge")
+  with pytest.raises(UserError, match="unknown method"):
+    PixelAttackConfig(method="pgd")
 
 
 def _correct(clf, ds, n):
@@ -79,7 +87,7 @@ def test_untargeted_attack_records_are_consistent(cifar_lenet, cifar_samples):
                jax.random.PRNGKey(0), cfg, image_ids=idx)
   assert rec.pixels.shape == (6, 1, 5) and rec.probs.shape == (6, 10)
   np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
-  assert np.all(rec.queries == 24 * (rec.generations + 1))
+  assert np.all(rec.queries == 24 * (rec.iterations + 1))
   # The recorded pixels, written into the image, reproduce the recorded probabilities.
   imgs = cifar_samples.images[idx].astype(np.float32)
   for i, (x, y, *c) in enumerate(rec.pixels[:, 0]):

@@ -1,7 +1,9 @@
 """Differential evolution as pure functions over a pytree state (evosax style).
 
 ``init(key, population, fitness_fn, config) -> DEState`` evaluates a caller-made initial
-population; ``step(state, fitness_fn, config, lower, upper) -> DEState`` runs one generation;
+population; ``step(state, fitness_fn, config, lower, upper) -> DEState`` runs one generation
+(``ask`` for the trial vectors, evaluate them, ``tell`` their fitness -- the split lets a
+caller see every evaluation, e.g. to count queries until the first success);
 ``run(...)`` drives generations with one ``lax.while_loop`` until a generation limit or until
 the best fitness drops below ``config.stop_fitness``. The fitness function (population (P, D)
 -> fitness (P,), lower is better) is passed in, never hard-wired, so the same engine serves any
@@ -115,13 +117,18 @@ def _repair(key, trial, lower, upper):
   return jnp.where(out, redraw, trial)
 
 
-def step(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Array,
-         upper: jax.Array) -> DEState:
-  """One generation: mutate (+ crossover), repair bounds, evaluate, keep the better of
-  parent and child."""
+def ask(state: DEState, config: DEConfig, lower: jax.Array,
+        upper: jax.Array) -> Tuple[jax.Array, DEState]:
+  """The next generation's trial vectors (mutation, crossover, bound repair) and the state
+  with its key advanced; evaluate them and pass the fitness to ``tell``."""
   key, k_mut, k_rep = jax.random.split(state.key, 3)
   trial = _repair(k_rep, _mutants(k_mut, state, config), lower, upper)
-  trial_fitness = fitness_fn(trial)
+  return trial, state.replace(key=key)
+
+
+def tell(state: DEState, trial: jax.Array, trial_fitness: jax.Array,
+         config: DEConfig) -> DEState:
+  """Selection: each child replaces its parent if it is no worse."""
   better = trial_fitness <= state.fitness
   population = jnp.where(better[:, None], trial, state.population)
   fitness = jnp.where(better, trial_fitness, state.fitness)
@@ -129,7 +136,14 @@ def step(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Arr
   return DEState(population=population, fitness=fitness, best_member=population[best],
                  best_fitness=fitness[best], generation=state.generation + 1,
                  evaluations=state.evaluations + trial.shape[0],
-                 done=fitness[best] < config.stop_fitness, key=key)
+                 done=fitness[best] < config.stop_fitness, key=state.key)
+
+
+def step(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Array,
+         upper: jax.Array) -> DEState:
+  """One generation: ``ask``, evaluate, ``tell``."""
+  trial, state = ask(state, config, lower, upper)
+  return tell(state, trial, fitness_fn(trial), config)
 
 
 def run(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Array,

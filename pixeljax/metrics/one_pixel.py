@@ -6,7 +6,10 @@
     it could be turned into; reported as the fraction of images per count 0..K-1;
   * class pairs  -- K x K counts of successful original -> adversarial class changes;
 plus model queries per attack and per success, and a 95% Wilson interval on the success rate
-(so a rate measured on 500 images can be compared honestly with one measured on 100).
+(so a rate measured on 500 images can be compared honestly with one measured on 100);
+and success against queries: the fraction of attacks whose first fooling query came within
+each budget, and the mean / median query of the first success (``success_query`` of the
+records: a black-box attacker keeps any query that fooled the net).
 """
 from typing import Dict
 
@@ -54,6 +57,35 @@ def target_classes_per_image(records, num_classes: int) -> np.ndarray:
   return hist / max(len(uniq), 1)
 
 
+BUDGETS = (100, 300, 1000, 3000, 10000, 40000)
+
+
+def success_within(records, budget: int) -> float:
+  """Fraction of attacks whose first fooling query came within ``budget`` queries."""
+  q = np.asarray(records.success_query)
+  return float(np.mean((q >= 1) & (q <= budget))) if len(q) else 0.0
+
+
+def success_curve(records, budgets) -> np.ndarray:
+  """``success_within`` at every budget (for the success-vs-queries figure)."""
+  return np.array([success_within(records, int(b)) for b in budgets])
+
+
+def query_curve(records, points: int = 200):
+  """(budgets, fraction fooled within each) on a log grid up to the most queries spent."""
+  top = max(int(np.max(records.queries)), 2) if len(records.queries) else 2
+  budgets = np.unique(np.geomspace(1, top, points).astype(np.int64))
+  return budgets, success_curve(records, budgets)
+
+
+def queries_of_successes(records) -> Dict:
+  q = np.asarray(records.success_query)
+  q = q[q >= 1]
+  if not len(q):
+    return dict(mean=None, median=None, fooled=0)
+  return dict(mean=float(np.mean(q)), median=float(np.median(q)), fooled=int(len(q)))
+
+
 def _json_float(x: float):
   return None if not np.isfinite(x) else float(x)
 
@@ -69,7 +101,9 @@ def summary(records, num_classes: int) -> Dict:
              confidence=_json_float(confidence(records)),
              queries_per_attack=float(np.mean(q)) if len(q) else 0.0,
              queries_per_success=float(np.sum(q) / n_succ) if n_succ else None,
-             class_pairs=class_pairs(records, num_classes).tolist())
+             class_pairs=class_pairs(records, num_classes).tolist(),
+             success_within_queries={str(b): success_within(records, b) for b in BUDGETS},
+             queries_of_first_success=queries_of_successes(records))
   targeted = np.any(np.asarray(records.target_class) >= 0)
   if targeted:
     out["target_classes_per_image"] = target_classes_per_image(records, num_classes).tolist()

@@ -25,7 +25,7 @@ from pixeljax.progress import Progress
 from pixeljax.sparse import records as records_lib
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.sparse.records import AttackRecords
-from pixeljax.sparse.runner import attack, targets_for_all
+from pixeljax.sparse.runner import attack, make_method, targets_for_all
 
 
 def select_images(predict, images, labels, num_images: int, seed: int) -> np.ndarray:
@@ -86,7 +86,7 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
         raise workdir.UserError(f"{path} holds other attacks than its name says; remove it")
       done_parts[c] = rec
 
-  gens = max(config.generations, 1)
+  gens = max(make_method(config, images.shape[1:], num_classes).max_iterations, 1)
   total = len(rows) * gens
   loaded = sum(len(r) for r in done_parts.values())
   bar = Progress(total, desc, initial=loaded * gens, enabled=progress)

@@ -1,19 +1,24 @@
-"""The few-pixel problem of Su, Vargas & Sakurai: candidate encoding, perturbation, fitness.
+"""The few-pixel (L0) problem: settings, candidate encoding, perturbation, losses, stopping.
 
 A candidate is k pixels x (x, y, colour...) -- (x, y, r, g, b) for RGB, (x, y, v) for
 grayscale -- flattened to a vector of length k (2 + C). It is applied by a scatter in pixel
-space, so the target classifier is a black box ``predict(images) -> probabilities``.
+space, so the target classifier is a black box ``predict(images) -> probabilities``. Every
+method (differential evolution, Sparse-RS, CornerSearch) proposes candidates in this one
+encoding, so perturbation, records and metrics are shared.
 
-Fitness (minimised): untargeted, the probability of the true class; targeted, one minus the
-probability of the target. Early stop as in the paper: untargeted once the true class falls
-below 5%, targeted once the target rises above 50% (``stop_probability``).
+Losses (minimised), for any method:
+  * ``probability`` (the one-pixel paper): untargeted p_true; targeted 1 - p_target;
+  * ``margin`` (Sparse-RS): untargeted log p_true - max_{j != true} log p_j; targeted
+    max_{j != target} log p_j - log p_target (log-probabilities differ from logits by a
+    constant per image, so this is the logit margin).
+``success_first`` ranks every candidate that already fools the net (top-1 != true, or top-1 =
+target) before every one that does not (loss - 1): the paper's loss alone can keep a
+lower-p_true candidate that is still classified correctly over one that was misclassified.
 
-``objective="success_first"`` keeps that fitness but ranks every candidate that already fools
-the net (top-1 != true, or top-1 = target) before every one that does not (fitness - 1). The
-paper's fitness alone can keep a lower-p_true candidate that is still classified correctly over
-one that was misclassified; a black-box attacker keeps any query that fooled the model.
-
-The batched runner (``pixeljax.sparse.runner``) vmaps this problem over (image, target) rows.
+Stopping rules: ``paper`` -- untargeted once the true class falls below 5%, targeted once the
+target rises above 50% (``stop_probability``); ``first_success`` -- at the first candidate that
+fools the net, as torchattacks and Sparse-RS do. The batched runner
+(``pixeljax.sparse.runner``) vmaps a method over (image, target) rows.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -21,38 +26,68 @@ from typing import Callable, Optional
 import chex
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from pixeljax.errors import UserError
 from pixeljax.evolution import de
 
 Predict = Callable[[jax.Array], jax.Array]
-OBJECTIVES = ("probability", "success_first")
+METHODS = ("de", "sparse_rs", "corner_search")
+LOSSES = ("probability", "margin")
+STOP_RULES = ("paper", "first_success")
 
 
 @dataclasses.dataclass(frozen=True)
 class PixelAttackConfig:
-  """The paper's settings are the defaults (population 400, 100 generations, DE/rand/1)."""
+  """One few-pixel attack's settings. The defaults are the one-pixel paper's (DE/rand/1,
+  population 400, 100 generations, probability loss, stop at p_true < 5%); settings left at
+  None take their method's published default (see the properties below)."""
   pixels: int = 1
+  method: str = "de"              # "de" (paper), "sparse_rs" or "corner_search"
+  targeted: bool = False
+  loss: str = "probability"       # "probability" (paper) or "margin" (Sparse-RS)
+  success_first: bool = False     # rank fooling candidates before all others
+  stop: Optional[str] = None      # "paper" or "first_success"; None: paper for DE, else first
+  stop_probability: Optional[float] = None   # paper rule; None: 0.05 untargeted, 0.5 targeted
+  max_queries: Optional[int] = None  # None: DE popsize x (generations + 1); Sparse-RS and
+  #                                    CornerSearch 10,000 untargeted, 100,000 targeted
+  # Differential evolution (Su et al.; SciPy's best1bin as the peers call it).
   popsize: int = 400
   generations: int = 100
   strategy: str = "rand1"          # "rand1" (paper) or "best1bin" (SciPy / peers)
-  targeted: bool = False
-  stop_probability: Optional[float] = None   # default: 0.05 untargeted, 0.5 targeted
   recombination: float = 1.0      # best1bin only
-  objective: str = "probability"  # "probability" (paper) or "success_first"
-  segment_generations: int = 10   # generations between compactions / progress reports
+  # Sparse-RS (Croce et al.) and CornerSearch (Croce & Hein).
+  p_init: Optional[float] = None  # Sparse-RS: initial fraction of the k pixels moved; None:
+  #                                 the authors' 0.3 untargeted, 0.1 targeted
+  proposals_per_step: Optional[int] = None   # None: Sparse-RS 1 (the paper), CornerSearch 512
+  top_candidates: int = 100       # CornerSearch: sample among the N best one-pixel changes
+  segment_iterations: Optional[int] = None   # steps between compactions / progress reports;
+  #                                            None: DE 10, Sparse-RS 100, CornerSearch 20
 
   def __post_init__(self):
-    if self.pixels < 1:
-      raise UserError(f"pixels must be >= 1, got {self.pixels}")
-    if self.popsize < 4:
-      raise UserError(f"popsize must be >= 4 for DE, got {self.popsize}")
-    if self.generations < 0:
-      raise UserError(f"generations must be >= 0, got {self.generations}")
-    if self.strategy not in de.STRATEGIES:
-      raise UserError(f"unknown strategy {self.strategy!r}; known: {de.STRATEGIES}")
-    if self.objective not in OBJECTIVES:
-      raise UserError(f"unknown objective {self.objective!r}; known: {OBJECTIVES}")
+    checks = [
+        (self.pixels >= 1, f"pixels must be >= 1, got {self.pixels}"),
+        (self.method in METHODS, f"unknown method {self.method!r}; known: {METHODS}"),
+        (self.loss in LOSSES, f"unknown loss {self.loss!r}; known: {LOSSES}"),
+        (self.stop is None or self.stop in STOP_RULES,
+         f"unknown stopping rule {self.stop!r}; known: {STOP_RULES}"),
+        (self.popsize >= 4, f"popsize must be >= 4 for DE, got {self.popsize}"),
+        (self.generations >= 0, f"generations must be >= 0, got {self.generations}"),
+        (self.strategy in de.STRATEGIES,
+         f"unknown strategy {self.strategy!r}; known: {de.STRATEGIES}"),
+        (self.max_queries is None or self.max_queries >= 1,
+         f"max_queries must be >= 1, got {self.max_queries}"),
+        (self.p_init is None or 0 < self.p_init <= 1,
+         f"p_init must be in (0, 1], got {self.p_init}"),
+        (self.proposals_per_step is None or self.proposals_per_step >= 1,
+         f"proposals_per_step must be >= 1, got {self.proposals_per_step}"),
+        (self.top_candidates >= 1, f"top_candidates must be >= 1, got {self.top_candidates}"),
+        (self.segment_iterations is None or self.segment_iterations >= 1,
+         f"segment_iterations must be >= 1, got {self.segment_iterations}"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise UserError(message)
 
   @property
   def threshold(self) -> float:
@@ -60,14 +95,51 @@ class PixelAttackConfig:
       return self.stop_probability
     return 0.5 if self.targeted else 0.05
 
+  @property
+  def stop_rule(self) -> str:
+    return self.stop or ("paper" if self.method == "de" else "first_success")
+
+  @property
+  def budget(self) -> int:
+    """The most queries (model evaluations) one attack may spend."""
+    if self.max_queries is not None:
+      return self.max_queries
+    if self.method == "de":
+      return self.popsize * (self.generations + 1)
+    return 100_000 if self.targeted else 10_000
+
+  @property
+  def alpha_init(self) -> float:
+    if self.p_init is not None:
+      return self.p_init
+    return 0.1 if self.targeted else 0.3
+
+  @property
+  def proposals(self) -> int:
+    if self.proposals_per_step is not None:
+      return self.proposals_per_step
+    return 512 if self.method == "corner_search" else 1
+
+  @property
+  def segment(self) -> int:
+    if self.segment_iterations is not None:
+      return self.segment_iterations
+    return {"de": 10, "sparse_rs": 100, "corner_search": 20}[self.method]
+
+  def describe(self) -> str:
+    """The method and its main settings, as figures, tables and logs name them."""
+    if self.method == "de":
+      name = f"DE {self.strategy}, population {self.popsize}, {self.generations} generations"
+    else:
+      name = {"sparse_rs": "Sparse-RS", "corner_search": "CornerSearch"}[self.method]
+    return (name + f", {self.loss} loss" + (", success first" if self.success_first else "")
+            + f", stop: {self.stop_rule.replace('_', ' ')}")
+
   def de_config(self) -> de.DEConfig:
-    # Both modes minimise; untargeted fitness = p_true, targeted = 1 - p_target.
-    stop = self.threshold if not self.targeted else 1.0 - self.threshold
-    if self.objective == "success_first":
-      stop -= 1.0   # below the threshold the candidate always fools the net
+    # The runner applies the stopping rule; DE itself never stops early.
     if self.strategy == "rand1":
-      return de.DEConfig.paper(stop_fitness=stop)
-    return de.DEConfig.scipy_best1bin(self.recombination, stop_fitness=stop)
+      return de.DEConfig.paper()
+    return de.DEConfig.scipy_best1bin(self.recombination)
 
 
 def bounds(image_shape, pixels: int):
@@ -108,23 +180,35 @@ def perturb(image: jax.Array, candidate: jax.Array) -> jax.Array:
   return image.at[y, x].set(col.astype(image.dtype))
 
 
-def fitness_fn(predict: Predict, image, label, target, targeted: bool,
-               objective: str = "probability"):
-  """The black-box fitness of one attack: population (P, D) -> (P,), lower is better."""
-  if objective not in OBJECTIVES:
-    raise UserError(f"unknown objective {objective!r}; known: {OBJECTIVES}")
+@struct.dataclass
+class Evaluation:
+  """What the model says about a batch of candidates of one attack."""
+  loss: jax.Array      # (B,) lower is better (success_first shift included)
+  fooled: jax.Array    # (B,) top-1 != true (untargeted) or top-1 == target (targeted)
+  stop: jax.Array      # (B,) meets the paper's stopping rule
+  probs: jax.Array     # (B, K)
 
-  def fitness(population):
-    chex.assert_rank(population, 2)
-    probs = predict(jax.vmap(perturb, (None, 0))(image, population))
+
+def evaluator(predict: Predict, image, label, target, config: PixelAttackConfig):
+  """The black box of one attack: candidates (B, D) -> ``Evaluation``, one model call."""
+
+  def evaluate(candidates) -> Evaluation:
+    chex.assert_rank(candidates, 2)
+    probs = predict(jax.vmap(perturb, (None, 0))(image, candidates))
     top1 = jnp.argmax(probs, axis=-1)
-    if targeted:
-      value, fooled = 1.0 - probs[:, target], top1 == target
+    goal = target if config.targeted else label
+    p_goal = probs[:, goal]
+    if config.targeted:
+      fooled, stop = top1 == target, p_goal > config.threshold
     else:
-      value, fooled = probs[:, label], top1 != label
-    if objective == "success_first":
-      value = value - fooled.astype(value.dtype)
-    return value
-  return fitness
-
-
+      fooled, stop = top1 != label, p_goal < config.threshold
+    if config.loss == "probability":
+      loss = 1.0 - p_goal if config.targeted else p_goal
+    else:
+      logp = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
+      other = jnp.max(jnp.where(jnp.arange(probs.shape[-1]) == goal, -jnp.inf, logp), -1)
+      loss = other - logp[:, goal] if config.targeted else logp[:, goal] - other
+    if config.success_first:
+      loss = loss - fooled.astype(loss.dtype)
+    return Evaluation(loss=loss, fooled=fooled, stop=stop, probs=probs)
+  return evaluate

@@ -24,7 +24,8 @@ class AttackRecords:
   prior_probs: np.ndarray         # (A, K) probabilities of the clean image
   pixels: np.ndarray              # (A, k, 2 + C) decoded (x, y, colour...)
   queries: np.ndarray             # (A,) model evaluations used
-  generations: np.ndarray         # (A,) generations run
+  success_query: np.ndarray       # (A,) query at which a candidate first fooled; -1: never
+  iterations: np.ndarray          # (A,) steps after initialisation (DE: generations)
 
   def __len__(self) -> int:
     return len(self.image_id)

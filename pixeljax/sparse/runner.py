@@ -1,10 +1,13 @@
-"""The batched runner: thousands of few-pixel attacks in one XLA call.
+"""The batched runner: thousands of few-pixel attacks in one XLA call, for any method.
 
-``attack`` vmaps the DE of ``pixeljax.sparse.problem`` over attacks (image x target rows) and
-runs generations in segments of one jit-compiled ``while_loop``; between segments finished
-attacks are dropped from the batch (compaction into power-of-two buckets), so a finished
-attack stops costing model evaluations. With a ``jax.sharding.Mesh`` the attack axis is
-sharded over its devices (placement and gathering: ``pixeljax.sharding``).
+``attack`` vmaps a method (``differential_evolution``, ``sparse_rs``, ``corner_search``: each an
+``init`` / ``step`` pair on a pytree state for one attack, the black box passed in) over attacks
+(image x target rows) and runs its steps in segments of one jit-compiled ``while_loop``; an
+attack's loop ends at its stopping rule, its step limit or its query budget, which it never
+exceeds. Between segments finished attacks are dropped from the batch (compaction into
+power-of-two buckets), so a finished attack stops costing model evaluations. With a
+``jax.sharding.Mesh`` the attack axis is sharded over its devices (placement and gathering:
+``pixeljax.sharding``).
 """
 import functools
 import math
@@ -18,32 +21,50 @@ from jax.sharding import Mesh
 
 from pixeljax import sharding as sharding_lib
 from pixeljax.errors import UserError
-from pixeljax.evolution import de
-from pixeljax.sparse.problem import (PixelAttackConfig, Predict, bounds, decode,
-                                     fitness_fn, initial_population, perturb)
+from pixeljax.sparse import method as method_lib
+from pixeljax.sparse.corner_search import CornerSearch
+from pixeljax.sparse.differential_evolution import DifferentialEvolution
+from pixeljax.sparse.problem import PixelAttackConfig, Predict, decode, evaluator, perturb
 from pixeljax.sparse.records import AttackRecords
+from pixeljax.sparse.sparse_rs import SparseRS
+
+
+def make_method(config: PixelAttackConfig, image_shape, num_classes: int):
+  """The method named by ``config.method`` for images of ``image_shape``."""
+  shape = tuple(int(s) for s in image_shape)
+  if config.method == "de":
+    return DifferentialEvolution(config, shape)
+  if config.method == "sparse_rs":
+    return SparseRS(config, shape)
+  return CornerSearch(config, shape, int(num_classes))
 
 
 class _Engine:
   """The compiled pieces of a batched attack for one (predict, shape, config)."""
 
-  def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig):
+  def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig,
+               num_classes: int):
     self.shape = tuple(image_shape)
     self.config = config
-    self.de_config = config.de_config()
-    lo, hi = bounds(self.shape, config.pixels)
-    targeted = config.targeted
+    self.method = method = make_method(config, self.shape, num_classes)
+    budget = config.budget
+
+    def problem(image, label, target):
+      return method_lib.Problem(image, label, target,
+                                evaluator(predict, image, label, target, config))
 
     def one_init(key, image, label, target):
       chex.assert_shape(image, self.shape)
-      pop = initial_population(jax.random.fold_in(key, 0), self.shape, config.pixels,
-                               config.popsize)
-      fit = fitness_fn(predict, image, label, target, targeted, config.objective)
-      return de.init(jax.random.fold_in(key, 1), pop, fit, self.de_config)
+      return method.init(key, problem(image, label, target))
 
-    def one_run(state, image, label, target, max_gen):
-      fit = fitness_fn(predict, image, label, target, targeted, config.objective)
-      return de.run(state, fit, self.de_config, lo, hi, max_gen)
+    def one_run(state, image, label, target, max_iteration):
+      p = problem(image, label, target)
+
+      def go_on(s):
+        t = s.tracker
+        return ((~t.done) & (t.iteration < max_iteration)
+                & (t.queries + method.queries_per_step <= budget))
+      return jax.lax.while_loop(go_on, lambda s: method.step(s, p), state)
 
     def finish(best, images):
       adv = jax.vmap(perturb)(images, best)
@@ -58,15 +79,23 @@ class _Engine:
     self.run = jax.jit(jax.vmap(one_run, (0, 0, 0, 0, None)))
     self.finish = jax.jit(finish)
 
+  def active(self, state, max_iteration: int) -> np.ndarray:
+    """Rows that can still take a step before ``max_iteration``."""
+    t = state.tracker
+    return ((~t.done) & (t.iteration < max_iteration)
+            & (t.queries + self.method.queries_per_step <= self.config.budget))
+
 
 @functools.lru_cache(maxsize=16)
-def _engine(predict, image_shape, config) -> _Engine:
-  return _Engine(predict, image_shape, config)
+def _engine(predict, image_shape, config, num_classes) -> _Engine:
+  return _Engine(predict, image_shape, config, num_classes)
 
 
 def _bucket(n: int, multiple: int, cap: int) -> int:
-  """Smallest power of two >= n (times the device count), at most ``cap``: few shapes to
-  compile, little padding."""
+  """Smallest power of two >= n (times the device count), at most ``cap`` -- the size of a
+  full batch, itself a bucket so that the first calls carry no padding: few shapes to
+  compile, little padding. (A floor of 16 rows, to compile fewer shapes, was measured: it
+  made the long tails of Sparse-RS slower on CPU than the compilations it saved.)"""
   size = max(1, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
   size = min(max(size, n), max(cap, n))
   return int(math.ceil(size / multiple) * multiple)
@@ -134,10 +163,10 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
                                             config.pixels)
   if config.targeted and np.any((targets < 0) | (targets == labels)):
     raise UserError("targeted attack: every target must differ from the true label")
-  engine = _engine(predict, images.shape[1:], config)
+  engine = _engine(predict, images.shape[1:], config, num_classes)
   devices = mesh.size if mesh is not None else 1
   sharding = sharding_lib.attack_sharding(mesh)
-  cap = attacks_per_call or max(n, 1)
+  cap = min(attacks_per_call or n, n) if n else 1
   # Raw key data on the host (key_data takes typed and legacy keys alike), gathered per batch.
   keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
       jnp.asarray(image_ids * 1000 + targets + 1, jnp.uint32))))
@@ -149,31 +178,33 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
                                       sharding))
     states.append(jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], s))
   state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
-  _check_finite(state.fitness)
+  _check_finite(state.tracker.best_probs)
 
-  seg = max(1, config.segment_generations)
-  for max_gen in range(seg, config.generations + seg, seg):
-    max_gen = min(max_gen, config.generations)
-    active = np.nonzero(~state.done & (state.generation < max_gen))[0]
+  seg, limit = config.segment, engine.method.max_iterations
+  for max_it in range(seg, limit + seg, seg):
+    max_it = min(max_it, limit)
+    active = np.nonzero(engine.active(state, max_it))[0]
     for idx, pad in _padded_batches(active, cap, devices):
       sub = jax.tree_util.tree_map(lambda a: a[pad], state)
       out = engine.run(*sharding_lib.put((sub, images[pad], labels[pad], targets[pad]),
-                                         sharding), max_gen)
+                                         sharding), max_it)
       out = jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], out)
       state = jax.tree_util.tree_map(lambda a, b: _scatter(a, idx, b), state, out)
-    _check_finite(state.best_fitness)
+    _check_finite(state.tracker.best_probs)
     if progress is not None:
-      finished = state.done | (state.generation >= config.generations)
-      progress(dict(generation=max_gen, attacks=n, finished=int(np.sum(finished)),
-                    stopped=int(np.sum(state.done)),
-                    work=int(np.sum(np.where(finished, config.generations, state.generation))),
-                    evaluations=int(np.sum(state.evaluations))))
-    if max_gen >= config.generations:
+      t = state.tracker
+      finished = ~engine.active(state, limit)
+      progress(dict(iteration=max_it, attacks=n, finished=int(np.sum(finished)),
+                    stopped=int(np.sum(t.done)),
+                    work=int(np.sum(np.where(finished, limit, t.iteration))),
+                    total_work=n * max(limit, 1),
+                    evaluations=int(np.sum(t.queries))))
+    if max_it >= limit:
       break
 
   probs, prior, pixels = [], [], []
   for idx, pad in _padded_batches(np.arange(n), cap, devices):
-    p, q, px = engine.finish(*sharding_lib.put((state.best_member[pad], images[pad]),
+    p, q, px = engine.finish(*sharding_lib.put((state.tracker.best[pad], images[pad]),
                                                sharding))
     probs.append(sharding_lib.gather(p)[:len(idx)])
     prior.append(sharding_lib.gather(q)[:len(idx)])
@@ -185,8 +216,9 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   return AttackRecords(image_id=image_ids, true_class=labels, target_class=targets,
                        adversarial_class=adv.astype(np.int32), success=success,
                        probs=probs, prior_probs=prior, pixels=pixels,
-                       queries=state.evaluations.astype(np.int64),
-                       generations=state.generation.astype(np.int32))
+                       queries=state.tracker.queries.astype(np.int64),
+                       success_query=state.tracker.success_query.astype(np.int64),
+                       iterations=state.tracker.iteration.astype(np.int32))
 
 
 def _scatter(a, idx, b):

@@ -1,0 +1,82 @@
+r"""Compares finished one-pixel runs of different methods on the same images.
+
+  python experiments/compare_methods.py --config.runs=runs/de,runs/sparse_rs,runs/cs \
+      --workdir runs/compare
+
+Reads each run's results.json and records, refuses runs that attacked other images, another
+model, data set or mode, and writes results.json (one row per run and pixel count: success
+within each budget, mean / median query of the first success) and success_vs_queries_<k>px.png
+overlaying the methods' curves.
+"""
+import json
+import os
+
+import numpy as np
+
+from pixeljax import cli, plots, workdir as workdir_lib
+from pixeljax.errors import UserError
+from pixeljax.metrics import one_pixel as metrics
+from pixeljax.sparse import records as records_lib
+from pixeljax.sparse.problem import PixelAttackConfig
+
+
+def _load(run: str):
+  path = os.path.join(run, "results.json")
+  if not os.path.exists(path):
+    raise UserError(f"{run} has no results.json (is the run finished?)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
+  runs = [r for r in config.runs if r]
+  if len(runs) < 1:
+    raise UserError("name the runs to compare: --config.runs=runs/a,runs/b")
+  loaded = {r: _load(r) for r in runs}
+  first = loaded[runs[0]]
+  same = lambda res: (res["config"]["model"], res["config"]["data"],
+                      res["config"]["attack"]["targeted"], res["image_ids"])
+  for r, res in loaded.items():
+    if same(res) != same(first):
+      raise UserError(f"{r} attacked other images, model, data or mode than {runs[0]}")
+  mode = "targeted" if first["config"]["attack"]["targeted"] else "untargeted"
+  rows, curves = [], {}
+  for r, res in loaded.items():
+    label = PixelAttackConfig(pixels=1, **res["config"]["attack"]).describe()
+    for k in res["config"]["pixels"]:
+      rec = records_lib.load(os.path.join(r, f"records_{mode}_{k}px.npz"))
+      first_q = metrics.queries_of_successes(rec)
+      rows.append(dict(run=r, method=label, pixels=int(k), attacks=len(rec),
+                       success=metrics.success_rate(rec),
+                       success_within={str(b): metrics.success_within(rec, int(b))
+                                       for b in config.budgets},
+                       mean_queries_of_success=first_q["mean"],
+                       median_queries_of_success=first_q["median"],
+                       queries_per_attack=float(np.mean(rec.queries))))
+      curves.setdefault(int(k), {})[label] = metrics.query_curve(rec)
+  for k, c in sorted(curves.items()):
+    workdir.save_figure(f"success_vs_queries_{k}px.png", plots.success_vs_queries(
+        c, title=f"{first['config']['model']}, {mode}, {k} px ({len(first['image_ids'])} "
+                 f"images)"))
+  results = dict(config=config.to_dict(), model=first["config"]["model"],
+                 data=first["config"]["data"], mode=mode, image_ids=first["image_ids"],
+                 rows=rows)
+  workdir.write_json("results.json", results)
+  return results
+
+
+def report(results: dict) -> str:
+  budgets = list(results["rows"][0]["success_within"]) if results["rows"] else []
+  head = f"{'method':<52} {'k':>3} " + " ".join(f"{'<=' + b:>7}" for b in budgets)
+  lines = [head + f" {'mean q':>8} {'median q':>9}"]
+  for r in sorted(results["rows"], key=lambda r: (r["pixels"], r["method"])):
+    fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"
+    lines.append(f"{r['method'][:52]:<52} {r['pixels']:>3} "
+                 + " ".join(f"{100 * r['success_within'][b]:>6.1f}%" for b in budgets)
+                 + f" {fmt(r['mean_queries_of_success']):>8} "
+                   f"{fmt(r['median_queries_of_success']):>9}")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  cli.main(run, "compare.py", report=report)
