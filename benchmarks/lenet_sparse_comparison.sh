@@ -9,7 +9,8 @@ set -euo pipefail
 OUT=${1:-results/sparse/lenet500}
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/cifar10_test_exact1017.npz}
-COMMON=(--config.data="$DATA" --config.num_images=500 --config.runtime.progress=False)
+COMMON=(--config.data="$DATA" --config.num_images=500 --config.runtime.progress=False
+        --config.runtime.attacks_per_call=100)   # a saved chunk every 100 attacks
 for run in sparse_rs corner_search best1bin_first_success de_first_success; do
   $PY experiments/one_pixel.py --config=configs/one_pixel.py:$run "${COMMON[@]}" \
     --workdir "$OUT/$run" >> "$OUT.log" 2>&1

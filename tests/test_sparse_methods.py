@@ -168,3 +168,68 @@ def test_distinct_draws_are_distinct_and_uniform():
   np.testing.assert_allclose(counts, 1 / 7, atol=0.02)
   firsts = np.bincount(draws[:, 1], minlength=7) / len(draws)   # every position uniform too
   np.testing.assert_allclose(firsts, 1 / 7, atol=0.03)
+
+
+def test_under_first_success_the_reported_candidate_fools(cifar_lenet, cifar_samples):
+  """With the probability loss a fooling candidate can lose to a non-fooling one; under the
+  first-success rule every method still reports (and stops at) a fooling candidate."""
+  probs = np.asarray(cifar_lenet(cifar_samples.images[:40]))
+  idx = np.nonzero(probs.argmax(-1) == cifar_samples.labels[:40])[0][:8]
+  for kw in (dict(method="de", popsize=24, generations=8), dict(method="sparse_rs", max_queries=300),
+             dict(method="corner_search", proposals_per_step=512, max_queries=9000)):
+    rec = attack(cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx],
+                 jax.random.PRNGKey(0), PixelAttackConfig(pixels=3, loss="probability",
+                                                          stop="first_success", **kw),
+                 image_ids=idx)
+    np.testing.assert_array_equal(rec.success, rec.success_query >= 1, err_msg=kw["method"])
+    assert rec.success.any(), kw["method"]
+
+
+def test_targeted_sparse_methods_reach_the_target():
+  predict = needle_model(NEEDLES[:1])
+  for kw in (dict(method="sparse_rs", loss="ce", max_queries=3000),
+             dict(method="corner_search", proposals_per_step=64)):
+    rec = attack(predict, _images(2), np.zeros(2, np.int32), jax.random.PRNGKey(0),
+                 PixelAttackConfig(pixels=1, targeted=True, **kw), targets=np.ones(2, np.int32),
+                 image_ids=np.arange(2))
+    assert rec.success.all() and np.all(rec.adversarial_class == 1), kw["method"]
+
+
+def test_a_budget_below_the_first_step_is_refused():
+  from pixeljax.errors import UserError
+  for kw in (dict(method="de", popsize=40, max_queries=39),
+             dict(method="corner_search", proposals_per_step=64, max_queries=10)):
+    with pytest.raises(UserError, match="below the"):
+      _run(needle_model(NEEDLES), 1, pixels=1, **kw)
+
+
+def test_corner_search_counts_only_real_changes():
+  """5 x 5 x 8 = 200 one-pixel changes in blocks of 64: the padded 56 are not queries."""
+  unfoolable = lambda images: jnp.tile(jnp.array([0.98, 0.01, 0.01]), (len(images), 1))
+  rec = attack(unfoolable, np.full((1, 5, 5, 3), 100, np.uint8), np.zeros(1, np.int32),
+               jax.random.PRNGKey(0), PixelAttackConfig(method="corner_search", pixels=1,
+                                                        proposals_per_step=64))
+  assert int(rec.queries[0]) == 200
+
+
+def test_one_moved_pixel_never_takes_the_image_colour():
+  """The authors resample the colour of a single moved pixel until it differs from the
+  image's own; on an all-white image no proposal may write white."""
+  method = sparse_rs.SparseRS(PixelAttackConfig(method="sparse_rs", pixels=2), (H, W, 3))
+  image = jnp.full((H, W, 3), 255.0)
+  from pixeljax.sparse.method import Problem
+  state = method.init(jax.random.PRNGKey(0), Problem(image, 0, -1, lambda c: _fake_eval(c)))
+  keys = jax.random.split(jax.random.PRNGKey(1), 500)
+  orders, colours = jax.vmap(lambda k: method._propose(k, state, image, 1))(keys)
+  moved = np.asarray(orders)[:, :2] != np.asarray(state.order)[None, :2]     # (500, k)
+  assert np.all(moved.sum(1) == 1)                  # exactly one pixel moves
+  new = np.asarray(colours)[moved]
+  assert not np.any(np.all(new == 255.0, -1))
+  assert len({tuple(c) for c in new}) == 7          # every other corner appears
+
+
+def _fake_eval(candidates):
+  from pixeljax.sparse.problem import Evaluation
+  b = candidates.shape[0]
+  return Evaluation(loss=jnp.zeros(b), fooled=jnp.zeros(b, bool), stop=jnp.zeros(b, bool),
+                    probs=jnp.tile(jnp.array([1.0, 0.0, 0.0]), (b, 1)))

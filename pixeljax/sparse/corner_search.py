@@ -3,9 +3,12 @@
 Stage 1 -- the one-pixel corner sweep: every position x every corner of the colour cube
 (H * W * 2^C changes, 8,192 on CIFAR-10), evaluated in blocks. Each change is scored per
 class c by how far it brings class c towards the top, log p_true - log p_c (targeted: the
-target's margin), and the ``top_candidates`` (N) best changes of every class are kept.
-Stage 2 -- sampling: each step takes the ordering of one class in turn (untargeted: the
-true class's column holds the overall margin, as in the authors' code) and draws
+target's margin), and the ``top_candidates`` (N) best changes of every class are kept. Padding of the last
+sweep block is evaluated but neither counted as queries nor ranked.
+Stage 2 -- sampling: each step takes the ordering of one class in turn, most promising first
+(untargeted: the true class's column holds the overall margin, as in the authors' code, and
+leads; the authors go through the classes in index order with 1,000 samples each and no
+budget) and draws
 ``proposals_per_step`` k-pixel combinations from its top N, the rank r of each pixel drawn
 with P(r) decreasing linearly (the authors' N - floor(sqrt(U[0, N^2))) - 1). The sweep alone
 is exhaustive for k = 1, so then there is no second stage.
@@ -48,6 +51,10 @@ class CornerSearch:
   @property
   def queries_per_step(self) -> int:
     return self.config.proposals
+
+  @property
+  def first_queries(self) -> int:
+    return min(self.config.proposals, self.changes)
 
   @property
   def max_iterations(self) -> int:
@@ -98,7 +105,8 @@ class CornerSearch:
     n, k = self.config.top_candidates, self.num_classes
     top, score = self._merge(jnp.zeros((k, n), jnp.int32), jnp.full((k, n), jnp.inf), idx,
                              self._scores(ev, problem.label, problem.target), valid)
-    tracker = method.start(self.config, cands, ev, jnp.argmin(ev.loss))
+    tracker = method.start(self.config, cands, ev, jnp.argmin(ev.loss),
+                           spent=jnp.sum(valid))
     return State(top=top, top_score=score, key=key, tracker=tracker)
 
   def step(self, state: State, problem: method.Problem) -> State:
@@ -112,7 +120,11 @@ class CornerSearch:
     n = cfg.top_candidates
     u = jax.random.randint(k_rank, (cfg.proposals, cfg.pixels), 0, n * n)
     rank = n - jnp.floor(jnp.sqrt(u.astype(jnp.float32))).astype(jnp.int32) - 1
-    column = (block - self.sweep_steps) % self.num_classes
+    # Orderings in turn, most promising first: by the best score each one holds (the true
+    # class's column, the overall margin, comes first; then the classes the sweep brought
+    # closest to the top). With a 10k budget only a few orderings get a turn on CIFAR-10.
+    turn = jnp.argsort(state.top_score[:, 0])
+    column = turn[(block - self.sweep_steps) % self.num_classes]
     chosen = state.top[column][jnp.clip(rank, 0, n - 1)]                 # (B, k)
     sample_cands = jax.vmap(jax.vmap(self.change))(chosen).reshape(cfg.proposals, -1)
     cands = jnp.where(in_sweep, sweep_cands, sample_cands)
@@ -125,9 +137,10 @@ class CornerSearch:
         lambda: (state.top, state.top_score))
     b = jnp.argmin(ev.loss)
     better = ev.loss[b] < state.tracker.best_loss
-    tracker = method.update(cfg, state.tracker, ev, replace=better, best=cands[b],
+    tracker = method.update(cfg, state.tracker, cands, ev, replace=better, best=cands[b],
                             best_loss=ev.loss[b], best_probs=ev.probs[b],
-                            best_stop=ev.stop[b])
+                            best_stop=ev.stop[b],
+                            spent=jnp.where(in_sweep, jnp.sum(valid), cfg.proposals))
     return State(top=top, top_score=score, key=key, tracker=tracker)
 
 

@@ -39,6 +39,10 @@ class DifferentialEvolution:
   def max_iterations(self) -> int:
     return self.config.generations
 
+  @property
+  def first_queries(self) -> int:
+    return self.config.popsize
+
   def init(self, key, problem: method.Problem) -> State:
     c = self.config
     population = initial_population(jax.random.fold_in(key, 0), self.image_shape, c.pixels,
@@ -58,7 +62,7 @@ class DifferentialEvolution:
     probs = jnp.where(kept[:, None], ev.probs, state.probs)
     stop = jnp.where(kept, ev.stop, state.stop)
     best = jnp.argmin(new.fitness)
-    tracker = method.update(c, state.tracker, ev, replace=jnp.ones((), bool),
+    tracker = method.update(c, state.tracker, trial, ev, replace=jnp.ones((), bool),
                             best=new.best_member, best_loss=new.best_fitness,
                             best_probs=probs[best], best_stop=stop[best])
     return State(de=new, probs=probs, stop=stop, tracker=tracker)

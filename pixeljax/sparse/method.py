@@ -45,18 +45,20 @@ def _first_success(tracker_queries, success_query, ev: Evaluation):
   return jnp.where(success_query >= 0, success_query, new).astype(jnp.int32)
 
 
-def start(config: PixelAttackConfig, candidates, ev: Evaluation, best: int) -> Tracker:
-  """The tracker after the first evaluated batch; ``best`` indexes its best candidate."""
+def start(config: PixelAttackConfig, candidates, ev: Evaluation, best: int,
+          spent=None) -> Tracker:
+  """The tracker after the first evaluated batch; ``best`` indexes its best candidate;
+  ``spent``: the queries it cost (default: every candidate of the batch)."""
   zero = jnp.zeros((), jnp.int32)
   t = Tracker(best=candidates[best], best_loss=ev.loss[best], best_probs=ev.probs[best],
               best_stop=ev.stop[best], queries=zero, success_query=-jnp.ones((), jnp.int32),
               iteration=zero, done=jnp.zeros((), bool))
-  return _settle(config, t, ev, advance=False)
+  return _settle(config, t, candidates, ev, spent, advance=False)
 
 
-def update(config: PixelAttackConfig, tracker: Tracker, ev: Evaluation,
+def update(config: PixelAttackConfig, tracker: Tracker, candidates, ev: Evaluation,
            replace=None, best=None, best_loss=None, best_probs=None,
-           best_stop=None) -> Tracker:
+           best_stop=None, spent=None) -> Tracker:
   """Counts a step's evaluated batch; where ``replace`` (a traced bool), ``best*`` become the
   best candidate."""
   if replace is not None:
@@ -65,17 +67,28 @@ def update(config: PixelAttackConfig, tracker: Tracker, ev: Evaluation,
                               best_loss=pick(best_loss, tracker.best_loss),
                               best_probs=pick(best_probs, tracker.best_probs),
                               best_stop=pick(best_stop, tracker.best_stop))
-  return _settle(config, tracker, ev, advance=True)
+  return _settle(config, tracker, candidates, ev, spent, advance=True)
 
 
-def _settle(config, tracker: Tracker, ev: Evaluation, advance: bool):
+def _settle(config, tracker: Tracker, candidates, ev: Evaluation, spent, advance: bool):
   success_query = _first_success(tracker.queries, tracker.success_query, ev)
   if config.stop_rule == "first_success":
+    # The attack stops at this batch's first fooling query: what it reports is a fooling
+    # candidate (the lowest-loss one of the batch), whatever a method's own selection kept --
+    # as the authors' Sparse-RS and CornerSearch keep any misclassified candidate.
+    new = (success_query >= 0) & (tracker.success_query < 0)
+    hit = jnp.argmin(jnp.where(ev.fooled, ev.loss, jnp.inf))
+    pick = lambda a, b: jnp.where(new, a, b)
+    tracker = tracker.replace(best=pick(candidates[hit], tracker.best),
+                              best_loss=pick(ev.loss[hit], tracker.best_loss),
+                              best_probs=pick(ev.probs[hit], tracker.best_probs),
+                              best_stop=pick(ev.stop[hit], tracker.best_stop))
     done = success_query >= 0
   else:
     done = tracker.best_stop
-  batch = ev.loss.shape[0]
-  return tracker.replace(queries=tracker.queries + batch, success_query=success_query,
+  spent = ev.loss.shape[0] if spent is None else spent
+  return tracker.replace(queries=(tracker.queries + spent).astype(jnp.int32),
+                         success_query=success_query,
                          iteration=tracker.iteration + (1 if advance else 0), done=done)
 
 

@@ -10,7 +10,8 @@ Losses (minimised), for any method:
   * ``probability`` (the one-pixel paper): untargeted p_true; targeted 1 - p_target;
   * ``margin`` (Sparse-RS): untargeted log p_true - max_{j != true} log p_j; targeted
     max_{j != target} log p_j - log p_target (log-probabilities differ from logits by a
-    constant per image, so this is the logit margin).
+    constant per image, so this is the logit margin);
+  * ``ce`` (the authors' targeted Sparse-RS): targeted -log p_target; untargeted log p_true.
 ``success_first`` ranks every candidate that already fools the net (top-1 != true, or top-1 =
 target) before every one that does not (loss - 1): the paper's loss alone can keep a
 lower-p_true candidate that is still classified correctly over one that was misclassified.
@@ -33,7 +34,7 @@ from pixeljax.evolution import de
 
 Predict = Callable[[jax.Array], jax.Array]
 METHODS = ("de", "sparse_rs", "corner_search")
-LOSSES = ("probability", "margin")
+LOSSES = ("probability", "margin", "ce")
 STOP_RULES = ("paper", "first_success")
 
 
@@ -45,7 +46,8 @@ class PixelAttackConfig:
   pixels: int = 1
   method: str = "de"              # "de" (paper), "sparse_rs" or "corner_search"
   targeted: bool = False
-  loss: str = "probability"       # "probability" (paper) or "margin" (Sparse-RS)
+  loss: Optional[str] = None      # "probability", "margin" or "ce"; None: probability for
+  #                                 DE (paper), margin for Sparse-RS / CornerSearch (authors)
   success_first: bool = False     # rank fooling candidates before all others
   stop: Optional[str] = None      # "paper" or "first_success"; None: paper for DE, else first
   stop_probability: Optional[float] = None   # paper rule; None: 0.05 untargeted, 0.5 targeted
@@ -68,7 +70,8 @@ class PixelAttackConfig:
     checks = [
         (self.pixels >= 1, f"pixels must be >= 1, got {self.pixels}"),
         (self.method in METHODS, f"unknown method {self.method!r}; known: {METHODS}"),
-        (self.loss in LOSSES, f"unknown loss {self.loss!r}; known: {LOSSES}"),
+        (self.loss is None or self.loss in LOSSES,
+         f"unknown loss {self.loss!r}; known: {LOSSES}"),
         (self.stop is None or self.stop in STOP_RULES,
          f"unknown stopping rule {self.stop!r}; known: {STOP_RULES}"),
         (self.popsize >= 4, f"popsize must be >= 4 for DE, got {self.popsize}"),
@@ -94,6 +97,10 @@ class PixelAttackConfig:
     if self.stop_probability is not None:
       return self.stop_probability
     return 0.5 if self.targeted else 0.05
+
+  @property
+  def loss_name(self) -> str:
+    return self.loss or ("probability" if self.method == "de" else "margin")
 
   @property
   def stop_rule(self) -> str:
@@ -132,7 +139,8 @@ class PixelAttackConfig:
       name = f"DE {self.strategy}, population {self.popsize}, {self.generations} generations"
     else:
       name = {"sparse_rs": "Sparse-RS", "corner_search": "CornerSearch"}[self.method]
-    return (name + f", {self.loss} loss" + (", success first" if self.success_first else "")
+    return (name + f", {self.loss_name} loss"
+            + (", success first" if self.success_first else "")
             + f", stop: {self.stop_rule.replace('_', ' ')}")
 
   def de_config(self) -> de.DEConfig:
@@ -202,12 +210,15 @@ def evaluator(predict: Predict, image, label, target, config: PixelAttackConfig)
       fooled, stop = top1 == target, p_goal > config.threshold
     else:
       fooled, stop = top1 != label, p_goal < config.threshold
-    if config.loss == "probability":
+    if config.loss_name == "probability":
       loss = 1.0 - p_goal if config.targeted else p_goal
     else:
       logp = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
-      other = jnp.max(jnp.where(jnp.arange(probs.shape[-1]) == goal, -jnp.inf, logp), -1)
-      loss = other - logp[:, goal] if config.targeted else logp[:, goal] - other
+      if config.loss_name == "ce":   # the authors' targeted Sparse-RS loss, -log p_target
+        loss = -logp[:, goal] if config.targeted else logp[:, goal]
+      else:
+        other = jnp.max(jnp.where(jnp.arange(probs.shape[-1]) == goal, -jnp.inf, logp), -1)
+        loss = other - logp[:, goal] if config.targeted else logp[:, goal] - other
     if config.success_first:
       loss = loss - fooled.astype(loss.dtype)
     return Evaluation(loss=loss, fooled=fooled, stop=stop, probs=probs)

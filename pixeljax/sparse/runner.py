@@ -164,6 +164,9 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   if config.targeted and np.any((targets < 0) | (targets == labels)):
     raise UserError("targeted attack: every target must differ from the true label")
   engine = _engine(predict, images.shape[1:], config, num_classes)
+  if config.budget < engine.method.first_queries:
+    raise UserError(f"max_queries={config.budget} is below the {engine.method.first_queries} "
+                    f"queries of {config.method}'s first step")
   devices = mesh.size if mesh is not None else 1
   sharding = sharding_lib.attack_sharding(mesh)
   cap = min(attacks_per_call or n, n) if n else 1

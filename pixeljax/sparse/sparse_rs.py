@@ -89,6 +89,10 @@ class SparseRS:
   def max_iterations(self) -> int:
     return -(-(self.config.budget - 1) // self.config.proposals)
 
+  @property
+  def first_queries(self) -> int:
+    return 1
+
   def candidate(self, order, colours):
     """(x, y, colour) of the k perturbed pixels, flattened (the shared encoding)."""
     h, w, c = self.image_shape
@@ -134,7 +138,8 @@ class SparseRS:
   def step(self, state: State, problem: method.Problem) -> State:
     cfg = self.config
     key, k_prop = jax.random.split(state.key)
-    a = alpha(state.tracker.iteration + 1, cfg.alpha_init, cfg.budget)
+    # The authors' step index is the queries spent so far (= step number with one proposal).
+    a = alpha(state.tracker.queries, cfg.alpha_init, cfg.budget)
     moved = jnp.maximum(jnp.floor(a * cfg.pixels), 1).astype(jnp.int32)
     orders, colours = jax.vmap(lambda kk: self._propose(kk, state, problem.image, moved))(
         jax.random.split(k_prop, cfg.proposals))
@@ -142,7 +147,7 @@ class SparseRS:
     ev = problem.evaluate(cands)
     b = jnp.argmin(ev.loss)
     accept = (ev.loss[b] < state.tracker.best_loss) | ev.fooled[b]
-    tracker = method.update(cfg, state.tracker, ev, replace=accept, best=cands[b],
+    tracker = method.update(cfg, state.tracker, cands, ev, replace=accept, best=cands[b],
                             best_loss=jnp.minimum(ev.loss[b], state.tracker.best_loss),
                             best_probs=ev.probs[b], best_stop=ev.stop[b])
     return State(order=jnp.where(accept, orders[b], state.order),
