@@ -119,7 +119,9 @@ class CornerSearch:
     # proposal, from one class's ordering in turn.
     n = cfg.top_candidates
     u = jax.random.randint(k_rank, (cfg.proposals, cfg.pixels), 0, n * n)
-    rank = n - jnp.floor(jnp.sqrt(u.astype(jnp.float32))).astype(jnp.int32) - 1
+    root = jnp.floor(jnp.sqrt(u.astype(jnp.float32))).astype(jnp.int32)
+    root = root - (root * root > u)            # exact integer square root for any N
+    rank = n - root - 1
     # Orderings in turn, most promising first: by the best score each one holds (the true
     # class's column, the overall margin, comes first; then the classes the sweep brought
     # closest to the top). With a 10k budget only a few orderings get a turn on CIFAR-10.

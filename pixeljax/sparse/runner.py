@@ -110,7 +110,8 @@ def _padded_batches(rows: np.ndarray, cap: int, devices: int):
     yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])
 
 
-def validate_inputs(images, labels, targets, num_classes: int, pixels: int):
+def validate_inputs(images, labels, targets, num_classes: int, pixels: int,
+                    method: str = "de"):
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
@@ -122,6 +123,9 @@ def validate_inputs(images, labels, targets, num_classes: int, pixels: int):
   n, h, w, _ = images.shape
   if pixels > h * w:
     raise UserError(f"pixels={pixels} exceeds the {h * w} pixels of a {h}x{w} image")
+  if method == "sparse_rs" and 2 * pixels > h * w:
+    raise UserError(f"Sparse-RS moves pixels to positions outside its k={pixels}: a {h}x{w} "
+                    f"image needs k <= {h * w // 2}")
   labels = np.asarray(labels)
   targets = np.asarray(targets)
   if labels.shape != (n,) or targets.shape != (n,):
@@ -160,7 +164,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
     num_classes = int(jax.eval_shape(predict, jax.ShapeDtypeStruct((1,) + images.shape[1:],
                                                                    jnp.float32)).shape[-1])
   images, labels, targets = validate_inputs(images, labels, targets, num_classes,
-                                            config.pixels)
+                                            config.pixels, config.method)
   if config.targeted and np.any((targets < 0) | (targets == labels)):
     raise UserError("targeted attack: every target must differ from the true label")
   engine = _engine(predict, images.shape[1:], config, num_classes)
