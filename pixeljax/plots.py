@@ -1,5 +1,6 @@
 """Figures as matplotlib ``Figure`` objects (Agg backend): nothing here computes a metric or
 writes a file. Experiments save them with ``Workdir.save_figure`` (atomic PNG)."""
+import textwrap
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ def _done(fig):
 def _finish_line_plot(fig, ax, title: str):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  ax.set_title(title, fontsize=10)
+  ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=10)   # long settings wrap
   return _done(fig)
 
 

@@ -1,0 +1,49 @@
+"""experiments/compare_methods.py: runs on the same images side by side; others refused."""
+import os
+
+import pytest
+
+from experiments import compare_methods, one_pixel
+from pixeljax.errors import UserError
+from pixeljax.workdir import Workdir
+
+
+def _run(tmp_path, name, **over):
+  from configs.one_pixel import get_config
+  c = get_config("paper")
+  c.num_images, c.pixels, c.figures = 4, (1,), False
+  c.attack.popsize, c.attack.generations = 8, 2
+  c.runtime.progress = False
+  c.update_from_flattened_dict(over)
+  wd = Workdir.open(str(tmp_path / name), c)
+  one_pixel.run(c, wd, log=lambda s: None)
+  return wd.path
+
+
+def _compare(tmp_path, runs):
+  from configs.compare import get_config
+  c = get_config()
+  c.runs = tuple(runs)
+  return compare_methods.run(c, Workdir.open(str(tmp_path / "cmp"), c), log=lambda s: None)
+
+
+def test_methods_side_by_side(tmp_path):
+  de = _run(tmp_path, "de", **{"attack.stop": "first_success"})
+  srs = _run(tmp_path, "srs", **{"attack.method": "sparse_rs", "attack.max_queries": 50})
+  res = _compare(tmp_path, [de, srs])
+  assert [r["pixels"] for r in res["rows"]] == [1, 1]
+  methods = {r["method"].split(",")[0] for r in res["rows"]}
+  assert methods == {"DE rand1", "Sparse-RS"}
+  for r in res["rows"]:
+    assert 0 <= r["success_within"]["100"] <= r["success_within"]["40000"] <= 1
+  assert os.path.getsize(tmp_path / "cmp" / "success_vs_queries_1px.png") > 0
+  assert "Sparse-RS" in compare_methods.report(res)
+
+
+def test_runs_on_other_images_are_refused(tmp_path):
+  a = _run(tmp_path, "a")
+  b = _run(tmp_path, "b", seed=1)
+  with pytest.raises(UserError, match="other images"):
+    _compare(tmp_path, [a, b])
+  with pytest.raises(UserError, match="no results.json"):
+    _compare(tmp_path, [a, str(tmp_path / "missing")])
