@@ -6,12 +6,12 @@ r"""Trains a zoo model and writes a checkpoint with its recipe and measured accu
 
 Settings: ``configs/train.py`` (``:name`` picks a model and its recipe; ``--config.train.*``
 is ``pixeljax.train.TrainConfig``). ``train_data`` / ``test_data``: a data set name or
-``.npz`` path (see ``pixeljax.data``); the CIFAR JPEG copy ``cifar10_jpeg75.npz`` is decoded
-on the fly. An interrupted run resumes from --workdir; one with other settings refuses. The
+``.npz`` path (see ``pixeljax.data``; JPEG-compressed .npz files such as the CIFAR copy
+``cifar10_jpeg75.npz`` are decoded on load). An interrupted run resumes from --workdir; one
+with other settings refuses. The
 checkpoint goes to ``<out_dir>/<model>.msgpack`` (default ``<workdir>/checkpoint``).
 """
 import dataclasses
-import io
 import os
 
 import numpy as np
@@ -24,32 +24,13 @@ from pixeljax.workdir import versions
 STORE_DTYPES = ("float32", "bfloat16")
 
 
-def load_split(name: str, split: str) -> data.Dataset:
-  if os.path.basename(name) == "cifar10_jpeg75.npz":
-    return _decode_jpeg_cifar(name, split)
-  return data.load(name, split)
-
-
-def _decode_jpeg_cifar(path: str, split: str) -> data.Dataset:
-  from PIL import Image
-  if not os.path.isfile(path):
-    raise UserError(f"data file {path} does not exist")
-  with np.load(path) as d:
-    blob, offsets, labels = d[f"{split}_jpeg"], d[f"{split}_offsets"], d[f"y_{split}"]
-  images = np.stack([np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]]
-                                                      .tobytes())).convert("RGB"))
-                     for i in range(len(offsets) - 1)])
-  return data.Dataset("cifar10_jpeg75", split, images, labels.astype(np.int32),
-                      data.CIFAR10_CLASSES, np.arange(len(labels)))
-
-
 def run(config, workdir, log=cli.log) -> dict:
   if config.store_dtype not in STORE_DTYPES:
     raise UserError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got "
                     f"{config.store_dtype!r}")
   spec = models.get(config.model)
-  train_set = load_split(config.train_data, "train")
-  test_set = load_split(config.test_data or config.train_data, "test")
+  train_set = data.load(config.train_data, "train")
+  test_set = data.load(config.test_data or config.train_data, "test")
   if config.num_train:
     train_set = train_set.take(np.arange(min(config.num_train, len(train_set))))
   train_config = TrainConfig(**config.train.to_dict())

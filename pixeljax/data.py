@@ -75,6 +75,8 @@ def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
 def _from_npz(path: str, split: str, name: str) -> Dataset:
   with np.load(path, allow_pickle=False) as d:
     xk, yk = f"x_{split}", f"y_{split}"
+    if f"{split}_jpeg" in d and f"{split}_offsets" in d and yk in d:
+      return _from_jpeg_npz(d, path, split, name)
     if xk not in d or yk not in d:
       raise UserError(f"{path} has no split {split!r}: expected keys {xk!r} and {yk!r}, "
                        f"found {sorted(d.files)}")
@@ -89,6 +91,22 @@ def _from_npz(path: str, split: str, name: str) -> Dataset:
     class_names = _default_class_names(images, labels)
   return Dataset(name, split, images, labels.astype(np.int32), class_names,
                  index.astype(np.int64))
+
+
+def _from_jpeg_npz(d, path: str, split: str, name: str) -> Dataset:
+  """An .npz of JPEG-compressed images (``<split>_jpeg`` bytes, ``<split>_offsets``), as the
+  shared CIFAR-10 copy ``cifar10_jpeg75.npz``: decoded here, once, to uint8."""
+  import io
+  from PIL import Image
+  blob, offsets, labels = d[f"{split}_jpeg"], d[f"{split}_offsets"], d[f"y_{split}"]
+  try:
+    images = np.stack([np.asarray(Image.open(io.BytesIO(
+        blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+        for i in range(len(offsets) - 1)])
+  except Exception as e:   # PIL raises several types for broken bytes
+    raise UserError(f"{path}: JPEG image data of split {split!r} is corrupt ({e})") from None
+  return Dataset(name, split, images, labels.astype(np.int32),
+                 _default_class_names(images, labels), np.arange(len(labels)))
 
 
 def _default_class_names(images, labels):

@@ -46,3 +46,28 @@ def test_tfds_data_source_with_mock_data(name, shape):
     ds = data.load(name, "test")
   assert ds.images.shape == (6,) + shape and ds.images.dtype == np.uint8
   assert ds.labels.shape == (6,) and len(ds.class_names) == 10
+
+
+def test_jpeg_npz_is_decoded(tmp_path):
+  import io
+  from PIL import Image
+  ramp = np.linspace(0, 255, 32)
+  images = np.stack([np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :] * s,
+                                                  np.full((32, 32), 60.0 * s)), -1)
+                     for s in (0.2, 0.5, 1.0)]).astype(np.uint8)   # smooth: JPEG keeps them
+  blobs = []
+  for im in images:
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, format="JPEG", quality=100)
+    blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+  offsets = np.cumsum([0] + [len(b) for b in blobs])
+  np.savez(tmp_path / "j.npz", test_jpeg=np.concatenate(blobs), test_offsets=offsets,
+           y_test=np.array([1, 2, 3]))
+  ds = data.load(str(tmp_path / "j.npz"), "test")
+  assert ds.images.shape == (3, 32, 32, 3) and ds.images.dtype == np.uint8
+  assert np.abs(ds.images.astype(int) - images).mean() < 3      # JPEG is lossy
+  np.testing.assert_array_equal(ds.labels, [1, 2, 3])
+  np.savez(tmp_path / "bad.npz", test_jpeg=np.zeros(10, np.uint8), test_offsets=[0, 10],
+           y_test=np.array([0]))
+  with pytest.raises(UserError, match="corrupt"):
+    data.load(str(tmp_path / "bad.npz"), "test")
