@@ -9,7 +9,7 @@ records report), every query spent, and the query at which a candidate first foo
 ``queries_per_step`` lets the runner keep every attack within its budget, and
 ``max_iterations`` bounds its loop.
 """
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,11 +90,3 @@ def _settle(config, tracker: Tracker, candidates, ev: Evaluation, spent, advance
   return tracker.replace(queries=(tracker.queries + spent).astype(jnp.int32),
                          success_query=success_query,
                          iteration=tracker.iteration + (1 if advance else 0), done=done)
-
-
-def select_best(ev: Evaluation):
-  """Index of the lowest loss of a batch (first on ties)."""
-  return jnp.argmin(ev.loss)
-
-
-Method = Any   # a frozen dataclass with init / step / queries_per_step / max_iterations

@@ -62,8 +62,9 @@ def distinct(key, n: int, count: int) -> jax.Array:
   taken = jnp.zeros((0,), jnp.int32)
   for j in range(count):
     r = jax.random.randint(jax.random.fold_in(key, j), (), 0, n - j)
+    ascending = jnp.sort(taken)
     for e in range(j):        # step over the values already taken, smallest first
-      r = r + (r >= jnp.sort(taken)[e])
+      r = r + (r >= ascending[e])
     taken = jnp.concatenate([taken, r[None].astype(jnp.int32)])
   return taken
 
