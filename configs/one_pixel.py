@@ -7,9 +7,9 @@ r"""One-pixel / few-pixel attack (Su, Vargas & Sakurai): the run's one source of
 
 Named settings (``:name``): ``paper`` (default: 500 correctly classified images, 1/3/5 pixels,
 DE/rand/1, population 400, 100 generations, untargeted), ``paper_targeted``, ``best1bin``
-(SciPy's DE as the peers call it), ``sparse_rs`` / ``sparse_rs_targeted`` / ``corner_search``
-(margin loss, first success, k = 1, 3, 5, 10), ``de_first_success`` / ``best1bin_first_success``
-(DE under that stopping rule), ``demo`` (the fast default job of ``make demo``), and one per
+(SciPy's DE as the peers call it), ``sparse_rs`` / ``corner_search`` (margin loss, first
+success, k = 1, 3, 5, 10), ``de_first_success`` / ``best1bin_first_success`` (DE under that
+stopping rule), each of these four also targeted (``sparse_rs_targeted``, ...), ``demo`` (the fast default job of ``make demo``), and one per
 published run in ``results/one_pixel`` (``lenet_rand1``, ``lenet_best1bin``,
 ``lenet_rand1_success_first``, ``lenet_best1bin_success_first``, ``lenet_targeted_10img``).
 The attack's defaults are read from ``PixelAttackConfig`` itself, so they are written once.
@@ -64,17 +64,18 @@ def get_config(arg: str = "paper") -> ConfigDict:
     c.attack.targeted = True
   elif arg == "best1bin":
     c.attack.strategy = "best1bin"
-  elif arg in ("sparse_rs", "corner_search", "sparse_rs_targeted"):
-    # Query-efficient L0 attacks: margin loss (targeted: cross-entropy, as the authors),
-    # stop at the first success, 10k / 100k queries.
-    c.attack.method = arg.replace("_targeted", "")
+  elif arg.removesuffix("_targeted") in ("sparse_rs", "corner_search"):
+    # Query-efficient L0 attacks: margin loss (targeted Sparse-RS: cross-entropy, as its
+    # authors), stop at the first success, 10k / 100k queries.
+    c.attack.method = arg.removesuffix("_targeted")
     c.attack.targeted = arg.endswith("_targeted")
-    c.attack.loss = "ce" if c.attack.targeted else "margin"   # the authors' choices
+    c.attack.loss = "ce" if c.attack.targeted and c.attack.method == "sparse_rs" else "margin"
     c.pixels = (1, 3, 5, 10)
-  elif arg in ("de_first_success", "best1bin_first_success"):
+  elif arg.removesuffix("_targeted") in ("de_first_success", "best1bin_first_success"):
     # DE under the same stopping rule as the sparse attacks (for side-by-side comparisons).
     c.attack.strategy = "best1bin" if arg.startswith("best1bin") else "rand1"
     c.attack.stop = "first_success"
+    c.attack.targeted = arg.endswith("_targeted")
     c.pixels = (1, 3, 5, 10)
   elif arg == "demo":
     # Fast and real: SciPy's best1bin with the success-first ranking fools ~90% of the LeNet's
@@ -96,8 +97,9 @@ def get_config(arg: str = "paper") -> ConfigDict:
         raise ValueError(f"unknown named config {arg!r}")
   else:
     raise ValueError(f"unknown named config {arg!r} for configs/one_pixel.py; known: paper, "
-                     f"paper_targeted, best1bin, sparse_rs, sparse_rs_targeted, corner_search, "
-                     f"de_first_success, best1bin_first_success, demo, lenet_rand1, "
+                     f"paper_targeted, best1bin, sparse_rs, corner_search, de_first_success, "
+                     f"best1bin_first_success (each of these four also + _targeted), demo, "
+                     f"lenet_rand1, "
                      f"lenet_best1bin, "
                      f"lenet_rand1_success_first, lenet_best1bin_success_first, "
                      f"lenet_targeted_10img")

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from pixeljax import cli, data, models, plots, sharding, workdir as workdir_lib
+from pixeljax import cli, compilation, data, models, plots, sharding, workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 from pixeljax.models import check_images
@@ -73,20 +73,26 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   curve, all_records = {}, {}
   for k in pixels:
     tag = f"{mode}_{k}px"
-    t0 = time.time()
+    t0, c0 = time.time(), compilation.totals()
     rec = campaign.run(classifier.predict, sub.images, sub.labels, sub.index, configs[k],
                        config.seed, workdir.file("chunks", tag), classifier.num_classes,
                        identity=identity, attacks_per_call=config.runtime.attacks_per_call,
                        mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)
     m = metrics.summary(rec, classifier.num_classes)
     m["seconds"] = time.time() - t0
+    compiled = compilation.since(c0)   # this start only, like seconds
+    m["compile_seconds"] = compiled["compile_seconds"]
+    m["programs_compiled"] = int(compiled["programs"])
+    m["compile_cache_hits"] = int(compiled["cache_hits"])
     results["metrics"][f"{k}px"] = m
     curve[k] = m["success_rate"]
     all_records[k] = rec
     workdir.write_npz(f"records_{tag}.npz", **rec.as_dict())
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
     log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%}, "
-        f"confidence {conf}, {m['queries_per_attack']:.0f} queries/attack")
+        f"confidence {conf}, {m['queries_per_attack']:.0f} queries/attack, "
+        f"{m['seconds']:.0f} s of which {m['compile_seconds']:.1f} s compiling "
+        f"({m['programs_compiled']} programs, {m['compile_cache_hits']} from the cache)")
     if config.figures:
       pos = {int(i): j for j, i in enumerate(sub.index)}
       imgs = sub.images[[pos[int(i)] for i in rec.image_id]]
@@ -124,7 +130,7 @@ def report(results: dict) -> str:
   """A short table: one line per pixel count."""
   lines = [f"{'pixels':>6} {'attacks':>8} {'success':>8} {'95% interval':>15} "
            f"{'confidence':>10} {'queries/attack':>15} {'1st success: mean':>18} "
-           f"{'median':>7} {'seconds':>8}"]
+           f"{'median':>7} {'seconds':>8} {'compile s':>9}"]
   for k, m in results["metrics"].items():
     lo, hi = m["success_rate_ci95"]
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
@@ -133,7 +139,7 @@ def report(results: dict) -> str:
                     else (f"{first['mean']:,.0f}", f"{first['median']:,.0f}"))
     lines.append(f"{k:>6} {m['attacks']:>8} {m['success_rate']:>8.1%} "
                  f"{f'{lo:.1%}-{hi:.1%}':>15} {conf:>10} {m['queries_per_attack']:>15,.0f} "
-                 f"{mean:>18} {median:>7} {m['seconds']:>8.0f}")
+                 f"{mean:>18} {median:>7} {m['seconds']:>8.0f} {m.get('compile_seconds', 0):>9.1f}")
   if "exhaustive_one_pixel" in results:
     ex = results["exhaustive_one_pixel"]
     lines.append(f"exhaustive one pixel ({ex['colours']}): {ex['images_fooled']:.1%} of images "

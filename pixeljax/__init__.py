@@ -10,8 +10,8 @@ no weights, data or compilation until a function is called.
   pixeljax.metrics     the papers' numbers: metrics.one_pixel, metrics.fooling
   pixeljax.workdir     a run's folder: settings claimed first, atomic writes
 """
-from pixeljax import (checkpoint, data, errors, evolution, fooling, metrics, models, progress,
-                      sharding, sparse, workdir)
+from pixeljax import (checkpoint, compilation, data, errors, evolution, fooling, metrics,
+                      models, progress, sharding, sparse, workdir)
 from pixeljax.checkpoint import CheckpointError
 from pixeljax.data import Dataset
 from pixeljax.errors import UserError

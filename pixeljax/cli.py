@@ -54,22 +54,10 @@ def _unknown_setting(e: Exception, argv) -> None:
   sys.exit(2)
 
 
-def enable_compilation_cache() -> None:
-  """JAX's persistent compilation cache in ``$PIXELJAX_CACHE_DIR`` (default
-  ``~/.cache/pixeljax/xla``): a rerun, a resumed run or the next chunk shape seen before
-  loads its programs instead of compiling them again. Results are unaffected."""
-  import jax
-  path = os.environ.get("PIXELJAX_CACHE_DIR",
-                        os.path.join(os.path.expanduser("~"), ".cache", "pixeljax", "xla"))
-  if not path:
-    return
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def run(main) -> None:
   quiet_backend_probes()
-  enable_compilation_cache()
+  from pixeljax import compilation
+  compilation.enable_cache()
 
   def wrapped(argv):
     try:

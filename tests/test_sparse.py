@@ -204,3 +204,19 @@ def test_colour_grid():
   assert len(exhaustive.colour_grid([0, 128, 255], 1)) == 3
   with pytest.raises(UserError, match="colour levels"):
     exhaustive.colour_grid([0, 300])
+
+
+@pytest.mark.parametrize("cap,devices", [(100, 1), (100, 4), (1024, 1), (7, 1), (3, 2)])
+def test_batches_cover_every_row_in_few_shapes_with_little_padding(cap, devices):
+  sizes = runner._sizes(cap, devices)
+  assert len(sizes) <= 2 + int(np.log(max(cap, 1)) / np.log(4))   # a handful of programs
+  assert all(s % devices == 0 for s in sizes)
+  for n in range(1, 3 * cap + 2):
+    rows = np.arange(n) + 7
+    calls = list(runner._padded_batches(rows, cap, devices))
+    np.testing.assert_array_equal(np.concatenate([idx for idx, _ in calls]), rows)
+    for idx, pad in calls:
+      assert len(pad) in sizes
+      np.testing.assert_array_equal(pad[:len(idx)], idx)
+      # Padding is at most a quarter of a call, except below the smallest shape.
+      assert 4 * (len(pad) - len(idx)) <= len(pad) or len(pad) == min(sizes)

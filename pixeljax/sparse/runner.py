@@ -4,8 +4,8 @@
 ``init`` / ``step`` pair on a pytree state for one attack, the black box passed in) over attacks
 (image x target rows) and runs its steps in segments of one jit-compiled ``while_loop``; an
 attack's loop ends at its stopping rule, its step limit or its query budget, which it never
-exceeds. Between segments finished attacks are dropped from the batch (compaction into
-power-of-two buckets), so a finished attack stops costing model evaluations. With a
+exceeds. Between segments finished attacks are dropped from the batch (compaction into a few
+fixed batch shapes), so a finished attack stops costing model evaluations. With a
 ``jax.sharding.Mesh`` the attack axis is sharded over its devices (placement and gathering:
 ``pixeljax.sharding``).
 """
@@ -91,22 +91,45 @@ def _engine(predict, image_shape, config, num_classes) -> _Engine:
   return _Engine(predict, image_shape, config, num_classes)
 
 
-def _bucket(n: int, multiple: int, cap: int) -> int:
-  """Smallest power of two >= n (times the device count), at most ``cap`` -- the size of a
-  full batch, itself a bucket so that the first calls carry no padding: few shapes to
-  compile, little padding. (A floor of 16 rows, to compile fewer shapes, was measured: it
-  made the long tails of Sparse-RS slower on CPU than the compilations it saved.)"""
-  size = max(1, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-  size = min(max(size, n), max(cap, n))
-  return int(math.ceil(size / multiple) * multiple)
+def _sizes(cap: int, devices: int):
+  """The batch shapes a call may have, largest first: the full batch ``cap`` (so the first
+  calls carry no padding) and powers of four below it (times the device count). Every shape is
+  one compiled program per pixel count; powers of four keep that to about five for a batch of
+  100 (powers of two needed eight)."""
+  cap = int(math.ceil(cap / devices) * devices)
+  sizes, s = [cap], devices
+  while s < cap:
+    sizes.append(s)
+    s *= 4
+  return sorted(set(sizes), reverse=True)
+
+
+def _split(n: int, sizes) -> list:
+  """Batch shapes (from ``sizes``, largest first) whose calls cover ``n`` rows: a call is
+  padded up to the next shape when at most a quarter of it would be padding, else the rows are
+  split over smaller shapes -- padding rows cost as much compute as real ones."""
+  out = []
+  while n > 0:
+    up = min((s for s in sizes if s >= n), default=None)
+    if up is not None and (up - n) * 4 <= up:
+      out.append(up)
+      break
+    down = max((s for s in sizes if s <= n), default=None)
+    if down is None:          # fewer rows than the smallest shape (the device count)
+      out.append(min(sizes))
+      break
+    out.append(down)
+    n -= down
+  return out
 
 
 def _padded_batches(rows: np.ndarray, cap: int, devices: int):
-  """Splits ``rows`` into batches of at most ``cap``, each padded (by repeating its first row)
-  to a bucket size; yields (rows, padded rows)."""
-  for start in range(0, len(rows), cap):
-    idx = rows[start:start + cap]
-    size = _bucket(len(idx), devices, cap)
+  """Splits ``rows`` into calls of the shapes ``_split`` picks, each padded (by repeating its
+  first row) to its shape; yields (rows, padded rows)."""
+  start = 0
+  for size in _split(len(rows), _sizes(cap, devices)):
+    idx = rows[start:start + size]
+    start += len(idx)
     yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])
 
 
