@@ -40,6 +40,10 @@ def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_sam
   assert any("4 attacks loaded" in line for line in logs)
   assert _chunks(tmp_path / "b") == chunks
   chex.assert_trees_all_equal(full, resumed)
+  # Each chunk keeps the seconds it took, so a resumed run still reports its whole cost.
+  per_chunk = [float(np.load(tmp_path / "b" / c)["seconds"]) for c in chunks]
+  assert all(s > 0 for s in per_chunk)
+  assert campaign.attack_seconds(str(tmp_path / "b")) == pytest.approx(sum(per_chunk))
 
 
 def test_a_restart_with_other_settings_is_refused(cifar_lenet, cifar_samples, tmp_path):

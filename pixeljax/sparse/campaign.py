@@ -113,12 +113,13 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
         parts.append(done_parts[c])
         continue
       r = rows[sl]
+      t0 = time.time()
       rec = attack(predict, images[r], labels[r], key, config, targets=targets[sl],
                    image_ids=image_ids[r], num_classes=num_classes, mesh=mesh,
                    attacks_per_call=attacks_per_call,
                    progress=report)
       if workdir.is_writer():
-        records_lib.save(path, rec)
+        records_lib.save(path, rec, seconds=np.float64(time.time() - t0))
       parts.append(rec)
       state["attacks"] += len(rec)
       state["successes"] += int(np.sum(rec.success))
@@ -127,3 +128,16 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   finally:
     bar.close()
   return records_lib.concat(parts) if parts else None
+
+
+def attack_seconds(folder: str) -> Optional[float]:
+  """Wall seconds the runner spent on the chunks saved in ``folder``, whichever start of the
+  run made them (compile time included); None if a chunk predates this record."""
+  total = 0.0
+  for name in sorted(os.listdir(folder)):
+    if name.startswith("chunk_") and name.endswith(".npz"):
+      d = workdir.read_npz(os.path.join(folder, name))
+      if "seconds" not in d:
+        return None
+      total += float(d["seconds"])
+  return total
