@@ -130,3 +130,29 @@ def test_bfloat16_storage_round_trip(tmp_path):
   assert leaf.dtype == np.float32
   np.testing.assert_allclose(leaf, v["params"]["backbone"]["ip1"]["kernel"], rtol=1e-2,
                              atol=1e-3)
+
+
+@pytest.mark.parametrize("features", [1, 6, 8, 10])
+def test_cpu_channel_padding_keeps_conv_outputs(features):
+  from flax import linen as nn
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 12, 12, 3), maxval=255.)
+  ref = nn.Conv(features, (5, 5), padding="VALID")
+  params = ref.init(jax.random.PRNGKey(1), x)
+  ours = layers.Conv(features, (5, 5), padding="VALID")
+  assert jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(1), x)) == \
+      jax.tree_util.tree_structure(params)
+  chex.assert_trees_all_close(ours.apply(params, x), ref.apply(params, x), rtol=1e-6, atol=1e-4)
+  grad = lambda m: jax.grad(lambda p: m.apply(p, x).sum())(params)
+  chex.assert_trees_all_close(grad(ours), grad(ref), rtol=1e-6)
+
+
+def test_cpu_channel_padding_leaves_the_lenet_port_bit_identical(cifar_lenet, cifar_samples,
+                                                                 monkeypatch):
+  x = cifar_samples.images[:64].astype(np.float32)
+  has_pad = lambda: " pad[" in str(jax.make_jaxpr(cifar_lenet.predict)(x[:1]))
+  assert has_pad()                                           # its 3 -> 6 conv is padded
+  padded = np.asarray(jax.jit(cifar_lenet.predict)(x))
+  monkeypatch.setattr(layers, "CPU_CHANNEL_MULTIPLE", 0)     # no padding
+  assert not has_pad()
+  plain = np.asarray(jax.jit(lambda v: cifar_lenet.predict(v))(x))
+  np.testing.assert_array_equal(padded, plain)

@@ -3,19 +3,21 @@ paper's ImageNet target. Architecture only (no ImageNet weights exist offline); 
 scale tests: attacks and renderers must work at 224x224 with automatic chunking."""
 import flax.linen as nn
 
+from pixeljax.models import layers
+
 
 class AlexNet(nn.Module):
   num_classes: int = 1000
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu(nn.Conv(96, (11, 11), (4, 4), padding=((2, 2), (2, 2)))(x))
+    x = nn.relu(layers.Conv(96, (11, 11), (4, 4), padding=((2, 2), (2, 2)))(x))
     x = nn.max_pool(x, (3, 3), (2, 2))
-    x = nn.relu(nn.Conv(256, (5, 5), padding="SAME")(x))
+    x = nn.relu(layers.Conv(256, (5, 5), padding="SAME")(x))
     x = nn.max_pool(x, (3, 3), (2, 2))
-    x = nn.relu(nn.Conv(384, (3, 3), padding="SAME")(x))
-    x = nn.relu(nn.Conv(384, (3, 3), padding="SAME")(x))
-    x = nn.relu(nn.Conv(256, (3, 3), padding="SAME")(x))
+    x = nn.relu(layers.Conv(384, (3, 3), padding="SAME")(x))
+    x = nn.relu(layers.Conv(384, (3, 3), padding="SAME")(x))
+    x = nn.relu(layers.Conv(256, (3, 3), padding="SAME")(x))
     x = nn.max_pool(x, (3, 3), (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(0.5, deterministic=not train)(x)

@@ -6,6 +6,8 @@ trains in far fewer epochs than the original's plain SGD; set it off for the exa
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pixeljax.models import layers
+
 
 class AllCNNC(nn.Module):
   num_classes: int = 10
@@ -15,7 +17,7 @@ class AllCNNC(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     def conv(x, features, kernel, stride=1, padding="SAME"):
-      x = nn.Conv(features, (kernel, kernel), stride, padding=padding,
+      x = layers.Conv(features, (kernel, kernel), stride, padding=padding,
                   use_bias=not self.batch_norm)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
@@ -32,5 +34,5 @@ class AllCNNC(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = conv(x, 192, 3, padding="VALID")
     x = conv(x, 192, 1)
-    x = nn.Conv(self.num_classes, (1, 1))(x)
+    x = layers.Conv(self.num_classes, (1, 1))(x)
     return jnp.mean(x, axis=(1, 2))

@@ -8,6 +8,8 @@ positions as PyTorch's.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pixeljax.models import layers
+
 _PAD1 = ((1, 1), (1, 1))
 
 
@@ -19,10 +21,10 @@ class _BasicBlock(nn.Module):
   def __call__(self, x, train):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                    name=name)
-    y = nn.Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
+    y = layers.Conv(self.planes, (3, 3), self.stride, padding=_PAD1, use_bias=False,
                 name="conv1")(x)
     y = nn.relu(bn("bn1")(y))
-    y = nn.Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv2")(y)
+    y = layers.Conv(self.planes, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv2")(y)
     y = bn("bn2")(y)
     if self.stride != 1 or x.shape[-1] != self.planes:
       # Option A: subsample spatially, zero-pad the channels by planes//4 on each side.
@@ -42,7 +44,7 @@ class CifarResNet(nn.Module):
     if (self.depth - 2) % 6:
       raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
     n = (self.depth - 2) // 6
-    x = nn.Conv(16, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv1")(x)
+    x = layers.Conv(16, (3, 3), 1, padding=_PAD1, use_bias=False, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      name="bn1")(x)
     x = nn.relu(x)

@@ -12,6 +12,8 @@ from typing import Any, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pixeljax.models import layers
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 GRAPH_DIR = os.path.join(_HERE, "keras_graphs")
 
@@ -80,7 +82,7 @@ class KerasGraph(nn.Module):
       if cls == "InputLayer":
         y = x
       elif cls == "Conv2D":
-        y = nn.Conv(cfg["filters"], tuple(cfg["kernel_size"]), tuple(cfg["strides"]),
+        y = layers.Conv(cfg["filters"], tuple(cfg["kernel_size"]), tuple(cfg["strides"]),
                     padding=cfg["padding"].upper(), use_bias=cfg.get("use_bias", True),
                     name=name)(h)
         y = _activation(cfg.get("activation"), y)

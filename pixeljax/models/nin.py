@@ -6,6 +6,8 @@ training); ``batch_norm=False`` gives the original layer list.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pixeljax.models import layers
+
 
 class NiN(nn.Module):
   num_classes: int = 10
@@ -14,7 +16,7 @@ class NiN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     def conv(x, features, kernel):
-      x = nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=not self.batch_norm)(x)
+      x = layers.Conv(features, (kernel, kernel), padding="SAME", use_bias=not self.batch_norm)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
       return nn.relu(x)
@@ -31,5 +33,5 @@ class NiN(nn.Module):
     x = nn.Dropout(0.5, deterministic=not train)(x)
     x = conv(x, 192, 3)
     x = conv(x, 192, 1)
-    x = nn.Conv(self.num_classes, (1, 1))(x)
+    x = layers.Conv(self.num_classes, (1, 1))(x)
     return jnp.mean(x, axis=(1, 2))

@@ -2,6 +2,8 @@
 third of the one-pixel paper's CIFAR-10 targets."""
 import flax.linen as nn
 
+from pixeljax.models import layers
+
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
           512, 512, 512, "M")
 
@@ -15,7 +17,7 @@ class VGG16(nn.Module):
       if v == "M":
         x = nn.max_pool(x, (2, 2), (2, 2))
       else:
-        x = nn.Conv(v, (3, 3), padding="SAME", use_bias=False)(x)
+        x = layers.Conv(v, (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(0.5, deterministic=not train)(x)
