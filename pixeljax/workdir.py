@@ -232,4 +232,5 @@ def versions() -> Dict[str, Any]:
   out["backend"] = jax.default_backend()
   out["devices"] = jax.device_count()
   out["processes"] = jax.process_count()
+  out["xla_flags"] = os.environ.get("XLA_FLAGS", "")   # some change the float results
   return out
