@@ -153,6 +153,27 @@ def test_cpu_channel_padding_leaves_the_lenet_port_bit_identical(cifar_lenet, ci
   assert has_pad()                                           # its 3 -> 6 conv is padded
   padded = np.asarray(jax.jit(cifar_lenet.predict)(x))
   monkeypatch.setattr(layers, "CPU_CHANNEL_MULTIPLE", 0)     # no padding
+  jax.clear_caches()                                         # retrace with the new setting
   assert not has_pad()
   plain = np.asarray(jax.jit(lambda v: cifar_lenet.predict(v))(x))
+  monkeypatch.undo()
+  jax.clear_caches()                                         # later tests trace it padded
   np.testing.assert_array_equal(padded, plain)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, "SAME"), (3, 2, "SAME"),
+                                                   (3, 2, ((1, 1), (1, 1))), (5, 1, "VALID"),
+                                                   (1, 1, "VALID"), (3, 2, ((0, 1), (1, 0)))])
+def test_cpu_conv_kernel_gradient_matches_xla(kernel, stride, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 10, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 4, 16))
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, w: layers.conv_general_dilated(x, w, (stride, stride), padding,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert "custom_vjp_call" in str(jax.make_jaxpr(ours)(x, w))     # the CPU path is taken
+  np.testing.assert_array_equal(np.asarray(ours(x, w)), np.asarray(ref(x, w)))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  (gx, gw), (rx, rw) = (jax.grad(loss(f), (0, 1))(x, w) for f in (ours, ref))
+  np.testing.assert_array_equal(np.asarray(gx), np.asarray(rx))    # XLA's own input gradient
+  np.testing.assert_allclose(np.asarray(gw), np.asarray(rw), rtol=1e-5, atol=1e-5)
