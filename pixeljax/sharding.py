@@ -46,7 +46,7 @@ def put(tree, sharding: Optional[NamedSharding]):
   global array and places only its own devices' rows, so this works multi-host."""
   def put_one(a):
     if sharding is None:
-      return jnp.asarray(a)
+      return jax.device_put(np.asarray(a))   # a copy, not a compiled program per shape
     a = np.asarray(a)
     return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
   return jax.tree_util.tree_map(put_one, tree)
