@@ -685,6 +685,22 @@ def _spawn(args, worker, tmpdir, rule=None, ids=None, extra=()):
     return json.load(f), dt, None
 
 
+def _driver(t_start, **extra) -> dict:
+  """The driver's own environment, recorded beside the results."""
+  return dict(seconds=time.perf_counter() - t_start, python=platform.python_version(),
+              machine=platform.machine(), cpu_count=os.cpu_count(),
+              command=" ".join(sys.argv), **extra)
+
+
+def _publish(out_path, result, text) -> None:
+  """Writes the JSON (atomically) with its table, and prints the table."""
+  result["table"] = text
+  from pixeljax import workdir
+  workdir.write_json(out_path, result)
+  print("\n" + text)
+  print(f"\nwrote {out_path}")
+
+
 def _fmt(v, spec, na="n/a"):
   return na if v is None else format(v, spec)
 
@@ -814,15 +830,8 @@ def drive(args):
                       pixeljax_count_forward=args.pixeljax_count_forward,
                       pixeljax_warm_rerun=args.pixeljax_warm_rerun),
         forward=forward, results=results,
-        driver=dict(seconds=time.perf_counter() - t_start, python=platform.python_version(),
-                    machine=platform.machine(), cpu_count=os.cpu_count(),
-                    command=" ".join(sys.argv)))
-    text = table(result)
-    result["table"] = text
-    from pixeljax import workdir
-    workdir.write_json(out_path, result)
-    print("\n" + text)
-    print(f"\nwrote {out_path}")
+        driver=_driver(t_start))
+    _publish(out_path, result, table(result))
     failed = [f"{t}/{r}" for r in results for t, v in results[r].items() if "error" in v]
     return 1 if failed else 0
   finally:

@@ -59,8 +59,8 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
   sys.path.insert(0, HERE)
 
-from peers import (_compile_listener, _dump, _jax_env, _load, _torch_env,  # noqa: E402
-                   _torch_setup)
+from peers import (_compile_listener, _driver, _dump, _jax_env, _load, _publish,  # noqa: E402
+                   _torch_env, _torch_setup)
 
 NETS = {"allcnn": "cifar10_allcnn", "nin": "cifar10_nin", "vgg16": "cifar10_vgg16"}
 CIFAR_TRAIN_SIZE = 50000   # steps per epoch of the cosine schedule = this // batch
@@ -343,16 +343,8 @@ def drive(args):
                     data="one fixed-seed random batch: uniform [0, 255] pixels, uniform labels",
                     device="cpu"),
       results=results,
-      driver=dict(seconds=time.perf_counter() - t_start, loadavg_before=load0,
-                  loadavg_after=_load(), python=platform.python_version(),
-                  machine=platform.machine(), cpu_count=os.cpu_count(),
-                  command=" ".join(sys.argv)))
-  text = table(result)
-  result["table"] = text
-  from pixeljax import workdir
-  workdir.write_json(out_path, result)
-  print("\n" + text)
-  print(f"\nwrote {out_path}")
+      driver=_driver(t_start, loadavg_before=load0, loadavg_after=_load()))
+  _publish(out_path, result, table(result))
   return 0
 
 
