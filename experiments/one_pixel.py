@@ -34,6 +34,12 @@ REFERENCE = {
 }
 
 
+# Per-pixel-count fields of results.json that describe a start's time, not the attack: a
+# resumed run reports what its own start spent (attack_seconds sums every start's chunks).
+TIMING = ("seconds", "attack_seconds", "compile_seconds", "programs_compiled",
+          "compile_cache_hits")
+
+
 def describe(config) -> str:
   return attack_config(config, 1).describe()
 
