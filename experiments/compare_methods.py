@@ -29,7 +29,8 @@ def _load(run: str):
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
-  runs = [r for r in config.runs if r]
+  # --config.runs=a,b,c arrives as one string; a tuple override as several.
+  runs = [p.strip() for r in config.runs for p in str(r).split(",") if p.strip()]
   if len(runs) < 1:
     raise UserError("name the runs to compare: --config.runs=runs/a,runs/b")
   loaded = {r: _load(r) for r in runs}
