@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) experiments/benchmark.py --workdir runs/benchmark
+	$(PY) benchmarks/throughput.py --out runs/throughput.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -9,7 +9,7 @@ its OWN process with that XLA_FLAGS, one after the other, ``--rounds`` times rou
 machine noise hits all alike. A worker measures, for each model:
   * bare forward: ``jax.jit(classifier.predict)`` at ``--batch`` images (the population of one
     DE attack), evaluations/s, best of timed repeats after a warm-up;
-  * the attack: ``pixeljax.benchmark.attack_vs_forward`` (DE, 1 pixel, population ``--batch``,
+  * the attack: ``throughput.attack_vs_forward`` (DE, 1 pixel, population ``--batch``,
     early stopping off) on ``--attack_images`` correctly classified exact CIFAR-10 images,
     ``--attack_generations`` generations, evals/s;
   * compile seconds of both (``pixeljax.compilation``; no persistent cache);
@@ -45,7 +45,8 @@ DEFAULT_OPTIONS = ";".join([
 
 def worker(args) -> dict:
   import jax
-  from pixeljax import benchmark, compilation, data, models
+  import throughput as benchmark
+  from pixeljax import compilation, data, models
   ds = data.load(args.data, "test")
   out = {}
   for name in args.models.split(","):

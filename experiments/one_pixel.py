@@ -13,6 +13,7 @@ same command after an interruption resumes. A rerun with other settings is refus
 --new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
 every host.
 """
+import dataclasses
 import time
 
 import numpy as np
@@ -45,7 +46,7 @@ def describe(config) -> str:
 
 
 def attack_config(config, pixels: int) -> PixelAttackConfig:
-  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict())
+  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved()
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -85,6 +86,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                        identity=identity, attacks_per_call=config.runtime.attacks_per_call,
                        mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)
     m = metrics.summary(rec, classifier.num_classes)
+    m["attack"] = dataclasses.asdict(configs[k])   # resolved: the settings that made it
     m["seconds"] = time.time() - t0    # this start only (a resumed run loads its chunks)
     m["attack_seconds"] = campaign.attack_seconds(workdir.file("chunks", tag))   # all starts
     compiled = compilation.since(c0)   # this start only, like seconds

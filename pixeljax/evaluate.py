@@ -1,6 +1,17 @@
-"""Accuracy of a classifier on a data set, in fixed-size batches (one compiled shape)."""
+"""Running a classifier over many images in fixed-size batches: on the host
+(``predict_in_batches``, ``accuracy``) and inside a compiled attack (``micro_batched``)."""
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+# Images per model call inside an attack on CPU (``PixelAttackConfig.eval_batch``). XLA:CPU
+# runs a net fastest on batches whose activations stay in cache: the akamaster ResNet-20
+# forward gives 1,110-1,136 evaluations/s at 25-400 images and 740-790 at 1,600-5,600, and
+# a DE attack on 14 images per call (5,600 images per generation) rose from 681 to 1,119
+# evaluations/s evaluated 400 at a time; the CIFAR LeNet from 14,700 to 16,000
+# (benchmarks/cpu_batch.py). One paper population per call.
+CPU_EVAL_BATCH = 400
 
 
 def predict_in_batches(predict, images, batch_size: int = 256) -> np.ndarray:
@@ -16,6 +27,48 @@ def predict_in_batches(predict, images, batch_size: int = 256) -> np.ndarray:
       batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
     out.append(np.asarray(predict(batch))[:batch_size - pad])
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def in_fixed_batches(predict, x, size: int):
+  """``predict(x)`` computed ``size`` rows per model call (the last call padded): every call
+  has the same shape, so each row's numbers are those of any other batch of ``size``."""
+  n = x.shape[0]
+  chunks = max(1, -(-n // size))
+  padded = jnp.pad(x, [(0, chunks * size - n)] + [(0, 0)] * (x.ndim - 1))
+  y = lax.map(predict, padded.reshape((chunks, size) + x.shape[1:]))
+  return y.reshape((chunks * size,) + y.shape[2:])[:n]
+
+
+def micro_batched(predict, size: int):
+  """``predict`` evaluated ``size`` images per model call, however many attacks are vmapped
+  around it.
+
+  Under ``jax.vmap`` (the runner vmaps an attack's evaluator over attacks), a model call's batch
+  is attacks x candidates, so its size -- and, on XLA:CPU, its speed and even its last float
+  bits (XLA picks the convolution algorithm by batch size) -- would depend on how many
+  attacks share a call. The returned function flattens every vmapped axis into one batch
+  (a ``custom_vmap`` rule), pads it to a multiple of ``size`` and runs the model over
+  contiguous ``size``-image slices in a ``lax.map``: the model always sees batches of exactly
+  ``size`` (or the whole batch when it is smaller), so an attack's numbers no longer depend
+  on its neighbours. Outputs equal ``predict``'s row for row. Slices are contiguous, so on a
+  mesh a slice lives on one device: there, use large ``size`` or none."""
+  if size < 1:
+    raise ValueError(f"micro-batch size must be >= 1, got {size}")
+
+  @jax.custom_batching.custom_vmap
+  def evaluate(x):
+    return predict(x) if x.shape[0] <= size else in_fixed_batches(predict, x, size)
+
+  @evaluate.def_vmap
+  def _flatten(axis_size, in_batched, x):
+    (batched,) = in_batched
+    if not batched:
+      y = evaluate(x)
+      return jnp.broadcast_to(y, (axis_size,) + y.shape), True
+    y = evaluate(x.reshape((-1,) + x.shape[2:]))   # an outer vmap flattens again
+    return y.reshape(x.shape[:2] + y.shape[1:]), True
+
+  return evaluate
 
 
 def accuracy(predict, images, labels, batch_size: int = 256) -> float:

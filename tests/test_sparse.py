@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pixeljax import evaluate
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 from pixeljax.sparse import exhaustive, problem, runner
@@ -110,6 +111,46 @@ def test_same_seed_same_result_and_batch_independence(cifar_lenet, cifar_samples
   np.testing.assert_array_equal(single.pixels[0], a.pixels[2])
   c = run(idx, jax.random.PRNGKey(8))
   assert not np.array_equal(a.pixels, c.pixels)
+
+
+def test_micro_batched_model_sees_fixed_batches_and_returns_the_same_rows():
+  seen = []
+  w = jax.random.normal(jax.random.PRNGKey(0), (12, 5))
+
+  def predict(x):
+    seen.append(x.shape[0])
+    return jax.nn.softmax(x.reshape(x.shape[0], -1) @ w)
+
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 7, 2, 2, 3))  # 3 attacks x 7 candidates
+  want = np.asarray(jax.vmap(predict)(x))
+  f = evaluate.micro_batched(predict, 4)
+  for name, fn, arg in [("vmap", jax.vmap(f), x),
+                        ("nested vmap", jax.vmap(jax.vmap(f)), x[None]),
+                        ("no vmap", f, x.reshape(21, 2, 2, 3))]:
+    seen.clear()
+    got = np.asarray(jax.jit(fn)(arg)).reshape(want.shape)
+    assert set(seen) == {4}, (name, seen)   # 21 rows -> 6 calls of 4 (3 rows padding)
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
+  seen.clear()
+  np.testing.assert_allclose(f(x[0, :3]), want[0, :3], rtol=1e-6)   # fewer than 4: one call
+  assert seen == [3]
+
+
+def test_eval_batch_resolves_per_backend_and_makes_attacks_independent_of_their_batch(
+    cifar_lenet, cifar_samples):
+  assert PixelAttackConfig().resolved().eval_batch == (
+      evaluate.CPU_EVAL_BATCH if jax.default_backend() == "cpu" else 0)
+  assert PixelAttackConfig(eval_batch=0).resolved().eval_batch == 0
+  with pytest.raises(UserError, match="eval_batch"):
+    PixelAttackConfig(eval_batch=-1)
+  # One model call per attack's population, whether 1 or 5 attacks share an XLA call: the
+  # records are bit for bit the same.
+  idx = _correct(cifar_lenet, cifar_samples, 5)
+  cfg = PixelAttackConfig(pixels=1, eval_batch=SMALL["popsize"], **SMALL)
+  run = lambda per_call: attack(cifar_lenet.predict, cifar_samples.images[idx],
+                                cifar_samples.labels[idx], jax.random.PRNGKey(3), cfg,
+                                image_ids=idx, attacks_per_call=per_call)
+  chex.assert_trees_all_equal(run(1), run(None))
 
 
 def test_targeted_attack_for_all_targets(cifar_lenet, cifar_samples):

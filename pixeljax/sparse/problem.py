@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pixeljax.errors import UserError
+from pixeljax.evaluate import CPU_EVAL_BATCH
 from pixeljax.evolution import de
 
 Predict = Callable[[jax.Array], jax.Array]
@@ -65,6 +66,9 @@ class PixelAttackConfig:
   top_candidates: int = 100       # CornerSearch: sample among the N best one-pixel changes
   segment_iterations: Optional[int] = None   # steps between compactions / progress reports;
   #                                            None: DE 10, Sparse-RS 100, CornerSearch 20
+  eval_batch: Optional[int] = None   # images per model call (0: all of a call's candidates
+  #   at once); None: evaluate.CPU_EVAL_BATCH on CPU, 0 elsewhere -- fixed by ``resolved()``
+  #   when a run starts, and recorded: XLA:CPU's last float bits depend on the batch size
 
   def __post_init__(self):
     checks = [
@@ -87,10 +91,20 @@ class PixelAttackConfig:
         (self.top_candidates >= 1, f"top_candidates must be >= 1, got {self.top_candidates}"),
         (self.segment_iterations is None or self.segment_iterations >= 1,
          f"segment_iterations must be >= 1, got {self.segment_iterations}"),
+        (self.eval_batch is None or self.eval_batch >= 0,
+         f"eval_batch must be >= 0, got {self.eval_batch}"),
     ]
     for ok, message in checks:
       if not ok:
         raise UserError(message)
+
+  def resolved(self) -> "PixelAttackConfig":
+    """This config with its backend-dependent default (``eval_batch``) fixed for the backend
+    this process runs on, so the settings that claim a run are the ones that made it."""
+    if self.eval_batch is not None:
+      return self
+    return dataclasses.replace(
+        self, eval_batch=CPU_EVAL_BATCH if jax.default_backend() == "cpu" else 0)
 
   @property
   def threshold(self) -> float:

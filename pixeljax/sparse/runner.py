@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from pixeljax import sharding as sharding_lib
 from pixeljax.errors import UserError
+from pixeljax.evaluate import in_fixed_batches, micro_batched
 from pixeljax.sparse import method as method_lib
 from pixeljax.sparse.corner_search import CornerSearch
 from pixeljax.sparse.differential_evolution import DifferentialEvolution
@@ -45,7 +46,13 @@ class _Engine:
   def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig,
                num_classes: int):
     self.shape = tuple(image_shape)
-    self.config = config
+    self.config = config = config.resolved()
+    size = config.eval_batch
+    # The final evaluation pads to whole calls of ``size``, so a row's recorded
+    # probabilities do not depend on how many rows share the call either.
+    final = (lambda x: in_fixed_batches(predict, x, size)) if size else predict
+    if size:
+      predict = micro_batched(predict, size)
     self.method = method = make_method(config, self.shape, num_classes)
     budget = config.budget
 
@@ -69,7 +76,7 @@ class _Engine:
     def finish(best, images):
       adv = jax.vmap(perturb)(images, best)
       both = jnp.concatenate([adv, images], axis=0)
-      probs = predict(both)
+      probs = final(both)
       n = images.shape[0]
       x, y, col = jax.vmap(lambda b: decode(b, self.shape))(best)
       pixels = jnp.concatenate([x[..., None], y[..., None], col], axis=-1)
@@ -170,11 +177,14 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   ``predict`` must be a pure, traceable function (e.g. ``Classifier.predict``); reuse the same
   function object across calls so the compiled engine is reused. Attack ``i`` draws its
   randomness from ``fold_in(key, image_ids[i] * 1000 + target + 1)``, so a row's result does
-  not depend on which batch or device it runs in.
+  not depend on which batch or device it runs in. XLA's float sums can depend on a model
+  call's batch size (~1e-7 on CPU); ``config.eval_batch`` fixes that size whenever a call
+  holds at least that many candidates (DE: one population per model call).
   """
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
+  config = config.resolved()
   n = len(images)
   if targets is None:
     if config.targeted:
