@@ -1,9 +1,10 @@
-r"""Where a training step's time goes: each convolution of All-CNN-C, forward and backward, in
-XLA:CPU and in PyTorch (oneDNN), at the training batch.
+r"""Where a training step's time goes: each convolution of All-CNN-C or VGG16, forward and
+backward, in XLA:CPU and in PyTorch (oneDNN), at the training batch.
 
     .venv/bin/python benchmarks/conv_profile.py --batch 128 --out runs/peers/conv_profile.json
+    .venv/bin/python benchmarks/conv_profile.py --net vgg16 --batch 128 --repeats 2
 
-For every conv layer of ``pixeljax.models.allcnn.AllCNNC`` (its input shape at the batch,
+For every conv layer of ``pixeljax.models.allcnn.AllCNNC`` (or ``vgg.VGG16``; ``--net``) (its input shape at the batch,
 features, kernel, stride, padding) the JAX worker times ``jit`` of the forward convolution, of
 its gradient w.r.t. the input and of its gradient w.r.t. the kernel (``jax.vjp``), and the
 torch worker the forward ``conv2d`` and its ``backward`` (both gradients), channels_last,
@@ -22,11 +23,19 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# All-CNN-C on 32x32x3: (in_hw, in_ch, out_ch, kernel, stride, padding).
-LAYERS = [(32, 3, 96, 3, 1, "SAME"), (32, 96, 96, 3, 1, "SAME"), (32, 96, 96, 3, 2, "SAME"),
-          (16, 96, 192, 3, 1, "SAME"), (16, 192, 192, 3, 1, "SAME"),
-          (16, 192, 192, 3, 2, "SAME"), (8, 192, 192, 3, 1, "VALID"),
-          (6, 192, 192, 1, 1, "VALID"), (6, 192, 10, 1, 1, "VALID")]
+# Each net's convolutions on 32x32x3: (in_hw, in_ch, out_ch, kernel, stride, padding).
+NETS = {
+    "allcnn": [(32, 3, 96, 3, 1, "SAME"), (32, 96, 96, 3, 1, "SAME"),
+               (32, 96, 96, 3, 2, "SAME"), (16, 96, 192, 3, 1, "SAME"),
+               (16, 192, 192, 3, 1, "SAME"), (16, 192, 192, 3, 2, "SAME"),
+               (8, 192, 192, 3, 1, "VALID"), (6, 192, 192, 1, 1, "VALID"),
+               (6, 192, 10, 1, 1, "VALID")],
+    "vgg16": [(32, 3, 64, 3, 1, "SAME"), (32, 64, 64, 3, 1, "SAME"),
+              (16, 64, 128, 3, 1, "SAME"), (16, 128, 128, 3, 1, "SAME"),
+              (8, 128, 256, 3, 1, "SAME")] + [(8, 256, 256, 3, 1, "SAME")] * 2
+             + [(4, 256, 512, 3, 1, "SAME")] + [(4, 512, 512, 3, 1, "SAME")] * 2
+             + [(2, 512, 512, 3, 1, "SAME")] * 3,
+}
 
 
 def _best(fn, repeats):
@@ -44,7 +53,7 @@ def worker_jax(args):
   import jax.numpy as jnp
   from pixeljax.models import layers
   rows = []
-  for hw, ci, co, k, s, pad in LAYERS:
+  for hw, ci, co, k, s, pad in NETS[args.net]:
     x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, ci))
     w = jax.random.normal(jax.random.PRNGKey(1), (k, k, ci, co)) * 0.05
     conv = lambda x, w: layers.conv_general_dilated(
@@ -64,7 +73,7 @@ def worker_jax(args):
 def worker_torch(args):
   import torch
   rows = []
-  for hw, ci, co, k, s, pad in LAYERS:
+  for hw, ci, co, k, s, pad in NETS[args.net]:
     x = torch.randn(args.batch, ci, hw, hw).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     conv = torch.nn.Conv2d(ci, co, k, s, padding=(k // 2 if pad == "SAME" else 0),
@@ -86,6 +95,7 @@ def worker_torch(args):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--net", choices=tuple(NETS), default="allcnn")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", default=os.path.join(ROOT, "runs", "peers", "conv_profile.json"))
@@ -105,14 +115,15 @@ def main(argv=None):
                  PYTHONPATH=os.pathsep.join(x for x in (ROOT, os.environ.get("PYTHONPATH"))
                                             if x))
       subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", w, "--worker_out",
-                      path, "--batch", str(args.batch), "--repeats", str(args.repeats)],
+                      path, "--net", args.net, "--batch", str(args.batch),
+                      "--repeats", str(args.repeats)],
                      check=True, env=env, cwd=ROOT)
       with open(path) as f:
         res[w] = json.load(f)
   lines = [f"{'layer (hw, in, out, k, stride, pad)':<36} {'jax fwd':>8} {'torch fwd':>9} "
            f"{'jax fwd+bwd':>11} {'torch fwd+bwd':>13} {'ratio':>6}"]
   tot = dict(jf=0., tf=0., jb=0., tb=0.)
-  for layer, j, t in zip(LAYERS, res["jax"]["rows"], res["torch"]["rows"]):
+  for layer, j, t in zip(NETS[args.net], res["jax"]["rows"], res["torch"]["rows"]):
     jb = j["forward_ms"] + j["grad_input_ms"] + j["grad_kernel_ms"]
     tot["jf"] += j["forward_ms"]; tot["tf"] += t["forward_ms"]
     tot["jb"] += jb; tot["tb"] += t["forward_backward_ms"]
@@ -126,7 +137,7 @@ def main(argv=None):
   sys.path.insert(0, ROOT)
   from pixeljax.workdir import write_json
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  write_json(args.out, dict(settings=vars(args), layers=LAYERS, results=res, table=table,
+  write_json(args.out, dict(settings=vars(args), layers=NETS[args.net], results=res, table=table,
                             loadavg=os.getloadavg()))
   return 0
 

@@ -177,3 +177,31 @@ def test_cpu_conv_kernel_gradient_matches_xla(kernel, stride, padding):
   (gx, gw), (rx, rw) = (jax.grad(loss(f), (0, 1))(x, w) for f in (ours, ref))
   np.testing.assert_array_equal(np.asarray(gx), np.asarray(rx))    # XLA's own input gradient
   np.testing.assert_allclose(np.asarray(gw), np.asarray(rw), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,kernel,stride,padding", [(2, 3, 1, "SAME"), (4, 3, 2, "SAME"),
+                                                      (3, 3, 1, "VALID"), (1, 1, 1, "VALID"),
+                                                      (2, 2, 1, ((1, 0), (0, 1)))])
+def test_cpu_conv_with_tiny_output_is_tap_products_and_matches_xla(hw, kernel, stride, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, hw, hw, 24))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 24, 16)) * 0.1
+  args = dict(window_strides=(stride, stride), padding=padding,
+              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, **args)
+  ours = lambda x, w: layers.conv_general_dilated(x, w, **args)
+  jaxpr = str(jax.make_jaxpr(ours)(x, w))
+  assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+  assert ref(x, w).shape[1] * ref(x, w).shape[2] <= layers.CPU_TAPS_MAX_OUTPUT_PIXELS
+  np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(ref(x, w)), rtol=1e-5,
+                             atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for g, r in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_conv_keeps_xla_forward_above_the_tiny_output_size():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 8))     # 3x3 output: 9 pixels
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 8))
+  jaxpr = str(jax.make_jaxpr(lambda x, w: layers.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w))
+  assert "custom_vjp_call" in jaxpr

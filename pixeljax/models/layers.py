@@ -23,6 +23,16 @@ from jax import lax
 CPU_CHANNEL_MULTIPLE = 8
 
 
+# XLA:CPU's convolution collapses on tiny outputs with many channels: VGG16's 512 -> 512 3x3
+# layers on CIFAR's last 2x2 feature maps took 1,508 ms forward (and as long for the input
+# gradient) at batch 128, 9 of the net's 11.7 s training step; as one matrix product per
+# kernel tap, 14 ms (1x1 outputs: 42 -> 5 ms; 256 channels at 2x2: 102 -> 5 ms). At 3x3 outputs
+# the gain is small (44 -> 33 ms) and at 4x4 XLA is faster, so only convolutions whose output
+# has at most this many pixels are rewritten. The sums change by ~1e-5 (another order); no
+# shipped net has such a layer (VGG16 and AlexNet ship untrained), so every port keeps its
+# numbers. (benchmarks/conv_profile.py --net vgg16)
+CPU_TAPS_MAX_OUTPUT_PIXELS = 4
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -48,20 +58,34 @@ def _conv_cpu_fwd(x, w, strides, padding):
   return _conv_nhwc(x, w, strides, padding), (x, w)
 
 
-def _conv_cpu_bwd(strides, padding, res, g):
-  x, w = res
-  dx = jax.vjp(lambda v: _conv_nhwc(v, w, strides, padding), x)[1](g)[0]
-  kh, kw, ci, _ = w.shape
-  n, h, wd, _ = x.shape
-  _, ho, wo, _ = g.shape
+def _tap_views(x, kernel_shape, strides, padding):
+  """For each kernel tap (i, j), row-major: the (N, H_out, W_out, C_in) strided view of the
+  padded input that the tap multiplies."""
+  kh, kw = kernel_shape
+  n, h, wd, ci = x.shape
   pads = lax.padtype_to_pads((h, wd), (kh, kw), strides, padding) \
       if isinstance(padding, str) else padding
   xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
   sh, sw = strides
-  taps = [jnp.einsum("nhwc,nhwd->cd", lax.slice(
-      xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci), (1, sh, sw, 1)),
-      g) for i in range(kh) for j in range(kw)]
-  dw = jnp.stack(taps).reshape(w.shape)
+  ho = (xp.shape[1] - kh) // sh + 1
+  wo = (xp.shape[2] - kw) // sw + 1
+  return [lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+
+
+def _conv_taps(x, w, strides, padding):
+  """The convolution as a sum of one matrix product per kernel tap (see
+  ``CPU_TAPS_MAX_OUTPUT_PIXELS``); its gradients, by autodiff, are matrix products too."""
+  views = _tap_views(x, w.shape[:2], strides, padding)
+  taps = w.reshape((-1,) + w.shape[2:])
+  return sum(jnp.einsum("nhwc,cd->nhwd", v, taps[t]) for t, v in enumerate(views))
+
+
+def _conv_cpu_bwd(strides, padding, res, g):
+  x, w = res
+  dx = jax.vjp(lambda v: _conv_nhwc(v, w, strides, padding), x)[1](g)[0]
+  views = _tap_views(x, w.shape[:2], strides, padding)
+  dw = jnp.stack([jnp.einsum("nhwc,nhwd->cd", v, g) for v in views]).reshape(w.shape)
   return dx, dw.astype(w.dtype)
 
 
@@ -89,7 +113,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       and _plain_nhwc(dn, lhs_dilation, rhs_dilation, feature_group_count, kwargs)):
     pad = padding if isinstance(padding, str) else tuple(tuple(int(v) for v in p)
                                                          for p in padding)
-    conv = lambda x, w: _conv_cpu(x, w, tuple(int(v) for v in window_strides), pad)
+    strides = tuple(int(v) for v in window_strides)
+    kh, kw = rhs.shape[:2]
+    pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, pad) \
+        if isinstance(pad, str) else pad
+    ho = (lhs.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
+    wo = (lhs.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
+    small = ho * wo <= CPU_TAPS_MAX_OUTPUT_PIXELS
+    conv = lambda x, w: (_conv_taps if small else _conv_cpu)(x, w, strides, pad)
   else:
     conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
                              padding=padding, lhs_dilation=lhs_dilation,
