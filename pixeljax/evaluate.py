@@ -29,44 +29,54 @@ def predict_in_batches(predict, images, batch_size: int = 256) -> np.ndarray:
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def in_fixed_batches(predict, x, size: int):
+def in_fixed_batches(predict, x, size: int, active=None):
   """``predict(x)`` computed ``size`` rows per model call (the last call padded): every call
-  has the same shape, so each row's numbers are those of any other batch of ``size``."""
+  has the same shape, so each row's numbers are those of any other batch of ``size``.
+  ``active`` (bool per row, optional): a call whose rows are all inactive is skipped and gives
+  zeros -- for rows whose results the caller discards."""
   n = x.shape[0]
   chunks = max(1, -(-n // size))
   padded = jnp.pad(x, [(0, chunks * size - n)] + [(0, 0)] * (x.ndim - 1))
-  y = lax.map(predict, padded.reshape((chunks, size) + x.shape[1:]))
+  xs = padded.reshape((chunks, size) + x.shape[1:])
+  if active is None:
+    y = lax.map(predict, xs)
+  else:
+    act = jnp.pad(active, (0, chunks * size - n)).reshape(chunks, size)
+    out = jax.eval_shape(predict, xs[0])
+    skip = lambda v: jnp.zeros(out.shape, out.dtype)
+    y = lax.map(lambda a: lax.cond(jnp.any(a[1]), predict, skip, a[0]), (xs, act))
   return y.reshape((chunks * size,) + y.shape[2:])[:n]
 
 
 def micro_batched(predict, size: int):
   """``predict`` evaluated ``size`` images per model call, however many attacks are vmapped
-  around it.
+  around it; returns ``f(x, active)``.
 
   Under ``jax.vmap`` (the runner vmaps an attack's evaluator over attacks), a model call's batch
   is attacks x candidates, so its size -- and, on XLA:CPU, its speed and even its last float
   bits (XLA picks the convolution algorithm by batch size) -- would depend on how many
-  attacks share a call. The returned function flattens every vmapped axis into one batch
-  (a ``custom_vmap`` rule), pads it to a multiple of ``size`` and runs the model over
-  contiguous ``size``-image slices in a ``lax.map``: the model always sees batches of exactly
-  ``size`` (or the whole batch when it is smaller), so an attack's numbers no longer depend
-  on its neighbours. Outputs equal ``predict``'s row for row. Slices are contiguous, so on a
-  mesh a slice lives on one device: there, use large ``size`` or none."""
+  attacks share a call. ``f`` flattens every vmapped axis into one batch (a ``custom_vmap``
+  rule), pads it to a multiple of ``size`` and runs the model over contiguous ``size``-image
+  slices in a ``lax.map``: the model always sees batches of exactly ``size`` (or the whole
+  batch when it is smaller), so an attack's numbers no longer depend on its neighbours.
+  ``active`` (bool per row of ``x``) marks rows whose results are used: a slice with none is
+  skipped (zeros), so finished attacks riding along in a vmapped loop cost no model calls
+  when their candidates fill whole slices (DE: one population per slice). Outputs of active
+  rows equal ``predict``'s row for row. Slices are contiguous, so on a mesh a slice lives on
+  one device: there, use large ``size`` or none."""
   if size < 1:
     raise ValueError(f"micro-batch size must be >= 1, got {size}")
 
   @jax.custom_batching.custom_vmap
-  def evaluate(x):
-    return predict(x) if x.shape[0] <= size else in_fixed_batches(predict, x, size)
+  def evaluate(x, active):
+    return predict(x) if x.shape[0] <= size else in_fixed_batches(predict, x, size, active)
 
   @evaluate.def_vmap
-  def _flatten(axis_size, in_batched, x):
-    (batched,) = in_batched
-    if not batched:
-      y = evaluate(x)
-      return jnp.broadcast_to(y, (axis_size,) + y.shape), True
-    y = evaluate(x.reshape((-1,) + x.shape[2:]))   # an outer vmap flattens again
-    return y.reshape(x.shape[:2] + y.shape[1:]), True
+  def _flatten(axis_size, in_batched, x, active):
+    x, active = (v if b else jnp.broadcast_to(v, (axis_size,) + v.shape)
+                 for v, b in zip((x, active), in_batched))
+    y = evaluate(x.reshape((-1,) + x.shape[2:]), active.reshape(-1))  # an outer vmap
+    return y.reshape(x.shape[:2] + y.shape[1:]), True                 # flattens again
 
   return evaluate
 

@@ -114,26 +114,36 @@ def test_same_seed_same_result_and_batch_independence(cifar_lenet, cifar_samples
 
 
 def test_micro_batched_model_sees_fixed_batches_and_returns_the_same_rows():
-  seen = []
+  seen, ran = [], []     # batch sizes traced (jax may reuse a trace) and executed
   w = jax.random.normal(jax.random.PRNGKey(0), (12, 5))
 
   def predict(x):
-    seen.append(x.shape[0])
+    seen.append(x.shape[0])                                     # at trace time
+    jax.debug.callback(lambda n: ran.append(int(n)), x.shape[0] + 0 * x[0, 0, 0, 0])
     return jax.nn.softmax(x.reshape(x.shape[0], -1) @ w)
 
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 7, 2, 2, 3))  # 3 attacks x 7 candidates
   want = np.asarray(jax.vmap(predict)(x))
   f = evaluate.micro_batched(predict, 4)
-  for name, fn, arg in [("vmap", jax.vmap(f), x),
-                        ("nested vmap", jax.vmap(jax.vmap(f)), x[None]),
-                        ("no vmap", f, x.reshape(21, 2, 2, 3))]:
-    seen.clear()
-    got = np.asarray(jax.jit(fn)(arg)).reshape(want.shape)
-    assert set(seen) == {4}, (name, seen)   # 21 rows -> 6 calls of 4 (3 rows padding)
+  on = jnp.ones((3, 7), bool)
+  for name, fn, args in [("vmap", jax.vmap(f), (x, on)),
+                         ("nested vmap", jax.vmap(jax.vmap(f)), (x[None], on[None])),
+                         ("no vmap", f, (x.reshape(21, 2, 2, 3), on.reshape(21))),
+                         ("unbatched mask", jax.vmap(f, (0, None)), (x, on[0]))]:
+    seen.clear(), ran.clear()
+    got = np.asarray(jax.jit(fn)(*args)).reshape(want.shape)
+    assert set(seen) <= {4} and ran == [4] * 6, (name, seen, ran)   # 21 rows: 6 calls of 4
     np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
   seen.clear()
-  np.testing.assert_allclose(f(x[0, :3]), want[0, :3], rtol=1e-6)   # fewer than 4: one call
+  np.testing.assert_allclose(f(x[0, :3], on[0, :3]), want[0, :3], rtol=1e-6)   # < 4: one call
   assert seen == [3]
+  # Rows 8..15 inactive: the slices of rows 8-11 and 12-15 are skipped (zeros), the rest kept.
+  active = (jnp.arange(21) < 8) | (jnp.arange(21) >= 16)
+  ran.clear()
+  got = np.asarray(jax.jit(f)(x.reshape(21, 2, 2, 3), active))
+  assert ran == [4] * 4
+  np.testing.assert_allclose(got[active], want.reshape(21, 5)[active], rtol=1e-6)
+  assert not got[8:16].any()
 
 
 def test_eval_batch_resolves_per_backend_and_makes_attacks_independent_of_their_batch(

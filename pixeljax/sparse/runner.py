@@ -51,27 +51,29 @@ class _Engine:
     # The final evaluation pads to whole calls of ``size``, so a row's recorded
     # probabilities do not depend on how many rows share the call either.
     final = (lambda x: in_fixed_batches(predict, x, size)) if size else predict
-    if size:
-      predict = micro_batched(predict, size)
+    model = micro_batched(predict, size) if size else (lambda x, active: predict(x))
     self.method = method = make_method(config, self.shape, num_classes)
     budget = config.budget
 
-    def problem(image, label, target):
+    def problem(image, label, target, active=True):
+      """``active``: whether this attack's results will be kept; when not (it finished, or
+      it pads a batch), its model calls can be skipped (``micro_batched``)."""
+      black_box = lambda x: model(x, jnp.broadcast_to(active, x.shape[:1]))
       return method_lib.Problem(image, label, target,
-                                evaluator(predict, image, label, target, config))
+                                evaluator(black_box, image, label, target, config))
 
     def one_init(key, image, label, target):
       chex.assert_shape(image, self.shape)
       return method.init(key, problem(image, label, target))
 
     def one_run(state, image, label, target, max_iteration):
-      p = problem(image, label, target)
-
       def go_on(s):
         t = s.tracker
         return ((~t.done) & (t.iteration < max_iteration)
                 & (t.queries + method.queries_per_step <= budget))
-      return jax.lax.while_loop(go_on, lambda s: method.step(s, p), state)
+      # Under vmap the loop runs while any row goes on; the others' steps are discarded.
+      return jax.lax.while_loop(
+          go_on, lambda s: method.step(s, problem(image, label, target, go_on(s))), state)
 
     def finish(best, images):
       adv = jax.vmap(perturb)(images, best)
@@ -226,6 +228,9 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
     active = np.nonzero(engine.active(state, max_it))[0]
     for idx, pad in _padded_batches(active, cap, devices):
       sub = jax.tree_util.tree_map(lambda a: a[pad], state)
+      done = sub.tracker.done.copy()
+      done[len(idx):] = True     # padding rows: discarded, so their model calls are skipped
+      sub = sub.replace(tracker=sub.tracker.replace(done=done))
       out = engine.run(*sharding_lib.put((sub, images[pad], labels[pad], targets[pad]),
                                          sharding), max_it)
       out = jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], out)
