@@ -45,15 +45,18 @@ def describe(config) -> str:
   return attack_config(config, 1).describe()
 
 
-def attack_config(config, pixels: int) -> PixelAttackConfig:
-  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved()
+def attack_config(config, pixels: int, devices: int = 1) -> PixelAttackConfig:
+  """The attack settings for ``pixels``, resolved for ``devices`` (the mesh's size)."""
+  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved(devices)
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   """The paper's experiment on one model: for each pixel count, attack ``num_images``
   correctly classified images; write records, metrics (``results.json``) and figures."""
   pixels = [int(k) for k in config.pixels]
-  configs = {k: attack_config(config, k) for k in pixels}   # validates before any work
+  mesh = sharding.attack_mesh() if config.runtime.shard else None
+  devices = mesh.size if mesh is not None else 1
+  configs = {k: attack_config(config, k, devices) for k in pixels}   # validates before work
   classifier = models.load(config.model)
   dataset = data.load(config.data, config.split, data_dir=config.data_dir)
   check_images(dataset.images[:1], classifier.spec.input_shape,
@@ -63,7 +66,6 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                     f"{classifier.name} has {classifier.num_classes}")
   if config.num_images < 1:
     raise UserError(f"num_images must be >= 1, got {config.num_images}")
-  mesh = sharding.attack_mesh() if config.runtime.shard else None
   chosen = campaign.select_images(classifier.predict, dataset.images, dataset.labels,
                                   config.num_images, config.seed)
   sub = dataset.take(chosen)

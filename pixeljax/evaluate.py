@@ -57,13 +57,15 @@ def micro_batched(predict, size: int):
   bits (XLA picks the convolution algorithm by batch size) -- would depend on how many
   attacks share a call. ``f`` flattens every vmapped axis into one batch (a ``custom_vmap``
   rule), pads it to a multiple of ``size`` and runs the model over contiguous ``size``-image
-  slices in a ``lax.map``: the model always sees batches of exactly ``size`` (or the whole
-  batch when it is smaller), so an attack's numbers no longer depend on its neighbours.
-  ``active`` (bool per row of ``x``) marks rows whose results are used: a slice with none is
-  skipped (zeros), so finished attacks riding along in a vmapped loop cost no model calls
-  when their candidates fill whole slices (DE: one population per slice). Outputs of active
-  rows equal ``predict``'s row for row. Slices are contiguous, so on a mesh a slice lives on
-  one device: there, use large ``size`` or none."""
+  slices in a ``lax.map``: when a call holds more than ``size`` rows, the model sees batches
+  of exactly ``size``, so an attack's numbers do not depend on its neighbours (DE: one
+  population per slice). A call of at most ``size`` rows is one model call on all of them:
+  its shape still varies with the number of rows (Sparse-RS's one proposal per attack), and
+  nothing is skipped. ``active`` (bool per row of ``x``) marks rows whose results are used: a
+  slice with none is skipped (zeros), so finished attacks riding along in a vmapped loop cost
+  no model calls when their candidates fill whole slices. Outputs of active rows equal
+  ``predict``'s row for row. On a sharded batch the slicing all-gathers the rows, so every
+  device computes every slice: ``PixelAttackConfig.resolved`` turns it off on a mesh."""
   if size < 1:
     raise ValueError(f"micro-batch size must be >= 1, got {size}")
 

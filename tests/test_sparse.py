@@ -151,6 +151,8 @@ def test_eval_batch_resolves_per_backend_and_makes_attacks_independent_of_their_
   assert PixelAttackConfig().resolved().eval_batch == (
       evaluate.CPU_EVAL_BATCH if jax.default_backend() == "cpu" else 0)
   assert PixelAttackConfig(eval_batch=0).resolved().eval_batch == 0
+  assert PixelAttackConfig().resolved(devices=4).eval_batch == 0   # off on a mesh
+  assert PixelAttackConfig(eval_batch=64).resolved(devices=4).eval_batch == 64
   with pytest.raises(UserError, match="eval_batch"):
     PixelAttackConfig(eval_batch=-1)
   # One model call per attack's population, whether 1 or 5 attacks share an XLA call: the

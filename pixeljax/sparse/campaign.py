@@ -63,7 +63,7 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   ``identity`` names what the caller attacks (model, data set); it joins the settings that
   claim ``folder``, so chunks made against another model are never reused."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
-  config = config.resolved()
+  config = config.resolved(mesh.size if mesh is not None else 1)
   rows, targets = attack_rows(labels, num_classes, config.targeted)
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)

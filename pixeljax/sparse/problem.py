@@ -67,8 +67,8 @@ class PixelAttackConfig:
   segment_iterations: Optional[int] = None   # steps between compactions / progress reports;
   #                                            None: DE 10, Sparse-RS 100, CornerSearch 20
   eval_batch: Optional[int] = None   # images per model call (0: all of a call's candidates
-  #   at once); None: evaluate.CPU_EVAL_BATCH on CPU, 0 elsewhere -- fixed by ``resolved()``
-  #   when a run starts, and recorded: XLA:CPU's last float bits depend on the batch size
+  #   at once); None: evaluate.CPU_EVAL_BATCH on one CPU device, else 0 -- fixed by
+  #   ``resolved()`` when a run starts, and recorded: XLA:CPU's float bits depend on the batch
 
   def __post_init__(self):
     checks = [
@@ -98,13 +98,16 @@ class PixelAttackConfig:
       if not ok:
         raise UserError(message)
 
-  def resolved(self) -> "PixelAttackConfig":
+  def resolved(self, devices: int = 1) -> "PixelAttackConfig":
     """This config with its backend-dependent default (``eval_batch``) fixed for the backend
-    this process runs on, so the settings that claim a run are the ones that made it."""
+    this process runs on and the number of devices its attacks are sharded over, so the
+    settings that claim a run are the ones that made it. Micro-batching is a single-device
+    CPU default: on a mesh its contiguous slices would make every device compute every slice
+    (the attack axis is all-gathered)."""
     if self.eval_batch is not None:
       return self
-    return dataclasses.replace(
-        self, eval_batch=CPU_EVAL_BATCH if jax.default_backend() == "cpu" else 0)
+    cpu = jax.default_backend() == "cpu" and devices == 1
+    return dataclasses.replace(self, eval_batch=CPU_EVAL_BATCH if cpu else 0)
 
   @property
   def threshold(self) -> float:

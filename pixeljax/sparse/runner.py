@@ -186,7 +186,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
-  config = config.resolved()
+  config = config.resolved(mesh.size if mesh is not None else 1)
   n = len(images)
   if targets is None:
     if config.targeted:
