@@ -46,7 +46,7 @@ class _Engine:
   def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig,
                num_classes: int):
     self.shape = tuple(image_shape)
-    self.config = config = config.resolved()
+    self.config = config      # resolved by ``attack`` (which knows the mesh)
     size = config.eval_batch
     # The final evaluation pads to whole calls of ``size``, so a row's recorded
     # probabilities do not depend on how many rows share the call either.
