@@ -28,9 +28,11 @@ Success = the candidate each tool finally returns is misclassified (top-1 != lab
 Tools (``--tools``):
   * ``pixeljax``: ``pixeljax.sparse.attack`` with ``PixelAttackConfig(method="de",
     strategy="rand1", popsize, generations, stop=rule)``, every image in ONE call, key
-    ``PRNGKey(seed)``, image ids = indices into the 1,017 images (as the experiments). Run twice:
-    the timed call, then an untimed call whose ``predict`` is wrapped with a
-    ``jax.debug.callback`` counter (every forward row the compiled program executes: padding rows
+    ``PRNGKey(seed)``, image ids = indices into the 1,017 images (as the experiments), on the
+    net split at its first convolution (``Classifier.factored``: candidates evaluated
+    incrementally, pixeljax's CPU default; ``--pixeljax_full_net``: the whole net per
+    candidate). Run twice: the timed call, then an untimed call whose ``predict`` (its head,
+    when split) is wrapped with a ``jax.debug.callback`` counter (every forward row the compiled program executes: padding rows
     and rows that finished but ride along in a vmapped loop included; the runner's final check of
     n adversarial + n clean images excluded); both calls must give identical records. "queries"
     are pixeljax's own count (candidates it scored, what its budget limits). Compile seconds:
@@ -91,6 +93,7 @@ use ``--single_thread`` unless the machine is idle, and say which was used.
 Hidden flags for smoke tests: ``--popsize``, ``--generations``, ``--forward_seconds``.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -312,8 +315,12 @@ def worker_pixeljax(args):
   clf = models.load(args.model)
   ds = data.load(args.data)
   images, labels = ds.images[ids], ds.labels[ids]
+  # pixeljax's default black box: the net split at its first convolution (candidates
+  # evaluated incrementally); --pixeljax_full_net: the whole net per candidate.
+  target = clf.predict if args.pixeljax_full_net else (clf.factored or clf.predict)
   config = PixelAttackConfig(pixels=PIXELS, method="de", strategy="rand1",
-                             popsize=args.popsize, generations=args.generations, stop=args.rule)
+                             popsize=args.popsize, generations=args.generations, stop=args.rule,
+                             incremental=False if args.pixeljax_full_net else None)
   key = jax.random.PRNGKey(args.seed)
 
   def run(predict):
@@ -326,7 +333,7 @@ def worker_pixeljax(args):
 
   print(f"[pixeljax {args.rule}] {len(ids)} images in one call: {config.describe()}",
         flush=True)
-  rec, seconds, comp = run(clf.predict)
+  rec, seconds, comp = run(target)
   compile_s = float(sum(comp.values()))
   timing = dict(compile_seconds=compile_s, compile_events=comp,
                 attack_seconds_without_compile=seconds - compile_s,
@@ -336,7 +343,7 @@ def worker_pixeljax(args):
   same = lambda a, b: all(np.array_equal(getattr(a, f), getattr(b, f)) for f in (
       "success", "queries", "pixels", "adversarial_class", "success_query"))
   if args.pixeljax_warm_rerun:
-    rec2, seconds2, comp2 = run(clf.predict)
+    rec2, seconds2, comp2 = run(target)
     timing.update(warm_rerun_seconds=seconds2, warm_rerun_compile_seconds=sum(comp2.values()),
                   compile_seconds_first_minus_warm=seconds - seconds2,
                   warm_rerun_identical=bool(same(rec, rec2)))
@@ -347,14 +354,21 @@ def worker_pixeljax(args):
       count["rows"] += int(np.sum(n))
       count["calls"] += 1
 
-    def counted_predict(x):
-      # An argument that depends on x, so that under the runner's vmap the callback runs per
-      # attack row (an x-independent one would be called once per batch).
-      jax.debug.callback(add, jnp.sum(jnp.ones((), x.dtype) + 0 * x[:, 0, 0, 0]))
-      return clf.predict(x)
-    rec_c, seconds_c, comp_c = run(counted_predict)
+    def counted(fn):
+      def f(x):
+        # An argument that depends on x, so that under the runner's vmap the callback runs
+        # per attack row (an x-independent one would be called once per batch).
+        jax.debug.callback(add, jnp.sum(jnp.ones((), x.dtype) + 0 * x[:, 0, 0, 0]))
+        return fn(x)
+      return f
+    if isinstance(target, models.Factored):
+      # Count the head's rows (one per candidate); the final check runs `full`, uncounted.
+      rec_c, seconds_c, comp_c = run(dataclasses.replace(target, head=counted(target.head)))
+      executed = count["rows"]
+    else:
+      rec_c, seconds_c, comp_c = run(counted(clf.predict))
+      executed = count["rows"] - 2 * len(ids)   # minus the runner's final check (adv + clean)
     identical = bool(same(rec, rec_c))
-    executed = count["rows"] - 2 * len(ids)   # minus the runner's final check (adv + clean)
     timing.update(counted_run_seconds=seconds_c, counted_run_compile_seconds=sum(comp_c.values()),
                   counted_run_identical=identical)
     if not identical:
@@ -377,7 +391,8 @@ def worker_pixeljax(args):
     summary.update(forwards_executed_total=executed, forwards_per_image_mean=executed / n,
                    forwards_per_second=executed / seconds,
                    forward_callback_rows=count["rows"], forward_callback_calls=count["calls"])
-  return dict(settings=dict(config=config.__dict__, key=f"PRNGKey({args.seed})",
+  resolved = config.resolved(factored=isinstance(target, models.Factored))
+  return dict(settings=dict(config=resolved.__dict__, key=f"PRNGKey({args.seed})",
                             images_per_call=n, effective_population=args.popsize,
                             budget=config.budget),
               summary=summary, per_image=rows, environment=_jax_env())
@@ -806,6 +821,8 @@ def drive(args):
             extra.append("--pixeljax_warm_rerun")
           if not args.pixeljax_count_forward:
             extra.append("--no_pixeljax_count_forward")
+          if args.pixeljax_full_net:
+            extra.append("--pixeljax_full_net")
         if tool == "torchattacks" and args.ta_inf_batch:
           extra += ["--ta_inf_batch", str(args.ta_inf_batch)]
         res, dt, err = _spawn(args, tool, tmpdir, rule, ids, extra)
@@ -828,7 +845,8 @@ def drive(args):
                       single_thread=args.single_thread,
                       device=args.device,
                       pixeljax_count_forward=args.pixeljax_count_forward,
-                      pixeljax_warm_rerun=args.pixeljax_warm_rerun),
+                      pixeljax_warm_rerun=args.pixeljax_warm_rerun,
+                      pixeljax_full_net=args.pixeljax_full_net),
         forward=forward, results=results,
         driver=_driver(t_start))
     _publish(out_path, result, table(result))
@@ -868,6 +886,9 @@ def parse(argv=None):
   ap.add_argument("--no_forward", action="store_true", help="skip the bare forward throughput")
   ap.add_argument("--pixeljax_warm_rerun", action="store_true",
                   help="also time a second identical pixeljax call (compile = first - second)")
+  ap.add_argument("--pixeljax_full_net", action="store_true",
+                  help="pixeljax runs the whole net per candidate (incremental=False), as "
+                       "before its default split at the first convolution")
   ap.add_argument("--no_pixeljax_count_forward", dest="pixeljax_count_forward",
                   action="store_false",
                   help="skip the untimed pixeljax call with a counting forward")

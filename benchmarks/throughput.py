@@ -11,7 +11,11 @@ For each model, on correctly classified exact CIFAR-10 test images (``--data``):
     attack runs every generation): evaluations/s and s/image for each number of images per
     XLA call (``--sizes``) times each ``eval_batch`` (``--eval_batches``; 0 = every candidate
     of a call in one model call, the engine before micro-batching), after a warm-up call so
-    compile time is excluded, with its ratio to the fastest bare forward measured.
+    compile time is excluded, with its ratio to the fastest bare forward measured;
+  * with ``--incremental 0,1`` (default) each attack runs on the full net (0) and split at its
+    first convolution (1, ``Classifier.factored``: the stem once per image, its response
+    windows per candidate), and the incremental "forward" is timed too: one image's batch of
+    ``--popsize`` one-pixel candidates through ``sparse.incremental.candidate_probs``.
 Everything runs in this one process, one measurement after another; run nothing else on
 the machine meanwhile. Prints the tables and writes the JSON atomically (``--out``).
 """
@@ -45,14 +49,29 @@ def forward_rate(predict, image_shape, batch: int, repeats: int = 3) -> float:
   return batch / _time(lambda: jax.block_until_ready(f(x)), repeats)
 
 
+def incremental_rate(factored, image, batch: int, pixels: int = 1, repeats: int = 3) -> float:
+  """Evaluations per second of ``batch`` random ``pixels``-pixel candidates of one image,
+  evaluated incrementally (stem once, windows per candidate, the head per candidate)."""
+  from pixeljax.sparse.incremental import candidate_probs
+  f = candidate_probs(factored, 0)
+  h, w, c = image.shape
+  key = jax.random.PRNGKey(0)
+  u = jax.random.uniform(key, (batch, pixels, 2 + c))
+  cands = (u * np.array([w, h] + [255.] * c, np.float32)).reshape(batch, -1)
+  g = jax.jit(lambda im, cs: f(im, cs, np.ones(batch, bool)))
+  img = np.asarray(image, np.float32)
+  return batch / _time(lambda: jax.block_until_ready(g(img, cands)), repeats)
+
+
 def attack_rate(predict, images, labels, pixels: int, popsize: int, generations: int,
-                repeats: int = 2, mesh=None, eval_batch=None, attacks_per_call=None) -> dict:
+                repeats: int = 2, mesh=None, eval_batch=None, attacks_per_call=None,
+                incremental=None) -> dict:
   """Evaluations per second of ``attack`` on ``len(images)`` images (no early stop), all of
   them in one XLA call unless ``attacks_per_call`` says otherwise."""
   from pixeljax.sparse import PixelAttackConfig, attack
   config = PixelAttackConfig(pixels=pixels, popsize=popsize, generations=generations,
                              stop_probability=-1.0, segment_iterations=generations,
-                             eval_batch=eval_batch)
+                             eval_batch=eval_batch, incremental=incremental)
   key = jax.random.PRNGKey(0)
   out = {}
 
@@ -63,7 +82,8 @@ def attack_rate(predict, images, labels, pixels: int, popsize: int, generations:
   evals = int(np.sum(out["rec"].queries))
   return dict(seconds=seconds, evaluations=evals, evals_per_second=evals / seconds,
               seconds_per_image=seconds / len(images),
-              eval_batch=config.resolved().eval_batch)
+              **{k: getattr(config.resolved(factored=hasattr(predict, "stem")), k)
+                 for k in ("eval_batch", "incremental")})
 
 
 def attack_vs_forward(predict, images, labels, pixels: int = 1, popsize: int = 400,
@@ -84,6 +104,8 @@ def main(argv=None) -> int:
   p.add_argument("--forward_batches", default="50,100,400,1600,6400")
   p.add_argument("--sizes", default="1,4,16", help="images per XLA call of the attack")
   p.add_argument("--eval_batches", default="0,400", help="eval_batch values (0: one call)")
+  p.add_argument("--incremental", default="0,1",
+                 help="attack the full net (0) and/or the factored one (1)")
   p.add_argument("--popsize", type=int, default=400)
   p.add_argument("--generations", type=int, default=3)
   p.add_argument("--pixels", type=int, default=1)
@@ -101,25 +123,37 @@ def main(argv=None) -> int:
     fwd = {b: forward_rate(clf.predict, clf.spec.input_shape, b, args.repeats)
            for b in ints(args.forward_batches)}
     best = max(fwd.values())
+    ds_img = ds.images[0]
+    inc_fwd = (incremental_rate(clf.factored, ds_img, args.popsize, args.pixels, args.repeats)
+               if clf.factored is not None and "1" in args.incremental.split(",") else None)
     probs = np.asarray(jax.jit(clf.predict)(ds.images[:256].astype(np.float32)))
     idx = np.nonzero(probs.argmax(-1) == ds.labels[:256])[0]
     rows = []
     for n in ints(args.sizes):
       for eb in ints(args.eval_batches):
-        r = attack_rate(clf.predict, ds.images[idx[:n]], ds.labels[idx[:n]], args.pixels,
-                        args.popsize, args.generations, repeats=args.repeats, eval_batch=eb)
-        rows.append(dict(images_per_call=n, **r))
-    out["results"][name] = dict(forward={str(b): v for b, v in fwd.items()}, attack=rows)
+        for inc in ints(args.incremental):
+          if inc and clf.factored is None:
+            continue
+          r = attack_rate(clf.factored if inc else clf.predict, ds.images[idx[:n]],
+                          ds.labels[idx[:n]], args.pixels, args.popsize, args.generations,
+                          repeats=args.repeats, eval_batch=eb, incremental=bool(inc))
+          rows.append(dict(images_per_call=n, **r))
+    out["results"][name] = dict(forward={str(b): v for b, v in fwd.items()}, attack=rows,
+                                incremental_forward=inc_fwd)
     print(f"\n{name} ({jax.default_backend()}, population {args.popsize}, "
           f"{args.generations} generations timed)")
     print(f"  {'forward batch':>13} {'evals/s':>10} {'x best':>7}")
     for b, v in fwd.items():
       print(f"  {b:>13} {v:>10,.0f} {v / best:>7.2f}")
-    print(f"  {'images/call':>11} {'eval_batch':>10} {'evals/s':>10} {'s/image':>8} "
-          f"{'x best fwd':>10}")
+    if inc_fwd:
+      print(f"  {'incremental':>13} {inc_fwd:>10,.0f} {inc_fwd / best:>7.2f}   "
+            f"({args.popsize} candidates of one image, {args.pixels} pixel(s))")
+    print(f"  {'images/call':>11} {'eval_batch':>10} {'incr.':>5} {'evals/s':>10} "
+          f"{'s/image':>8} {'x best fwd':>10}")
     for r in rows:
-      print(f"  {r['images_per_call']:>11} {r['eval_batch']:>10} {r['evals_per_second']:>10,.0f} "
-            f"{r['seconds_per_image']:>8.3f} {r['evals_per_second'] / best:>10.2f}")
+      print(f"  {r['images_per_call']:>11} {r['eval_batch']:>10} {int(r['incremental']):>5} "
+            f"{r['evals_per_second']:>10,.0f} {r['seconds_per_image']:>8.3f} "
+            f"{r['evals_per_second'] / best:>10.2f}")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   workdir.write_json(args.out, out)
   print(f"\nwrote {args.out}")

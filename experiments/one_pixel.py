@@ -42,12 +42,23 @@ TIMING = ("seconds", "attack_seconds", "compile_seconds", "programs_compiled",
 
 
 def describe(config) -> str:
-  return attack_config(config, 1).describe()
+  return PixelAttackConfig(pixels=1, **config.attack.to_dict()).describe()
 
 
-def attack_config(config, pixels: int, devices: int = 1) -> PixelAttackConfig:
-  """The attack settings for ``pixels``, resolved for ``devices`` (the mesh's size)."""
-  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved(devices)
+def attack_config(config, pixels: int, devices: int = 1,
+                  factored: bool = False) -> PixelAttackConfig:
+  """The attack settings for ``pixels``, resolved for ``devices`` (the mesh's size) and a
+  model that is (or is not) ``factored``."""
+  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved(
+      devices, factored)
+
+
+def black_box(classifier, config):
+  """What the attacks query: the classifier split at its first convolution when it factors
+  (incremental evaluation), unless the config turns that off."""
+  if config.attack.incremental is False:
+    return classifier.predict
+  return classifier.factored or classifier.predict
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -56,8 +67,12 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   pixels = [int(k) for k in config.pixels]
   mesh = sharding.attack_mesh() if config.runtime.shard else None
   devices = mesh.size if mesh is not None else 1
-  configs = {k: attack_config(config, k, devices) for k in pixels}   # validates before work
+  for k in pixels:
+    PixelAttackConfig(pixels=k, **config.attack.to_dict())          # validates before work
   classifier = models.load(config.model)
+  target = black_box(classifier, config)
+  configs = {k: attack_config(config, k, devices, isinstance(target, models.Factored))
+             for k in pixels}
   dataset = data.load(config.data, config.split, data_dir=config.data_dir)
   check_images(dataset.images[:1], classifier.spec.input_shape,
                f"model {classifier.name} (data set {dataset.name})")
@@ -83,7 +98,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   for k in pixels:
     tag = f"{mode}_{k}px"
     t0, c0 = time.time(), compilation.totals()
-    rec = campaign.run(classifier.predict, sub.images, sub.labels, sub.index, configs[k],
+    rec = campaign.run(target, sub.images, sub.labels, sub.index, configs[k],
                        config.seed, workdir.file("chunks", tag), classifier.num_classes,
                        identity=identity, attacks_per_call=config.runtime.attacks_per_call,
                        mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)

@@ -32,17 +32,20 @@ def predict_in_batches(predict, images, batch_size: int = 256) -> np.ndarray:
 def in_fixed_batches(predict, x, size: int, active=None):
   """``predict(x)`` computed ``size`` rows per model call (the last call padded): every call
   has the same shape, so each row's numbers are those of any other batch of ``size``.
-  ``active`` (bool per row, optional): a call whose rows are all inactive is skipped and gives
-  zeros -- for rows whose results the caller discards."""
-  n = x.shape[0]
+  ``x`` is an array or a pytree of arrays sharing their leading (row) axis. ``active`` (bool
+  per row, optional): a call whose rows are all inactive is skipped and gives zeros -- for
+  rows whose results the caller discards."""
+  leaves = jax.tree_util.tree_leaves(x)
+  n = leaves[0].shape[0]
   chunks = max(1, -(-n // size))
-  padded = jnp.pad(x, [(0, chunks * size - n)] + [(0, 0)] * (x.ndim - 1))
-  xs = padded.reshape((chunks, size) + x.shape[1:])
+  slices = lambda v: jnp.pad(v, [(0, chunks * size - n)] + [(0, 0)] * (v.ndim - 1)).reshape(
+      (chunks, size) + v.shape[1:])
+  xs = jax.tree_util.tree_map(slices, x)
   if active is None:
     y = lax.map(predict, xs)
   else:
-    act = jnp.pad(active, (0, chunks * size - n)).reshape(chunks, size)
-    out = jax.eval_shape(predict, xs[0])
+    act = slices(active)
+    out = jax.eval_shape(predict, jax.tree_util.tree_map(lambda v: v[0], xs))
     skip = lambda v: jnp.zeros(out.shape, out.dtype)
     y = lax.map(lambda a: lax.cond(jnp.any(a[1]), predict, skip, a[0]), (xs, act))
   return y.reshape((chunks * size,) + y.shape[2:])[:n]

@@ -27,6 +27,10 @@ from pixeljax.errors import UserError
 CONFIG_FILE = "config.json"
 SETTINGS_FILE = "settings.json"
 UNCOMPARED = ("runtime",)
+# Settings added after work was already stored, with the value that earlier work was made
+# with: a stored claim without the key compares as if it held that value. (Resuming such a
+# run needs the same value asked for explicitly, e.g. --config.attack.incremental=False.)
+LEGACY = {"attack.incremental": False}
 
 
 class SettingsMismatch(UserError):
@@ -110,9 +114,14 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def differences(old: Mapping, new: Mapping, skip=()) -> Dict[str, tuple]:
-  """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys)."""
+  """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys);
+  ``old`` lacking a ``LEGACY`` key (next to its siblings) counts as holding its legacy value."""
   a = _flatten({k: v for k, v in to_jsonable(old).items() if k not in skip})
   b = _flatten({k: v for k, v in to_jsonable(new).items() if k not in skip})
+  for k, v in LEGACY.items():
+    if k not in a and k.split(".")[0] not in skip and any(x.startswith(k.rsplit(".", 1)[0] + ".")
+                                                          for x in a):
+      a[k] = v
   missing = object()
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
           if a.get(k, missing) != b.get(k, missing)}

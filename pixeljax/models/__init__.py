@@ -1,3 +1,4 @@
 """The target zoo. ``get``/``names`` describe models; ``load`` gives weights-ready ones."""
 from pixeljax.models.registry import (Classifier, ModelSpec, PixelClassifier, check_images,
                                       checkpoint_dir, get, load, names, register)
+from pixeljax.models.stem import Factored, factor

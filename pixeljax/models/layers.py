@@ -4,7 +4,9 @@ Every pixeljax classifier takes raw pixels in [0, 255] (NHWC float32) so that th
 work in pixel space without knowing how a network was trained. Each family's own input
 normalisation therefore lives in the module, as ``(x * scale - mean) / std``.
 """
+import contextlib
 import functools
+import threading
 from typing import Sequence
 
 import flax.linen as nn
@@ -34,6 +36,21 @@ CPU_CHANNEL_MULTIPLE = 8
 CPU_TAPS_MAX_OUTPUT_PIXELS = 4
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_plain = threading.local()
+
+
+@contextlib.contextmanager
+def forward_mode_convolutions():
+  """Within this block (at trace time) the zoo's convolutions are plain
+  ``lax.conv_general_dilated``: same forward numbers, and forward-mode autodiff (``jax.jvp``)
+  works, which the CPU kernel gradient's ``custom_vjp`` forbids. For probing a net's linear
+  parts (``pixeljax.models.stem``), not for training."""
+  before = getattr(_plain, "on", False)
+  _plain.on = True
+  try:
+    yield
+  finally:
+    _plain.on = before
 
 
 def _conv_nhwc(x, w, strides, padding):
@@ -120,7 +137,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     ho = (lhs.shape[1] + sum(pads[0]) - kh) // strides[0] + 1
     wo = (lhs.shape[2] + sum(pads[1]) - kw) // strides[1] + 1
     small = ho * wo <= CPU_TAPS_MAX_OUTPUT_PIXELS
-    conv = lambda x, w: (_conv_taps if small else _conv_cpu)(x, w, strides, pad)
+    big = _conv_nhwc if getattr(_plain, "on", False) else _conv_cpu
+    conv = lambda x, w: (_conv_taps if small else big)(x, w, strides, pad)
   else:
     conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides,
                              padding=padding, lhs_dilation=lhs_dilation,

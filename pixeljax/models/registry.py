@@ -16,7 +16,7 @@ import numpy as np
 
 from pixeljax.errors import UserError
 from pixeljax import checkpoint as ckpt
-from pixeljax.models import layers
+from pixeljax.models import layers, stem
 from pixeljax.models.alexnet import AlexNet
 from pixeljax.models.allcnn import AllCNNC
 from pixeljax.models.cifar_resnet import CifarResNet
@@ -144,6 +144,13 @@ class Classifier:
 
   def predict(self, images):
     return self.module.apply(self.variables, images, train=False)
+
+  @functools.cached_property
+  def factored(self) -> Optional["stem.Factored"]:
+    """``predict`` split at the first convolution (``pixeljax.models.stem``), so attacks can
+    evaluate few-pixel changes incrementally; None when the net does not factor. Built (and
+    checked) on first use; the same object afterwards, so compiled attacks are reused."""
+    return stem.factor(self.predict, self.module, self.variables, self.spec.input_shape)
 
   @functools.cached_property
   def _jit_predict(self):

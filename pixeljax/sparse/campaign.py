@@ -21,6 +21,7 @@ import numpy as np
 
 from pixeljax import sharding, workdir
 from pixeljax.evaluate import predict_in_batches
+from pixeljax.models.stem import Factored
 from pixeljax.progress import Progress
 from pixeljax.sparse import records as records_lib
 from pixeljax.sparse.problem import PixelAttackConfig
@@ -63,13 +64,20 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   ``identity`` names what the caller attacks (model, data set); it joins the settings that
   claim ``folder``, so chunks made against another model are never reused."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
-  config = config.resolved(mesh.size if mesh is not None else 1)
+  config = config.resolved(mesh.size if mesh is not None else 1,
+                           factored=isinstance(predict, Factored))
   rows, targets = attack_rows(labels, num_classes, config.targeted)
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)
   workdir.claim(folder, settings)
   if attacks_per_call is None:
     attacks_per_call = sharding.attacks_per_call(predict, images.shape[1:], config.popsize)
+  if mesh is not None:
+    attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
+  # Chunks of (nearly) equal size: their calls share one batch shape, so one set of
+  # compiled programs (a 95 + 5 split would compile the small tail's programs too).
+  chunks = max(1, -(-len(rows) // attacks_per_call))
+  attacks_per_call = max(1, -(-len(rows) // chunks))
   if mesh is not None:
     attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
   key = jax.random.PRNGKey(seed)

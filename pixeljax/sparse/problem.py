@@ -69,6 +69,10 @@ class PixelAttackConfig:
   eval_batch: Optional[int] = None   # images per model call (0: all of a call's candidates
   #   at once); None: evaluate.CPU_EVAL_BATCH on one CPU device, else 0 -- fixed by
   #   ``resolved()`` when a run starts, and recorded: XLA:CPU's float bits depend on the batch
+  incremental: Optional[bool] = None   # evaluate a candidate as stem(image) + the windows
+  #   its pixels change, then the rest of the net (``pixeljax.models.stem``; needs a
+  #   ``Factored`` model); None: on CPU when the model factors -- fixed by ``resolved()``.
+  #   Same model outputs up to float rounding (~1e-7); the final check runs the full net
 
   def __post_init__(self):
     checks = [
@@ -98,16 +102,24 @@ class PixelAttackConfig:
       if not ok:
         raise UserError(message)
 
-  def resolved(self, devices: int = 1) -> "PixelAttackConfig":
-    """This config with its backend-dependent default (``eval_batch``) fixed for the backend
-    this process runs on and the number of devices its attacks are sharded over, so the
-    settings that claim a run are the ones that made it. Micro-batching is a single-device
-    CPU default: on a mesh its contiguous slices would make every device compute every slice
-    (the attack axis is all-gathered)."""
-    if self.eval_batch is not None:
-      return self
-    cpu = jax.default_backend() == "cpu" and devices == 1
-    return dataclasses.replace(self, eval_batch=CPU_EVAL_BATCH if cpu else 0)
+  def resolved(self, devices: int = 1, factored: bool = False) -> "PixelAttackConfig":
+    """This config with its backend-dependent defaults (``eval_batch``, ``incremental``)
+    fixed for the backend this process runs on, the number of devices its attacks are sharded
+    over and whether the model is ``factored``, so the settings that claim a run are the ones
+    that made it. Micro-batching is a single-device CPU default: on a mesh its contiguous
+    slices would make every device compute every slice (the attack axis is all-gathered).
+    Incremental evaluation is a CPU default (measured there; its gathers are untested on
+    accelerators)."""
+    cpu = jax.default_backend() == "cpu"
+    out = self
+    if out.eval_batch is None:
+      out = dataclasses.replace(out, eval_batch=CPU_EVAL_BATCH if cpu and devices == 1 else 0)
+    if out.incremental is None:
+      out = dataclasses.replace(out, incremental=bool(cpu and factored))
+    if out.incremental and not factored:
+      raise UserError("incremental=True needs a model split at its first convolution (pass "
+                      "Classifier.factored); this model is not factored")
+    return out
 
   @property
   def threshold(self) -> float:
@@ -219,24 +231,30 @@ def evaluator(predict: Predict, image, label, target, config: PixelAttackConfig)
 
   def evaluate(candidates) -> Evaluation:
     chex.assert_rank(candidates, 2)
-    probs = predict(jax.vmap(perturb, (None, 0))(image, candidates))
-    top1 = jnp.argmax(probs, axis=-1)
-    goal = target if config.targeted else label
-    p_goal = probs[:, goal]
-    if config.targeted:
-      fooled, stop = top1 == target, p_goal > config.threshold
-    else:
-      fooled, stop = top1 != label, p_goal < config.threshold
-    if config.loss_name == "probability":
-      loss = 1.0 - p_goal if config.targeted else p_goal
-    else:
-      logp = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
-      if config.loss_name == "ce":   # the authors' targeted Sparse-RS loss, -log p_target
-        loss = -logp[:, goal] if config.targeted else logp[:, goal]
-      else:
-        other = jnp.max(jnp.where(jnp.arange(probs.shape[-1]) == goal, -jnp.inf, logp), -1)
-        loss = other - logp[:, goal] if config.targeted else logp[:, goal] - other
-    if config.success_first:
-      loss = loss - fooled.astype(loss.dtype)
-    return Evaluation(loss=loss, fooled=fooled, stop=stop, probs=probs)
+    return evaluation(predict(jax.vmap(perturb, (None, 0))(image, candidates)), label, target,
+                      config)
   return evaluate
+
+
+def evaluation(probs, label, target, config: PixelAttackConfig) -> Evaluation:
+  """Losses, success and the stopping rule of one attack's candidates, from their
+  probabilities (B, K)."""
+  top1 = jnp.argmax(probs, axis=-1)
+  goal = target if config.targeted else label
+  p_goal = probs[:, goal]
+  if config.targeted:
+    fooled, stop = top1 == target, p_goal > config.threshold
+  else:
+    fooled, stop = top1 != label, p_goal < config.threshold
+  if config.loss_name == "probability":
+    loss = 1.0 - p_goal if config.targeted else p_goal
+  else:
+    logp = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
+    if config.loss_name == "ce":   # the authors' targeted Sparse-RS loss, -log p_target
+      loss = -logp[:, goal] if config.targeted else logp[:, goal]
+    else:
+      other = jnp.max(jnp.where(jnp.arange(probs.shape[-1]) == goal, -jnp.inf, logp), -1)
+      loss = other - logp[:, goal] if config.targeted else logp[:, goal] - other
+  if config.success_first:
+    loss = loss - fooled.astype(loss.dtype)
+  return Evaluation(loss=loss, fooled=fooled, stop=stop, probs=probs)

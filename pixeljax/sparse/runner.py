@@ -5,7 +5,9 @@
 (image x target rows) and runs its steps in segments of one jit-compiled ``while_loop``; an
 attack's loop ends at its stopping rule, its step limit or its query budget, which it never
 exceeds. Between segments finished attacks are dropped from the batch (compaction into a few
-fixed batch shapes), so a finished attack stops costing model evaluations. With a
+fixed batch shapes), so a finished attack stops costing model evaluations -- unless each
+attack's candidates fill whole model calls (DE), whose calls are skipped once it finishes:
+then the batches keep their first shape and compile once. With a
 ``jax.sharding.Mesh`` the attack axis is sharded over its devices (placement and gathering:
 ``pixeljax.sharding``).
 """
@@ -25,7 +27,9 @@ from pixeljax.evaluate import in_fixed_batches, micro_batched
 from pixeljax.sparse import method as method_lib
 from pixeljax.sparse.corner_search import CornerSearch
 from pixeljax.sparse.differential_evolution import DifferentialEvolution
-from pixeljax.sparse.problem import PixelAttackConfig, Predict, decode, evaluator, perturb
+from pixeljax.models.stem import Factored
+from pixeljax.sparse.incremental import candidate_probs
+from pixeljax.sparse.problem import PixelAttackConfig, Predict, decode, evaluation, perturb
 from pixeljax.sparse.records import AttackRecords
 from pixeljax.sparse.sparse_rs import SparseRS
 
@@ -50,17 +54,25 @@ class _Engine:
     size = config.eval_batch
     # The final evaluation pads to whole calls of ``size``, so a row's recorded
     # probabilities do not depend on how many rows share the call either.
-    final = (lambda x: in_fixed_batches(predict, x, size)) if size else predict
-    model = micro_batched(predict, size) if size else (lambda x, active: predict(x))
+    full = predict.full if isinstance(predict, Factored) else predict
+    final = (lambda x: in_fixed_batches(full, x, size)) if size else full
+    if config.incremental:
+      probs_of = candidate_probs(predict, size)
+    else:
+      model = micro_batched(full, size) if size else (lambda x, active: full(x))
+      probs_of = lambda image, cands, active: model(
+          jax.vmap(perturb, (None, 0))(image, cands), active)
     self.method = method = make_method(config, self.shape, num_classes)
     budget = config.budget
 
     def problem(image, label, target, active=True):
       """``active``: whether this attack's results will be kept; when not (it finished, or
       it pads a batch), its model calls can be skipped (``micro_batched``)."""
-      black_box = lambda x: model(x, jnp.broadcast_to(active, x.shape[:1]))
-      return method_lib.Problem(image, label, target,
-                                evaluator(black_box, image, label, target, config))
+      def evaluate(cands):
+        chex.assert_rank(cands, 2)
+        probs = probs_of(image, cands, jnp.broadcast_to(active, cands.shape[:1]))
+        return evaluation(probs, label, target, config)
+      return method_lib.Problem(image, label, target, evaluate)
 
     def one_init(key, image, label, target):
       chex.assert_shape(image, self.shape)
@@ -84,6 +96,11 @@ class _Engine:
       pixels = jnp.concatenate([x[..., None], y[..., None], col], axis=-1)
       return probs[:n], probs[n:], pixels
 
+    # Whether finished attacks must be dropped from the batch between segments: not when each
+    # attack's candidates fill whole model calls (DE's population = eval_batch), since those
+    # calls are skipped once it finishes -- the batch then keeps one shape (one compiled
+    # program) for the whole run.
+    self.compacts = not (size and method.queries_per_step % size == 0)
     self.init = jax.jit(jax.vmap(one_init))
     self.run = jax.jit(jax.vmap(one_run, (0, 0, 0, 0, None)))
     self.finish = jax.jit(finish)
@@ -186,7 +203,8 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
-  config = config.resolved(mesh.size if mesh is not None else 1)
+  config = config.resolved(mesh.size if mesh is not None else 1,
+                           factored=isinstance(predict, Factored))
   n = len(images)
   if targets is None:
     if config.targeted:
@@ -208,7 +226,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
                     f"queries of {config.method}'s first step")
   devices = mesh.size if mesh is not None else 1
   sharding = sharding_lib.attack_sharding(mesh)
-  cap = min(attacks_per_call or n, n) if n else 1
+  cap = (attacks_per_call or n) if n else 1   # a smaller call pads up to it (_split)
   # Raw key data on the host (key_data takes typed and legacy keys alike), gathered per batch.
   keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
       jnp.asarray(image_ids * 1000 + targets + 1, jnp.uint32))))
@@ -225,8 +243,13 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   seg, limit = config.segment, engine.method.max_iterations
   for max_it in range(seg, limit + seg, seg):
     max_it = min(max_it, limit)
-    active = np.nonzero(engine.active(state, max_it))[0]
-    for idx, pad in _padded_batches(active, cap, devices):
+    going = engine.active(state, max_it)
+    if engine.compacts:
+      batches = list(_padded_batches(np.nonzero(going)[0], cap, devices))
+    else:   # the batches of the first call, as long as any of their attacks goes on
+      batches = [(idx, pad) for idx, pad in _padded_batches(np.arange(n), cap, devices)
+                 if going[idx].any()]
+    for idx, pad in batches:
       sub = jax.tree_util.tree_map(lambda a: a[pad], state)
       done = sub.tracker.done.copy()
       done[len(idx):] = True     # padding rows: discarded, so their model calls are skipped

@@ -1,0 +1,122 @@
+"""The split at the first convolution (models.stem) and incremental candidate evaluation."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pixeljax import models, workdir
+from pixeljax.errors import UserError
+from pixeljax.models import layers, stem
+from pixeljax.models.registry import PixelClassifier
+from pixeljax.sparse import incremental, problem, runner
+from pixeljax.sparse.problem import PixelAttackConfig
+from pixeljax.sparse.runner import attack
+
+
+def test_shipped_nets_factor_at_their_first_convolution(cifar_lenet):
+  f = cifar_lenet.factored
+  assert f is not None and f is cifar_lenet.factored      # built once, reused
+  assert f.response.shape == (5, 5, 3, 6) and f.offset == (-4, -4)
+  assert f.stem_shape == (28, 28, 6)                      # VALID 5x5 on 32x32
+  r20 = models.load("cifar10_resnet20_akamaster").factored
+  assert r20.response.shape == (3, 3, 3, 16) and r20.offset == (-1, -1)   # SAME 3x3
+  # The response is the kernel over the input normalisation's std, flipped into place.
+  kernel = np.asarray(cifar_lenet.variables["params"]["backbone"]["conv2d_1"]["kernel"])
+  std = np.asarray(layers.KERAS_CIFAR["std"], np.float32)
+  np.testing.assert_allclose(f.response, kernel[::-1, ::-1] / std[:, None], rtol=1e-6)
+  x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(cifar_lenet.predict(x)))
+
+
+class _Strided(nn.Module):
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(layers.Conv(4, (3, 3), strides=(2, 2))(x))
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class _InputSkip(nn.Module):
+  """Reads its input again after the first convolution: not a stem + head."""
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.relu(layers.Conv(4, (3, 3))(x))
+    return nn.Dense(self.num_classes)(jnp.concatenate([h, x], -1).reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("backbone", [_Strided, _InputSkip])
+def test_nets_that_do_not_factor_are_refused(backbone):
+  module = PixelClassifier(backbone(), layers.Normalize(mean=(100.,), std=(50.,)))
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+  full = lambda x: module.apply(variables, x)
+  assert stem.factor(full, module, variables, (8, 8, 3)) is None
+
+
+def _candidates(rng, n, k, size=32):
+  xy = rng.integers(0, size, (n, k, 2)).astype(np.float32) + 0.5
+  xy[:10] = 0.2                                   # every pixel at (0, 0): later ones win
+  xy[10:20] = size - 0.1                          # the far corner
+  if k > 1:
+    xy[20:30, -1] = xy[20:30, 0]                  # first and last pixel collide
+  col = rng.uniform(0, 255, (n, k, 3)).astype(np.float32)
+  return jnp.asarray(np.concatenate([xy, col], -1).reshape(n, 5 * k))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("size", [0, 16])
+def test_incremental_probabilities_match_the_full_net(cifar_lenet, cifar_samples, k, size):
+  f = cifar_lenet.factored
+  images = jnp.asarray(cifar_samples.images[:3], jnp.float32)
+  cands = _candidates(np.random.default_rng(k), 60, k)
+  g = incremental.candidate_probs(f, size)
+  # vmapped over attacks, as the runner calls it; some rows inactive
+  active = jnp.arange(60) % 7 != 0
+  got = jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands)
+  want = jax.vmap(lambda im: cifar_lenet.predict(jax.vmap(problem.perturb, (None, 0))(im, cands)))(
+      images)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6)
+
+
+def test_config_resolves_incremental_only_for_factored_models_on_cpu():
+  cpu = jax.default_backend() == "cpu"
+  assert PixelAttackConfig().resolved(factored=True).incremental == cpu
+  assert PixelAttackConfig().resolved(factored=False).incremental is False
+  assert PixelAttackConfig(incremental=False).resolved(factored=True).incremental is False
+  with pytest.raises(UserError, match="not factored"):
+    PixelAttackConfig(incremental=True).resolved(factored=False)
+
+
+def test_attack_on_the_split_net_finds_what_the_full_net_finds(cifar_lenet, cifar_samples):
+  """Same searches (probabilities agree to ~1e-7, which decides nothing here); the records'
+  probabilities come from the full net either way."""
+  x, y = cifar_samples.images[:4], cifar_samples.labels[:4]
+  cfg = dict(pixels=1, popsize=40, generations=4, segment_iterations=2, eval_batch=40)
+  key = jax.random.PRNGKey(3)
+  full = attack(cifar_lenet.predict, x, y, key, PixelAttackConfig(**cfg))
+  inc = attack(cifar_lenet.factored, x, y, key, PixelAttackConfig(**cfg, incremental=True))
+  for field in ("success", "pixels", "queries", "success_query", "adversarial_class"):
+    np.testing.assert_array_equal(getattr(inc, field), getattr(full, field), err_msg=field)
+  np.testing.assert_array_equal(inc.probs, full.probs)        # the final check: the full net
+
+
+def test_de_keeps_one_batch_shape_when_its_population_fills_model_calls(cifar_lenet):
+  f = cifar_lenet.factored
+  shape, k = (32, 32, 3), 10
+  de = runner._Engine(f, shape, PixelAttackConfig(popsize=40, eval_batch=40).resolved(
+      factored=True), k)
+  srs = runner._Engine(f, shape, PixelAttackConfig(method="sparse_rs", eval_batch=40).resolved(
+      factored=True), k)
+  assert not de.compacts and srs.compacts
+
+
+def test_claims_made_before_incremental_resume_only_with_it_off():
+  old = {"attack": {"pixels": 1, "eval_batch": 400}}
+  assert not workdir.differences(old, {"attack": {"pixels": 1, "eval_batch": 400,
+                                                  "incremental": False}})
+  diff = workdir.differences(old, {"attack": {"pixels": 1, "eval_batch": 400,
+                                              "incremental": True}})
+  assert diff == {"attack.incremental": (False, True)}
