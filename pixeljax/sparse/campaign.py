@@ -54,6 +54,23 @@ def chunk_key(settings: Mapping, image_ids, targets) -> str:
   return h.hexdigest()[:16]
 
 
+def chunk_size(predict, image_shape, rows: int, popsize: int,
+               attacks_per_call: Optional[int] = None, mesh=None) -> int:
+  """Attacks per chunk (= per runner call): ``attacks_per_call``, or as many as fit in device
+  memory, evened out so that all chunks have (nearly) equal size -- their calls then share
+  one batch shape and one set of compiled programs (100 rows at 95 per call: 50 + 50, not
+  95 + 5) -- and a multiple of the mesh's devices."""
+  if attacks_per_call is None:
+    attacks_per_call = sharding.attacks_per_call(predict, image_shape, popsize)
+  if mesh is not None:
+    attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
+  chunks = max(1, -(-rows // attacks_per_call))
+  size = max(1, -(-rows // chunks))
+  if mesh is not None:
+    size = int(np.ceil(size / mesh.size) * mesh.size)
+  return size
+
+
 def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int,
         folder: str, num_classes: int, *, identity: Optional[Mapping] = None,
         attacks_per_call: Optional[int] = None, mesh=None, desc: str = "attack",
@@ -70,16 +87,8 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)
   workdir.claim(folder, settings)
-  if attacks_per_call is None:
-    attacks_per_call = sharding.attacks_per_call(predict, images.shape[1:], config.popsize)
-  if mesh is not None:
-    attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
-  # Chunks of (nearly) equal size: their calls share one batch shape, so one set of
-  # compiled programs (a 95 + 5 split would compile the small tail's programs too).
-  chunks = max(1, -(-len(rows) // attacks_per_call))
-  attacks_per_call = max(1, -(-len(rows) // chunks))
-  if mesh is not None:
-    attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
+  attacks_per_call = chunk_size(predict, images.shape[1:], len(rows), config.popsize,
+                                attacks_per_call, mesh)
   key = jax.random.PRNGKey(seed)
   starts = range(0, len(rows), attacks_per_call)
   paths, done_parts = [], {}
