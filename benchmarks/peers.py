@@ -361,7 +361,7 @@ def worker_pixeljax(args):
         jax.debug.callback(add, jnp.sum(jnp.ones((), x.dtype) + 0 * x[:, 0, 0, 0]))
         return fn(x)
       return f
-    if isinstance(target, models.Factored):
+    if config.resolved(factored=isinstance(target, models.Factored)).incremental:
       # Count the head's rows (one per candidate); the final check runs `full`, uncounted.
       rec_c, seconds_c, comp_c = run(dataclasses.replace(target, head=counted(target.head)))
       executed = count["rows"]

@@ -127,6 +127,20 @@ def differences(old: Mapping, new: Mapping, skip=()) -> Dict[str, tuple]:
           if a.get(k, missing) != b.get(k, missing)}
 
 
+def without_legacy(settings: Mapping) -> Dict[str, Any]:
+  """``settings`` without the ``LEGACY`` keys that hold their legacy value: what work made
+  before those settings existed was keyed by (chunk file names hash this)."""
+  out = to_jsonable(settings)       # fresh dicts: safe to edit
+  for key, value in LEGACY.items():
+    *path, last = key.split(".")
+    d = out
+    for p in path:
+      d = d.get(p) if isinstance(d, dict) else None
+    if isinstance(d, dict) and last in d and d[last] == value:
+      del d[last]
+  return out
+
+
 def describe(diff: Dict[str, tuple]) -> str:
   show = lambda v: "(unset)" if not isinstance(v, (str, int, float, bool, list, dict,
                                                    type(None))) else json.dumps(v)

@@ -111,3 +111,29 @@ def test_224_inputs_work_with_automatic_sizing(tmp_path):
       progress=False)
   assert small < 3 and len(rec.success) == 3
   assert rec.pixels.shape == (3, 5, 5) and rec.pixels[..., :2].max() < 224
+
+
+def test_a_resumed_run_keeps_its_chunk_boundaries(cifar_lenet, cifar_samples, tmp_path):
+  """Chunks are sized when a run starts (equal sizes); a restart with another
+  attacks_per_call (or an older sizing rule) reuses the chunks it finds."""
+  idx = _correct(cifar_lenet, cifar_samples, 6)
+  args = (cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
+          PixelAttackConfig(pixels=1, **SMALL), 0, str(tmp_path), 10)
+  first = campaign.run(*args, attacks_per_call=4, progress=False)
+  chunks = _chunks(tmp_path)
+  assert [len(np.load(tmp_path / c)["image_id"]) for c in chunks] == [3, 3]   # 4 -> 3 + 3
+  logs = []
+  again = campaign.run(*args, attacks_per_call=5, progress=False, log=logs.append)
+  assert any("6 attacks loaded" in line for line in logs)
+  assert _chunks(tmp_path) == chunks
+  chex.assert_trees_all_equal(first, again)
+
+
+def test_chunks_made_before_a_legacy_setting_keep_their_names():
+  old = {"model": "m", "attack": {"pixels": 1, "eval_batch": 400}, "seed": 0}
+  new = {"model": "m", "attack": {"pixels": 1, "eval_batch": 400, "incremental": False},
+         "seed": 0}
+  ids, targets = np.arange(3), -np.ones(3)
+  assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(old, ids, targets)
+  new["attack"]["incremental"] = True
+  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)

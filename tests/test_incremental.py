@@ -26,7 +26,8 @@ def test_shipped_nets_factor_at_their_first_convolution(cifar_lenet):
   std = np.asarray(layers.KERAS_CIFAR["std"], np.float32)
   np.testing.assert_allclose(f.response, kernel[::-1, ::-1] / std[:, None], rtol=1e-6)
   x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-  np.testing.assert_array_equal(np.asarray(f(x)), np.asarray(cifar_lenet.predict(x)))
+  np.testing.assert_allclose(np.asarray(jax.jit(lambda v: f.head(f.stem(v)))(x)),
+                             np.asarray(cifar_lenet.predict(x)), atol=1e-6)
 
 
 class _Strided(nn.Module):
@@ -48,7 +49,18 @@ class _InputSkip(nn.Module):
     return nn.Dense(self.num_classes)(jnp.concatenate([h, x], -1).reshape(x.shape[0], -1))
 
 
-@pytest.mark.parametrize("backbone", [_Strided, _InputSkip])
+class _PositionScaled(nn.Module):
+  """Scales each pixel by its own constant before the conv: affine, not equivariant."""
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x * jnp.linspace(0.5, 1.5, x.shape[1] * x.shape[2]).reshape(1, x.shape[1], x.shape[2], 1)
+    h = nn.relu(layers.Conv(4, (3, 3))(x))
+    return nn.Dense(self.num_classes)(h.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("backbone", [_Strided, _InputSkip, _PositionScaled])
 def test_nets_that_do_not_factor_are_refused(backbone):
   module = PixelClassifier(backbone(), layers.Normalize(mean=(100.,), std=(50.,)))
   variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
@@ -66,19 +78,41 @@ def _candidates(rng, n, k, size=32):
   return jnp.asarray(np.concatenate([xy, col], -1).reshape(n, 5 * k))
 
 
+@pytest.mark.parametrize("net", ["cifar10_lenet_hyperparticle",     # VALID 5x5
+                                 "cifar10_resnet20_akamaster"])     # SAME 3x3
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("size", [0, 16])
-def test_incremental_probabilities_match_the_full_net(cifar_lenet, cifar_samples, k, size):
-  f = cifar_lenet.factored
+def test_incremental_probabilities_match_the_full_net(cifar_samples, net, k, size):
+  clf = models.load(net)
+  f = clf.factored
   images = jnp.asarray(cifar_samples.images[:3], jnp.float32)
-  cands = _candidates(np.random.default_rng(k), 60, k)
+  cands = _candidates(np.random.default_rng(k), 48, k)
   g = incremental.candidate_probs(f, size)
-  # vmapped over attacks, as the runner calls it; some rows inactive
-  active = jnp.arange(60) % 7 != 0
-  got = jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands)
-  want = jax.vmap(lambda im: cifar_lenet.predict(jax.vmap(problem.perturb, (None, 0))(im, cands)))(
-      images)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6)
+  # vmapped over attacks, as the runner calls it; rows 16..31 (one whole slice) inactive
+  active = (jnp.arange(48) < 16) | (jnp.arange(48) >= 32)
+  got = np.asarray(jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands))
+  want = np.asarray(jax.vmap(lambda im: clf.predict(jax.vmap(problem.perturb, (None, 0))(
+      im, cands)))(images))
+  keep = np.asarray(active) if size else np.ones(48, bool)
+  np.testing.assert_allclose(got[:, keep], want[:, keep], atol=2e-6)
+  if size:   # a slice with no active row is skipped
+    assert not got[:, ~keep].any()
+
+
+def test_nested_vmaps_keep_each_row_with_its_own_image(cifar_lenet, cifar_samples):
+  """Images x targets, as a targeted campaign's rows: the flattening rule's owner indices."""
+  f = cifar_lenet.factored
+  images = jnp.asarray(cifar_samples.images[:2], jnp.float32)
+  cands = jnp.stack([_candidates(np.random.default_rng(t), 20, 2) for t in range(3)])
+  g = incremental.candidate_probs(f, 8)
+  on = jnp.ones(20, bool)
+  got = jax.jit(jax.vmap(jax.vmap(lambda im, c: g(im, c, on), (None, 0)), (0, None)))(
+      images, cands)
+  assert got.shape == (2, 3, 20, 10)
+  for i in range(2):
+    for t in range(3):
+      want = cifar_lenet.predict(jax.vmap(problem.perturb, (None, 0))(images[i], cands[t]))
+      np.testing.assert_allclose(np.asarray(got[i, t]), np.asarray(want), atol=2e-6)
 
 
 def test_config_resolves_incremental_only_for_factored_models_on_cpu():

@@ -28,6 +28,17 @@ def test_perturb_writes_exactly_k_pixels():
   assert np.count_nonzero(out.sum(-1)) == 2
 
 
+def test_perturb_lets_the_last_of_pixels_at_one_place_win():
+  img = jnp.zeros((5, 6, 3))
+  cand = jnp.array([1.2, 2.5, 10., 20., 30.,    # (x=1, y=2)
+                    4.0, 0.0, 1., 2., 3.,       # elsewhere
+                    1.9, 2.1, 40., 50., 60.])   # (x=1, y=2) again: wins
+  out = np.asarray(problem.perturb(img, cand))
+  np.testing.assert_array_equal(out[2, 1], [40, 50, 60])
+  np.testing.assert_array_equal(out[0, 4], [1, 2, 3])
+  assert np.count_nonzero(out.sum(-1)) == 2
+
+
 def test_decode_clips_and_rounds():
   x, y, col = problem.decode(jnp.array([6.0, -1.0, 12.4]), (5, 6, 1))
   assert int(x[0]) == 5 and int(y[0]) == 0 and float(col[0, 0]) == 12.0

@@ -116,6 +116,23 @@ def _placed(response, offset, shape, y: int, x: int):
   return out
 
 
+def _apply(response, offset, out_shape, delta):
+  """The stem's change for a change ``delta`` (H, W, C) of every pixel, as the sum of each
+  pixel's placed window (float64)."""
+  kh, kw = response.shape[:2]
+  h, w = delta.shape[:2]
+  ho, wo = out_shape[:2]
+  out = np.zeros((ho, wo, response.shape[-1]))
+  for i in range(kh):
+    for j in range(kw):
+      dy, dx = offset[0] + i, offset[1] + j       # pixel (y, x) -> output (y + dy, x + dx)
+      y0, y1 = max(0, -dy), min(h, ho - dy)
+      x0, x1 = max(0, -dx), min(w, wo - dx)
+      if y0 < y1 and x0 < x1:
+        out[y0 + dy:y1 + dy, x0 + dx:x1 + dx] += delta[y0:y1, x0:x1] @ response[i, j]
+  return out
+
+
 def factor(full: Callable, module: nn.Module, variables: Any, input_shape,
            seed: int = 0) -> Optional[Factored]:
   """``full`` (the module's forward pass) as a ``Factored``, or None when the checks fail."""
@@ -156,6 +173,14 @@ def factor(full: Callable, module: nn.Module, variables: Any, input_shape,
   for (py, px), got in zip(probes[1:], responses[1:]):
     if np.abs(got - _placed(response, offset, shape, py, px)).max() > _TOLERANCE * scale:
       return None
+  # Every pixel at once (a position-dependent map would pass the probes above by chance).
+  dense = rng.standard_normal((h, w, c)).astype(np.float32)
+  with layers.forward_mode_convolutions():
+    exact = np.asarray(jax.jit(lambda t: jax.jvp(lambda v: stem(v[None])[0], (image,), (t,))[1])(
+        jnp.asarray(dense)))
+  placed = _apply(response.astype(np.float64), offset, shape, dense)
+  if np.abs(exact - placed).max() > _TOLERANCE * max(1e-6, np.abs(placed).max()):
+    return None
   # Affine: the stem of a changed image is the stem of the image plus the placed windows.
   window = np.einsum("hwco,c->hwo", _placed(response, offset, shape, y, x), delta)
   if np.abs(moved - (base + window)).max() > _TOLERANCE * max(1.0, np.abs(base).max()):

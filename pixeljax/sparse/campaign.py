@@ -48,7 +48,9 @@ def attack_rows(labels, num_classes: int, targeted: bool):
 
 def chunk_key(settings: Mapping, image_ids, targets) -> str:
   """A short hash of everything that determines a chunk's records."""
-  h = hashlib.sha256(json.dumps(workdir.to_jsonable(settings), sort_keys=True).encode())
+  # Settings added later, at the value older work was made with, are left out, so that a
+  # resumed older run finds its chunks (``workdir.LEGACY``).
+  h = hashlib.sha256(json.dumps(workdir.without_legacy(settings), sort_keys=True).encode())
   h.update(np.asarray(image_ids, np.int64).tobytes())
   h.update(np.asarray(targets, np.int64).tobytes())
   return h.hexdigest()[:16]
@@ -87,8 +89,12 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)
   workdir.claim(folder, settings)
-  attacks_per_call = chunk_size(predict, images.shape[1:], len(rows), config.popsize,
-                                attacks_per_call, mesh)
+  first = _first_chunk_rows(folder)
+  if first:    # a resumed run keeps its chunk boundaries, however they were sized
+    attacks_per_call = first
+  else:
+    attacks_per_call = chunk_size(predict, images.shape[1:], len(rows), config.popsize,
+                                  attacks_per_call, mesh)
   key = jax.random.PRNGKey(seed)
   starts = range(0, len(rows), attacks_per_call)
   paths, done_parts = [], {}
@@ -146,6 +152,18 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   finally:
     bar.close()
   return records_lib.concat(parts) if parts else None
+
+
+def _first_chunk_rows(folder: str) -> Optional[int]:
+  """Rows in the folder's first chunk (the largest: every chunk but the last has its size),
+  or None if it has none yet."""
+  if not os.path.isdir(folder):
+    return None
+  names = sorted(n for n in os.listdir(folder) if n.startswith("chunk_00000_") and
+                 n.endswith(".npz"))
+  if not names:
+    return None
+  return len(records_lib.load(os.path.join(folder, names[0])))
 
 
 def attack_seconds(folder: str) -> Optional[float]:

@@ -212,9 +212,13 @@ def decode(candidate: jax.Array, image_shape):
 
 
 def perturb(image: jax.Array, candidate: jax.Array) -> jax.Array:
-  """Writes the candidate's pixels into ``image`` (H, W, C) by scatter."""
+  """Writes the candidate's pixels into ``image`` (H, W, C) by scatter, in order: of pixels at
+  the same place the last one wins. (A scatter's order among duplicate indices is left to the
+  backend, so duplicates first get the last one's colour.)"""
   x, y, col = decode(candidate, image.shape)
-  return image.at[y, x].set(col.astype(image.dtype))
+  same = (x[:, None] == x[None, :]) & (y[:, None] == y[None, :])
+  last = jnp.max(jnp.where(same, jnp.arange(x.shape[0]), -1), axis=1)
+  return image.at[y, x].set(col[last].astype(image.dtype))
 
 
 @struct.dataclass
