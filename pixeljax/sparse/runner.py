@@ -119,14 +119,15 @@ def _engine(predict, image_shape, config, num_classes) -> _Engine:
 
 def _sizes(cap: int, devices: int):
   """The batch shapes a call may have, largest first: the full batch ``cap`` (so the first
-  calls carry no padding) and powers of four below it (times the device count). Every shape is
-  one compiled program per pixel count; powers of four keep that to about five for a batch of
-  100 (powers of two needed eight)."""
+  calls carry no padding) and powers of sixteen below it (times the device count). Every
+  shape is one compiled program per pixel count (2-3 s each on CPU): three for a batch of 100
+  (powers of four needed five, powers of two eight). Rows that fit no shape well are split
+  over calls of smaller shapes (``_split``), which cost little more than one call."""
   cap = int(math.ceil(cap / devices) * devices)
   sizes, s = [cap], devices
   while s < cap:
     sizes.append(s)
-    s *= 4
+    s *= 16
   return sorted(set(sizes), reverse=True)
 
 
