@@ -228,7 +228,8 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   devices = mesh.size if mesh is not None else 1
   sharding = sharding_lib.attack_sharding(mesh)
   cap = n if n else 1
-  if attacks_per_call and (attacks_per_call < n or 4 * (attacks_per_call - n) <= attacks_per_call):
+  if attacks_per_call and (attacks_per_call < n
+                           or 4 * (attacks_per_call - n) <= attacks_per_call):
     cap = attacks_per_call    # a call a little short of it pads up to it: one batch shape
   # Raw key data on the host (key_data takes typed and legacy keys alike), gathered per batch.
   keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
