@@ -32,9 +32,9 @@ Tools (``--tools``):
     net split at its first convolution (``Classifier.factored``: candidates evaluated
     incrementally, pixeljax's CPU default; ``--pixeljax_full_net``: the whole net per
     candidate). Run twice: the timed call, then an untimed call whose ``predict`` (its head,
-    when split) is wrapped with a ``jax.debug.callback`` counter (every forward row the compiled program executes: padding rows
-    and rows that finished but ride along in a vmapped loop included; the runner's final check of
-    n adversarial + n clean images excluded); both calls must give identical records. "queries"
+    when split) is wrapped with a ``jax.debug.callback`` counter (every forward row the
+    compiled program executes: padding rows and rows that finished but ride along in a vmapped
+    loop included; the runner's final check of n adversarial + n clean images excluded); both calls must give identical records. "queries"
     are pixeljax's own count (candidates it scored, what its budget limits). Compile seconds:
     jax.monitoring's trace + lowering + backend-compile durations during the timed call (no
     persistent compilation cache). ``--pixeljax_warm_rerun`` adds a second identical timed call
