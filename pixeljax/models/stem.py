@@ -104,18 +104,6 @@ def _impulses(stem, image, pixels):
   return np.moveaxis(out, 1, 3)
 
 
-def _placed(response, offset, shape, y: int, x: int):
-  """``response`` placed for pixel (y, x) in an (H', W', C, O) map, clipped at the borders."""
-  kh, kw = response.shape[:2]
-  out = np.zeros(shape, np.float32)
-  for i in range(kh):
-    for j in range(kw):
-      oy, ox = y + offset[0] + i, x + offset[1] + j
-      if 0 <= oy < shape[0] and 0 <= ox < shape[1]:
-        out[oy, ox] = response[i, j]
-  return out
-
-
 def _apply(response, offset, out_shape, delta):
   """The stem's change for a change ``delta`` (H, W, C) of every pixel, as the sum of each
   pixel's placed window (float64)."""
@@ -131,6 +119,11 @@ def _apply(response, offset, out_shape, delta):
       if y0 < y1 and x0 < x1:
         out[y0 + dy:y1 + dy, x0 + dx:x1 + dx] += delta[y0:y1, x0:x1] @ response[i, j]
   return out
+
+
+def _pixel(h: int, w: int, y: int, x: int):
+  """(H, W, 1): one at pixel (y, x), zero elsewhere."""
+  return (np.arange(h)[:, None, None] == y) & (np.arange(w)[None, :, None] == x)
 
 
 def factor(full: Callable, module: nn.Module, variables: Any, input_shape,
@@ -171,7 +164,9 @@ def factor(full: Callable, module: nn.Module, variables: Any, input_shape,
   scale = float(np.abs(response).max())
   # Translation equivariance, borders included (a strided or dilated stem fails here).
   for (py, px), got in zip(probes[1:], responses[1:]):
-    if np.abs(got - _placed(response, offset, shape, py, px)).max() > _TOLERANCE * scale:
+    want = np.stack([_apply(response, offset, shape, np.eye(c)[ch] * _pixel(h, w, py, px))
+                     for ch in range(c)], 2)
+    if np.abs(got - want).max() > _TOLERANCE * scale:
       return None
   # Every pixel at once (a position-dependent map would pass the probes above by chance).
   dense = rng.standard_normal((h, w, c)).astype(np.float32)
@@ -182,7 +177,7 @@ def factor(full: Callable, module: nn.Module, variables: Any, input_shape,
   if np.abs(exact - placed).max() > _TOLERANCE * max(1e-6, np.abs(placed).max()):
     return None
   # Affine: the stem of a changed image is the stem of the image plus the placed windows.
-  window = np.einsum("hwco,c->hwo", _placed(response, offset, shape, y, x), delta)
+  window = _apply(response, offset, shape, delta * _pixel(h, w, y, x))
   if np.abs(moved - (base + window)).max() > _TOLERANCE * max(1.0, np.abs(base).max()):
     return None
   return Factored(full=full, stem=stem, head=head, response=response.astype(np.float32),

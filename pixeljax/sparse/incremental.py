@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from pixeljax.evaluate import in_fixed_batches
 from pixeljax.models.stem import Factored
-from pixeljax.sparse.problem import decode
+from pixeljax.sparse.problem import decode, last_writes
 
 
 def changed_stems(factored: Factored, stems, images, candidates):
@@ -28,9 +28,7 @@ def changed_stems(factored: Factored, stems, images, candidates):
   x, y, col = jax.vmap(decode, (0, None))(candidates, shape)         # (N, k) ...
   rows = jnp.arange(n)[:, None]
   delta = col - images[rows, y, x]                                    # (N, k, C)
-  same = (x[:, :, None] == x[:, None, :]) & (y[:, :, None] == y[:, None, :])
-  later = jnp.triu(jnp.ones(same.shape[1:], bool), 1)                 # j > i
-  overwritten = jnp.any(same & later, axis=2)
+  overwritten = jax.vmap(last_writes)(x, y) != jnp.arange(x.shape[1])
   delta = jnp.where(overwritten[..., None], 0.0, delta)
   response = jnp.asarray(factored.response)
   kh, kw = response.shape[:2]

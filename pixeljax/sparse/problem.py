@@ -216,9 +216,14 @@ def perturb(image: jax.Array, candidate: jax.Array) -> jax.Array:
   the same place the last one wins. (A scatter's order among duplicate indices is left to the
   backend, so duplicates first get the last one's colour.)"""
   x, y, col = decode(candidate, image.shape)
+  return image.at[y, x].set(col[last_writes(x, y)].astype(image.dtype))
+
+
+def last_writes(x, y):
+  """For each of k pixels (x, y), the index of the last pixel written at its place (itself
+  unless a later one shares it)."""
   same = (x[:, None] == x[None, :]) & (y[:, None] == y[None, :])
-  last = jnp.max(jnp.where(same, jnp.arange(x.shape[0]), -1), axis=1)
-  return image.at[y, x].set(col[last].astype(image.dtype))
+  return jnp.max(jnp.where(same, jnp.arange(x.shape[0]), -1), axis=1)
 
 
 @struct.dataclass
