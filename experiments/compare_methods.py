@@ -5,8 +5,9 @@ r"""Compares finished one-pixel runs of different methods on the same images.
 
 Reads each run's results.json and records, refuses runs that attacked other images, another
 model, data set or mode, and writes results.json (one row per run and pixel count: success
-within each budget, mean / median query of the first success) and success_vs_queries_<k>px.png
-overlaying the methods' curves.
+within each budget, mean / median query of the first success, and the same over only the
+attacks that every compared run fooled, so costs compare on the same attacks) and
+success_vs_queries_<k>px.png overlaying the methods' curves.
 """
 import json
 import os
@@ -41,20 +42,30 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     if same(res) != same(first):
       raise UserError(f"{r} attacked other images, model, data or mode than {runs[0]}")
   mode = "targeted" if first["config"]["attack"]["targeted"] else "untargeted"
+  records = {(r, int(k)): records_lib.load(os.path.join(r, f"records_{mode}_{k}px.npz"))
+             for r, res in loaded.items() for k in res["config"]["pixels"]}
+  # Per k, the attacks every run with that k fooled: the methods' query costs side by side on
+  # the same attacks.
+  common = {}
+  for k in sorted({k for _, k in records}):
+    at_k = [key for key in records if key[1] == k]
+    common.update(zip(at_k, metrics.fooled_by_all([records[key] for key in at_k])))
   rows, curves = [], {}
-  for r, res in loaded.items():
-    label = PixelAttackConfig(pixels=1, **res["config"]["attack"]).describe()
-    for k in res["config"]["pixels"]:
-      rec = records_lib.load(os.path.join(r, f"records_{mode}_{k}px.npz"))
-      first_q = metrics.queries_of_successes(rec)
-      rows.append(dict(run=r, method=label, pixels=int(k), attacks=len(rec),
-                       success=metrics.success_rate(rec),
-                       success_within={str(b): metrics.success_within(rec, int(b))
-                                       for b in config.budgets},
-                       mean_queries_of_success=first_q["mean"],
-                       median_queries_of_success=first_q["median"],
-                       queries_per_attack=float(np.mean(rec.queries))))
-      curves.setdefault(int(k), {})[label] = metrics.query_curve(rec)
+  for (r, k), rec in records.items():
+    label = PixelAttackConfig(pixels=1, **loaded[r]["config"]["attack"]).describe()
+    first_q = metrics.queries_of_successes(rec)
+    shared_q = metrics.queries_of_successes(rec, among=common[(r, k)])
+    rows.append(dict(run=r, method=label, pixels=k, attacks=len(rec),
+                     success=metrics.success_rate(rec),
+                     success_within={str(b): metrics.success_within(rec, int(b))
+                                     for b in config.budgets},
+                     mean_queries_of_success=first_q["mean"],
+                     median_queries_of_success=first_q["median"],
+                     fooled_by_all=shared_q["fooled"],
+                     mean_queries_fooled_by_all=shared_q["mean"],
+                     median_queries_fooled_by_all=shared_q["median"],
+                     queries_per_attack=float(np.mean(rec.queries))))
+    curves.setdefault(k, {})[label] = metrics.query_curve(rec)
   for k, c in sorted(curves.items()):
     workdir.save_figure(f"success_vs_queries_{k}px.png", plots.success_vs_queries(
         c, title=f"{first['config']['model']}, {mode}, {k} px ({len(first['image_ids'])} "
@@ -69,13 +80,15 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
 def report(results: dict) -> str:
   budgets = list(results["rows"][0]["success_within"]) if results["rows"] else []
   head = f"{'method':<52} {'k':>3} " + " ".join(f"{'<=' + b:>7}" for b in budgets)
-  lines = [head + f" {'mean q':>8} {'median q':>9}"]
+  lines = [head + f" {'mean q':>8} {'median q':>9}  {'fooled by all: n, mean q, median q':>34}"]
   for r in sorted(results["rows"], key=lambda r: (r["pixels"], r["method"])):
     fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"
     lines.append(f"{r['method'][:52]:<52} {r['pixels']:>3} "
                  + " ".join(f"{100 * r['success_within'][b]:>6.1f}%" for b in budgets)
                  + f" {fmt(r['mean_queries_of_success']):>8} "
-                   f"{fmt(r['median_queries_of_success']):>9}")
+                   f"{fmt(r['median_queries_of_success']):>9}  "
+                   f"{r.get('fooled_by_all', 0):>14} {fmt(r.get('mean_queries_fooled_by_all')):>9} "
+                   f"{fmt(r.get('median_queries_fooled_by_all')):>9}")
   return "\n".join(lines)
 
 

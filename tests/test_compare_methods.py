@@ -36,6 +36,9 @@ def test_methods_side_by_side(tmp_path):
   assert methods == {"DE rand1", "Sparse-RS"}
   for r in res["rows"]:
     assert 0 <= r["success_within"]["100"] <= r["success_within"]["40000"] <= 1
+    # The shared attacks are the same for every method, and no more than any one fooled.
+    assert r["fooled_by_all"] == res["rows"][0]["fooled_by_all"]
+    assert r["fooled_by_all"] <= round(r["success"] * r["attacks"])
   assert os.path.getsize(tmp_path / "cmp" / "success_vs_queries_1px.png") > 0
   assert "Sparse-RS" in compare_methods.report(res)
 

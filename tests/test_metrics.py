@@ -52,3 +52,23 @@ def test_targeted_metrics_count_targets_per_image():
 def test_no_success_confidence_is_nan():
   r = _records([False], [0], [0], [-1], [1.0], [0], [10])
   assert np.isnan(metrics.confidence(r))
+
+
+def test_query_costs_on_the_attacks_every_run_fooled():
+  # Two runs on the same (image, target) attacks, stored in different orders: a strong method
+  # fools all four (the hard attack 3 late), a weak one fools attacks 0 and 2 only.
+  strong = _records([True] * 4, [0] * 4, [1] * 4, [-1, -1, 2, -1], [0.9] * 4, [0, 1, 2, 3],
+                    [10, 20, 30, 9000])
+  weak = _records([True, False, False, True], [0] * 4, [1] * 4, [-1, -1, -1, 2], [0.9] * 4,
+                  [0, 3, 1, 2], [400, 40400, 40400, 800])
+  s_mask, w_mask = metrics.fooled_by_all([strong, weak])
+  assert s_mask.tolist() == [True, False, True, False]
+  assert w_mask.tolist() == [True, False, False, True]
+  # Own means charge the strong method for attack 3; on the shared attacks it is 20x cheaper.
+  assert metrics.queries_of_successes(strong)["mean"] == pytest.approx(9060 / 4)
+  shared = metrics.queries_of_successes(strong, among=s_mask)
+  assert shared == dict(mean=20.0, median=20.0, fooled=2)
+  assert metrics.queries_of_successes(weak, among=w_mask)["mean"] == 600.0
+  # Same image, other target: a different attack.
+  other = _records([True] * 4, [0] * 4, [1] * 4, [-1] * 4, [0.9] * 4, [0, 1, 2, 3], [5] * 4)
+  assert metrics.fooled_by_all([strong, other])[0].tolist() == [True, True, False, True]

@@ -11,7 +11,7 @@ and success against queries: the fraction of attacks whose first fooling query c
 each budget, and the mean / median query of the first success (``success_query`` of the
 records: a black-box attacker keeps any query that fooled the net).
 """
-from typing import Dict
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -78,12 +78,27 @@ def query_curve(records, points: int = 200):
   return budgets, success_curve(records, budgets)
 
 
-def queries_of_successes(records) -> Dict:
+def queries_of_successes(records, among: Optional[np.ndarray] = None) -> Dict:
+  """Mean / median query of the first success over the fooled attacks (of ``among`` only,
+  a boolean mask, when given)."""
   q = np.asarray(records.success_query)
-  q = q[q >= 1]
+  q = q[(q >= 1) & (True if among is None else np.asarray(among, bool))]
   if not len(q):
     return dict(mean=None, median=None, fooled=0)
   return dict(mean=float(np.mean(q)), median=float(np.median(q)), fooled=int(len(q)))
+
+
+def fooled_by_all(runs: Sequence) -> List[np.ndarray]:
+  """Per run, the mask of its attacks that every run fooled, attacks matched by (image id,
+  target class) -- so methods' query costs compare on the same attacks. A method's own mean
+  counts only what it fooled: a stronger method is charged for the hard attacks a weaker one
+  never fooled, which can make it look costlier than it is."""
+  keys = [list(zip(np.asarray(r.image_id).tolist(), np.asarray(r.target_class).tolist()))
+          for r in runs]
+  fooled = [{key for key, q in zip(k, np.asarray(r.success_query)) if q >= 1}
+            for k, r in zip(keys, runs)]
+  common = set.intersection(*fooled) if fooled else set()
+  return [np.array([key in common for key in k], bool) for k in keys]
 
 
 def _json_float(x: float):
