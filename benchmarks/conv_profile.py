@@ -11,6 +11,9 @@ torch worker the forward ``conv2d`` and its ``backward`` (both gradients), chann
 ``torch.no_grad`` off. Best of ``--repeats``; each framework in its own process, one after the
 other. The table shows per layer ms and the ratio; the sum over layers against the whole
 training step (``benchmarks/train_peers.py``) says how much of the gap convolutions explain.
+Each worker also times one matrix product the size of the costliest layer's im2col product
+((N*H*W) x (k*k*C_in) x C_out): what each framework's GEMM reaches on this CPU bounds what any
+rewrite of a convolution as matrix products could gain.
 """
 import argparse
 import json
@@ -67,7 +70,12 @@ def worker_jax(args):
                      grad_input_ms=_best(lambda: dx(x, w, g).block_until_ready(), args.repeats),
                      grad_kernel_ms=_best(lambda: dw(x, w, g).block_until_ready(),
                                           args.repeats)))
-  return dict(rows=rows, jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+  m, kk, n = _gemm_shape(args)
+  a = jax.random.normal(jax.random.PRNGKey(2), (m, kk))
+  b = jax.random.normal(jax.random.PRNGKey(3), (kk, n))
+  mm = jax.jit(jnp.matmul)
+  return dict(rows=rows, gemm_ms=_best(lambda: mm(a, b).block_until_ready(), args.repeats),
+              jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def worker_torch(args):
@@ -90,7 +98,25 @@ def worker_torch(args):
       conv(x).backward(g)
     rows.append(dict(forward_ms=_best(fwd, args.repeats),
                      forward_backward_ms=_best(bwd, args.repeats)))
-  return dict(rows=rows, torch=torch.__version__, threads=torch.get_num_threads())
+  m, kk, n = _gemm_shape(args)
+  a, b = torch.randn(m, kk), torch.randn(kk, n)
+  with torch.no_grad():
+    gemm = _best(lambda: torch.mm(a, b), args.repeats)
+  return dict(rows=rows, gemm_ms=gemm, torch=torch.__version__,
+              threads=torch.get_num_threads())
+
+
+def _flops(args, layer):
+  """Multiply-adds x 2 of one layer's forward convolution at the batch."""
+  hw, ci, co, k, s, pad = layer
+  out = -(-hw // s) if pad == "SAME" else (hw - k) // s + 1
+  return 2 * args.batch * out * out * co * k * k * ci
+
+
+def _gemm_shape(args):
+  hw, ci, co, k, s, pad = max(NETS[args.net], key=lambda l: _flops(args, l))
+  out = -(-hw // s) if pad == "SAME" else (hw - k) // s + 1
+  return args.batch * out * out, k * k * ci, co
 
 
 def main(argv=None):
@@ -132,6 +158,14 @@ def main(argv=None):
                  f"{jb / t['forward_backward_ms']:>6.2f}")
   lines.append(f"{'all convolutions (ms)':<36} {tot['jf']:>8.1f} {tot['tf']:>9.1f} "
                f"{tot['jb']:>11.1f} {tot['tb']:>13.1f} {tot['jb'] / tot['tb']:>6.2f}")
+  m, kk, n = _gemm_shape(args)
+  gflops = lambda flops, ms: flops / ms / 1e6
+  top = max(range(len(NETS[args.net])), key=lambda i: _flops(args, NETS[args.net][i]))
+  lines.append(f"GFLOP/s, costliest layer {NETS[args.net][top]} forward: jax "
+               f"{gflops(_flops(args, NETS[args.net][top]), res['jax']['rows'][top]['forward_ms']):.0f}, "
+               f"torch {gflops(_flops(args, NETS[args.net][top]), res['torch']['rows'][top]['forward_ms']):.0f}; "
+               f"a {m}x{kk}x{n} matrix product: jax {gflops(2 * m * kk * n, res['jax']['gemm_ms']):.0f}, "
+               f"torch {gflops(2 * m * kk * n, res['torch']['gemm_ms']):.0f}")
   table = "\n".join(lines)
   print(table)
   sys.path.insert(0, ROOT)
