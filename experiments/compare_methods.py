@@ -37,7 +37,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   loaded = {r: _load(r) for r in runs}
   first = loaded[runs[0]]
   same = lambda res: (res["config"]["model"], res["config"]["data"],
-                      res["config"]["attack"]["targeted"], res["image_ids"])
+                      res["config"].get("split"), res["config"]["attack"]["targeted"],
+                      res["image_ids"])
   for r, res in loaded.items():
     if same(res) != same(first):
       raise UserError(f"{r} attacked other images, model, data or mode than {runs[0]}")
@@ -50,9 +51,19 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   for k in sorted({k for _, k in records}):
     at_k = [key for key in records if key[1] == k]
     common.update(zip(at_k, metrics.fooled_by_all([records[key] for key in at_k])))
+  # A method's description leaves out settings that do not name it (proposals per step,
+  # p_init, ...): runs that share one are told apart by their folder, in the table and the
+  # figure alike.
+  labels = {r: PixelAttackConfig(pixels=1, **res["config"]["attack"]).describe()
+            for r, res in loaded.items()}
+  ambiguous = [label for label in labels.values() if list(labels.values()).count(label) > 1]
+  labels = {r: f"{label} [{os.path.basename(os.path.normpath(r))}]" if label in ambiguous else label
+            for r, label in labels.items()}
+  if len(set(labels.values())) < len(labels):
+    raise UserError(f"runs {runs} cannot be told apart: name each folder differently")
   rows, curves = [], {}
   for (r, k), rec in records.items():
-    label = PixelAttackConfig(pixels=1, **loaded[r]["config"]["attack"]).describe()
+    label = labels[r]
     first_q = metrics.queries_of_successes(rec)
     shared_q = metrics.queries_of_successes(rec, among=common[(r, k)])
     rows.append(dict(run=r, method=label, pixels=k, attacks=len(rec),

@@ -49,7 +49,8 @@ def run(config, workdir, log=cli.log) -> dict:
     encoding = driver.make_encoding(config.encoding, shape, config[config.encoding].to_dict())
     archive, images, stats = driver.evolve(
         clf.predict, encoding, k, shape, driver.EvolutionConfig.from_config(config),
-        state_dir=workdir.path, scorer=config.model, log=log,
+        state_dir=workdir.path, scorer=config.model,
+        inputs=dict(weights_sha256=clf.metadata.get("sha256")), log=log,
         progress_interval=config.runtime.progress_interval,
         show_progress=config.runtime.progress)
     fitness, extra = np.asarray(archive.fitness), {}

@@ -91,17 +91,18 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(),
                  image_ids=sub.index.tolist(),
                  model_metadata={k: classifier.metadata.get(k) for k in (
-                     "accuracy", "accuracy_on", "source", "num_params")},
+                     "accuracy", "accuracy_on", "source", "num_params", "sha256")},
                  metrics={})
   identity = dict(model=classifier.name, data=dataset.name, split=dataset.split)
+  inputs = dict(weights_sha256=classifier.metadata.get("sha256"))   # the exact weights
   curve, all_records = {}, {}
   for k in pixels:
     tag = f"{mode}_{k}px"
     t0, c0 = time.time(), compilation.totals()
     rec = campaign.run(target, sub.images, sub.labels, sub.index, configs[k],
                        config.seed, workdir.file("chunks", tag), classifier.num_classes,
-                       identity=identity, attacks_per_call=config.runtime.attacks_per_call,
-                       mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)
+                       identity=identity, inputs=inputs,
+                       attacks_per_call=config.runtime.attacks_per_call, mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)
     m = metrics.summary(rec, classifier.num_classes)
     m["attack"] = dataclasses.asdict(configs[k])   # resolved: the settings that made it
     m["seconds"] = time.time() - t0    # this start only (a resumed run loads its chunks)

@@ -26,6 +26,7 @@ from pixeljax.errors import UserError
 
 CONFIG_FILE = "config.json"
 SETTINGS_FILE = "settings.json"
+INPUTS_FILE = "inputs.json"
 UNCOMPARED = ("runtime",)
 # Settings added after work was already stored, with the value that earlier work was made
 # with: a stored claim without the key compares as if it held that value. (Resuming such a
@@ -162,6 +163,24 @@ def claim(folder: str, settings: Mapping, filename: str = SETTINGS_FILE) -> bool
     return True
   write_json(path, settings)
   return False
+
+
+def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
+  """Binds the work in ``folder`` to ``inputs``: what it is computed from that its settings
+  name only by reference (a model's weights, by the checkpoint's SHA-256). Settings say
+  ``model=mnist_lenet``; retraining into the same checkpoint keeps the name, so without this a
+  resume would label the old weights' chunks as the new ones'. Recorded on the first start;
+  a start with other inputs raises ``SettingsMismatch``. A folder from before inputs were
+  recorded is bound to the ones it resumes with (nothing older can be checked)."""
+  path = os.path.join(folder, filename)
+  inputs = to_jsonable(inputs)
+  if os.path.exists(path):
+    diff = differences(read_json(path), inputs)
+    if diff:
+      raise SettingsMismatch(f"{folder} holds work computed from other inputs "
+                             f"({describe(diff)}); use another folder")
+    return
+  write_json(path, inputs)
 
 
 class Workdir:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixeljax import sharding
+from pixeljax import sharding, workdir
 from pixeljax.sparse import campaign
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.workdir import SettingsMismatch
@@ -137,3 +137,20 @@ def test_chunks_made_before_a_legacy_setting_keep_their_names():
   assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(old, ids, targets)
   new["attack"]["incremental"] = True
   assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
+
+
+def test_a_resume_against_other_weights_is_refused(cifar_lenet, cifar_samples, tmp_path):
+  """Settings name the model; ``inputs`` bind the chunks to its exact weights, so a resume
+  after the checkpoint was retrained under the same name does not reuse the old chunks."""
+  idx = _correct(cifar_lenet, cifar_samples, 2)
+  args = (cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
+          PixelAttackConfig(pixels=1, **SMALL), 0, str(tmp_path), 10)
+  first = campaign.run(*args, inputs={"weights_sha256": "aaa"}, progress=False)
+  with pytest.raises(workdir.SettingsMismatch, match="weights_sha256"):
+    campaign.run(*args, inputs={"weights_sha256": "bbb"}, progress=False)
+  again = campaign.run(*args, inputs={"weights_sha256": "aaa"}, progress=False)
+  chex.assert_trees_all_equal(first, again)
+  # A folder from before inputs were recorded is bound by the start that resumes it.
+  os.remove(tmp_path / workdir.INPUTS_FILE)
+  campaign.run(*args, inputs={"weights_sha256": "ccc"}, progress=False)
+  assert workdir.read_json(str(tmp_path / workdir.INPUTS_FILE)) == {"weights_sha256": "ccc"}

@@ -50,3 +50,14 @@ def test_runs_on_other_images_are_refused(tmp_path):
     _compare(tmp_path, [a, b])
   with pytest.raises(UserError, match="no results.json"):
     _compare(tmp_path, [a, str(tmp_path / "missing")])
+
+
+def test_runs_of_one_method_are_told_apart(tmp_path):
+  # proposals_per_step is not part of a method's description: the folder names the row.
+  a = _run(tmp_path, "one", **{"attack.method": "sparse_rs", "attack.max_queries": 50})
+  b = _run(tmp_path, "four", **{"attack.method": "sparse_rs", "attack.max_queries": 50,
+                                "attack.proposals_per_step": 4})
+  res = _compare(tmp_path, [a, b])
+  methods = [r["method"] for r in res["rows"]]
+  assert len(set(methods)) == 2
+  assert methods[0].endswith("[one]") and methods[1].endswith("[four]")

@@ -83,6 +83,10 @@ def test_success_first_ranks_fooling_candidates_first():
                              np.log([0.40 / 0.35, 0.45 / 0.50, 0.08 / 0.90]), rtol=1e-5)
   with pytest.raises(UserError, match="unknown loss"):
     PixelAttackConfig(loss="hinge")
+  # ce is unbounded: ce - 1 would rank a fooling candidate with p_true = 0.40 (log 0.40 - 1 =
+  # -1.92) behind a correctly classified one with p_true = 0.12 (-2.12), so it is refused.
+  with pytest.raises(UserError, match="success_first needs the probability or margin loss"):
+    PixelAttackConfig(method="sparse_rs", loss="ce", success_first=True)
   with pytest.raises(UserError, match="unknown method"):
     PixelAttackConfig(method="pgd")
 
@@ -197,6 +201,9 @@ def test_bad_input_is_named(cifar_lenet, cifar_samples):
     PixelAttackConfig(pixels=0)
   with pytest.raises(UserError, match="exceeds the 1024 pixels"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(pixels=1025, **SMALL))
+  with pytest.raises(UserError, match="at most 1000 classes"):
+    attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(**SMALL),
+           num_classes=1001)
   with pytest.raises(UserError, match="label out of range"):
     attack(cifar_lenet.predict, imgs, np.array([3, 10]), key, PixelAttackConfig(**SMALL))
   with pytest.raises(UserError, match="images must be"):

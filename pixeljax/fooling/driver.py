@@ -130,7 +130,8 @@ def _restore(path: str, template) -> Tuple[Any, Dict[str, np.ndarray]]:
 
 def evolve(predict: Callable, encoding, num_classes: int, image_shape,
            config: EvolutionConfig = EvolutionConfig(), *, state_dir: Optional[str] = None,
-           scorer: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
+           scorer: Optional[str] = None, inputs: Optional[dict] = None,
+           log: Optional[Callable[[str], None]] = None,
            progress_interval: float = 5.0, show_progress: bool = True):
   """MAP-Elites for ``config.generations``; returns (archive, images, stats).
 
@@ -140,7 +141,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
   folder is claimed by every setting that determines the trajectory -- encoding and its
   settings, population, seed, segment, classes, image shape and ``scorer``, a name for
   ``predict`` that the caller chooses -- but not by ``generations``, so a finished run can
-  be extended. A folder claimed by other settings raises ``workdir.SettingsMismatch``."""
+  be extended. A folder claimed by other settings raises ``workdir.SettingsMismatch``, and so
+  does one bound to other ``inputs`` (e.g. the scorer's weights' SHA-256, ``workdir.bind``)."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   if config.population < 1 or config.generations < 0 or config.segment < 1:
     raise UserError(f"population and segment must be >= 1 and generations >= 0, got "
@@ -160,6 +162,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
                     population=config.population, seed=config.seed, segment=config.segment,
                     num_classes=num_classes, image_shape=list(image_shape), scorer=scorer)
     resumed = workdir_lib.claim(state_dir, settings)
+    if inputs:
+      workdir_lib.bind(state_dir, inputs)
     state_path = os.path.join(state_dir, STATE_FILE)
     if resumed and os.path.exists(state_path):
       archive, stats = _restore(state_path, jax.eval_shape(init, key))

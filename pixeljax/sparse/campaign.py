@@ -75,13 +75,15 @@ def chunk_size(predict, image_shape, rows: int, popsize: int,
 
 def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int,
         folder: str, num_classes: int, *, identity: Optional[Mapping] = None,
-        attacks_per_call: Optional[int] = None, mesh=None, desc: str = "attack",
+        inputs: Optional[Mapping] = None, attacks_per_call: Optional[int] = None, mesh=None, desc: str = "attack",
         progress: bool = True, log: Callable[[str], None] = None) -> AttackRecords:
   """Attacks the given images (all K-1 targets of each when ``config.targeted``), chunk by
   chunk, saving each chunk in ``folder``; returns the records of the whole campaign.
 
   ``identity`` names what the caller attacks (model, data set); it joins the settings that
-  claim ``folder``, so chunks made against another model are never reused."""
+  claim ``folder``, so chunks made against another model are never reused. ``inputs`` (e.g.
+  the weights' SHA-256) binds the folder to the exact inputs behind those names
+  (``workdir.bind``): a resume against retrained weights of the same model is refused."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
   config = config.resolved(mesh.size if mesh is not None else 1,
                            factored=isinstance(predict, Factored))
@@ -89,6 +91,8 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)
   workdir.claim(folder, settings)
+  if inputs:
+    workdir.bind(folder, inputs)
   first = _first_chunk_rows(folder)
   if first:    # a resumed run keeps its chunk boundaries, however they were sized
     attacks_per_call = first

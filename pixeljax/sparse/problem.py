@@ -80,6 +80,11 @@ class PixelAttackConfig:
         (self.method in METHODS, f"unknown method {self.method!r}; known: {METHODS}"),
         (self.loss is None or self.loss in LOSSES,
          f"unknown loss {self.loss!r}; known: {LOSSES}"),
+        # loss - 1 puts every fooling candidate first only where the loss says so: in [0, 1]
+        # (probability) or negative exactly when fooling (margin); -log p is unbounded.
+        (not (self.success_first and self.loss == "ce"),
+         "success_first needs the probability or margin loss, not ce (an unbounded loss: a "
+         "fooling candidate would not always rank first)"),
         (self.stop is None or self.stop in STOP_RULES,
          f"unknown stopping rule {self.stop!r}; known: {STOP_RULES}"),
         (self.popsize >= 4, f"popsize must be >= 4 for DE, got {self.popsize}"),

@@ -171,6 +171,9 @@ def validate_inputs(images, labels, targets, num_classes: int, pixels: int,
   elif images.dtype != np.uint8:
     raise UserError(f"images must be uint8 or float, got {images.dtype}")
   n, h, w, _ = images.shape
+  if num_classes > 1000:
+    # Attack keys fold in image_id * 1000 + target + 1 (unique for at most 1000 classes).
+    raise UserError(f"at most 1000 classes are supported, the model has {num_classes}")
   if pixels > h * w:
     raise UserError(f"pixels={pixels} exceeds the {h * w} pixels of a {h}x{w} image")
   if method == "sparse_rs" and 2 * pixels > h * w:
