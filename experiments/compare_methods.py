@@ -57,7 +57,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   labels = {r: PixelAttackConfig(pixels=1, **res["config"]["attack"]).describe()
             for r, res in loaded.items()}
   ambiguous = [label for label in labels.values() if list(labels.values()).count(label) > 1]
-  labels = {r: f"{label} [{os.path.basename(os.path.normpath(r))}]" if label in ambiguous else label
+  folder = lambda r: os.path.basename(os.path.normpath(r))
+  labels = {r: f"{label} [{folder(r)}]" if label in ambiguous else label
             for r, label in labels.items()}
   if len(set(labels.values())) < len(labels):
     raise UserError(f"runs {runs} cannot be told apart: name each folder differently")
