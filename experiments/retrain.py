@@ -42,7 +42,8 @@ def run(config, workdir, log=cli.log) -> dict:
       seed = evolution.seed + r
       archive, images, _ = driver.evolve(
           score, encoding, k, shape, dataclasses.replace(evolution, seed=seed),
-          state_dir=workdir.file(f"iter{it}", f"evolve_seed{seed}"), scorer=scorer, log=log,
+          state_dir=workdir.file(f"iter{it}", f"evolve_seed{seed}"), scorer=scorer,
+          inputs=dict(base_weights_sha256=base.metadata.get("sha256")), log=log,
           progress_interval=runtime.progress_interval,
           show_progress=runtime.progress)
       elites.append(images)

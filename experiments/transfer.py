@@ -27,6 +27,10 @@ def run(config, workdir, log=cli.log) -> dict:
     raise UserError(f"no fooling archive at {path}; run experiments/fooling.py with "
                     f"--workdir {os.path.dirname(path) or '.'} first")
   archive = read_npz(path)
+  missing = [k for k in ("images", "probs") if k not in archive]
+  if missing:
+    raise UserError(f"{path} is not a fooling archive (it lacks {', '.join(missing)}); pass "
+                    f"the archive.npz of an experiments/fooling.py run")
   results_path = os.path.join(os.path.dirname(path), "results.json")
   source = read_json(results_path) if os.path.exists(results_path) else {}
   source = source.get("config", source)      # older results.json kept settings at the top

@@ -151,3 +151,12 @@ def test_retraining_with_a_fooling_class(tmp_path):
             "iter1/fooling_images.npz", "iter1/train/train_state.msgpack",
             "iter0/evolve_seed1/settings.json"):
     assert os.path.getsize(tmp_path / "run" / f) > 0
+
+
+def test_transfer_names_a_file_that_is_not_a_fooling_archive(tmp_path):
+  from configs.transfer import get_config
+  from pixeljax.errors import UserError
+  np.savez(tmp_path / "elites.npz", images=np.zeros((2, 28, 28, 1)), fitness=np.zeros(2))
+  tc = _set(get_config(), source=str(tmp_path / "elites.npz"), model_b="mnist_lenet_fooling")
+  with pytest.raises(UserError, match="not a fooling archive .*lacks probs"):
+    transfer_exp.run(tc, Workdir.open(str(tmp_path / "t"), tc), QUIET)

@@ -78,7 +78,19 @@ def test_a_restart_with_other_settings_or_data_is_refused(mnist, tmp_path):
     _train((x, np.roll(y, 1), xt, yt), tmp_path, one)
   with pytest.raises(SettingsMismatch, match=r"train_data\.count: 400 -> 350"):
     _train((x[:350], y[:350], xt, yt), tmp_path, one)
+  changed = x.copy()
+  changed[3] = 255 - changed[3]        # one image anywhere in the set
+  with pytest.raises(SettingsMismatch, match=r"train_data\.images_sha1"):
+    _train((changed, y, xt, yt), tmp_path, one)
   with pytest.raises(SettingsMismatch, match="model"):
     _train(mnist, tmp_path, one, spec="mnist_lenet_fooling")
   with pytest.raises(UserError, match="unknown optimizer 'adamw'"):
     _train(mnist, tmp_path / "other", dataclasses.replace(one, optimizer="adamw"))
+  # Bad data and settings are named before anything is claimed or trained.
+  with pytest.raises(UserError, match=r"training labels must be in \[0, 10\)"):
+    _train((x, np.where(np.arange(len(y)) == 5, 10, y), xt, yt), tmp_path / "bad", one)
+  with pytest.raises(UserError, match="test images have shape"):
+    _train((x, y, xt[:, :20], yt), tmp_path / "bad", one)
+  with pytest.raises(UserError, match="epochs and batch_size must be >= 1"):
+    _train(mnist, tmp_path / "bad", dataclasses.replace(one, batch_size=0))
+  assert not (tmp_path / "bad").exists()
