@@ -159,13 +159,12 @@ def main(argv=None):
   lines.append(f"{'all convolutions (ms)':<36} {tot['jf']:>8.1f} {tot['tf']:>9.1f} "
                f"{tot['jb']:>11.1f} {tot['tb']:>13.1f} {tot['jb'] / tot['tb']:>6.2f}")
   m, kk, n = _gemm_shape(args)
-  gflops = lambda flops, ms: flops / ms / 1e6
   top = max(range(len(NETS[args.net])), key=lambda i: _flops(args, NETS[args.net][i]))
-  lines.append(f"GFLOP/s, costliest layer {NETS[args.net][top]} forward: jax "
-               f"{gflops(_flops(args, NETS[args.net][top]), res['jax']['rows'][top]['forward_ms']):.0f}, "
-               f"torch {gflops(_flops(args, NETS[args.net][top]), res['torch']['rows'][top]['forward_ms']):.0f}; "
-               f"a {m}x{kk}x{n} matrix product: jax {gflops(2 * m * kk * n, res['jax']['gemm_ms']):.0f}, "
-               f"torch {gflops(2 * m * kk * n, res['torch']['gemm_ms']):.0f}")
+  conv = lambda w: _flops(args, NETS[args.net][top]) / res[w]["rows"][top]["forward_ms"] / 1e6
+  gemm = lambda w: 2 * m * kk * n / res[w]["gemm_ms"] / 1e6
+  lines.append(f"GFLOP/s, costliest layer {NETS[args.net][top]} forward: jax {conv('jax'):.0f}, "
+               f"torch {conv('torch'):.0f}; a {m}x{kk}x{n} matrix product: jax "
+               f"{gemm('jax'):.0f}, torch {gemm('torch'):.0f}")
   table = "\n".join(lines)
   print(table)
   sys.path.insert(0, ROOT)

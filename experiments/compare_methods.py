@@ -92,14 +92,16 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
 def report(results: dict) -> str:
   budgets = list(results["rows"][0]["success_within"]) if results["rows"] else []
   head = f"{'method':<52} {'k':>3} " + " ".join(f"{'<=' + b:>7}" for b in budgets)
-  lines = [head + f" {'mean q':>8} {'median q':>9}  {'fooled by all: n, mean q, median q':>34}"]
+  lines = [head + f" {'mean q':>8} {'median q':>9}  "
+                  f"{'fooled by all: n, mean q, median q':>34}"]
   for r in sorted(results["rows"], key=lambda r: (r["pixels"], r["method"])):
     fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"
     lines.append(f"{r['method'][:52]:<52} {r['pixels']:>3} "
                  + " ".join(f"{100 * r['success_within'][b]:>6.1f}%" for b in budgets)
                  + f" {fmt(r['mean_queries_of_success']):>8} "
                    f"{fmt(r['median_queries_of_success']):>9}  "
-                   f"{r.get('fooled_by_all', 0):>14} {fmt(r.get('mean_queries_fooled_by_all')):>9} "
+                   f"{r.get('fooled_by_all', 0):>14} "
+                   f"{fmt(r.get('mean_queries_fooled_by_all')):>9} "
                    f"{fmt(r.get('median_queries_fooled_by_all')):>9}")
   return "\n".join(lines)
 

@@ -102,7 +102,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     rec = campaign.run(target, sub.images, sub.labels, sub.index, configs[k],
                        config.seed, workdir.file("chunks", tag), classifier.num_classes,
                        identity=identity, inputs=inputs,
-                       attacks_per_call=config.runtime.attacks_per_call, mesh=mesh, desc=f"{k} px", progress=config.runtime.progress, log=log)
+                       attacks_per_call=config.runtime.attacks_per_call, mesh=mesh,
+                       desc=f"{k} px", progress=config.runtime.progress, log=log)
     m = metrics.summary(rec, classifier.num_classes)
     m["attack"] = dataclasses.asdict(configs[k])   # resolved: the settings that made it
     m["seconds"] = time.time() - t0    # this start only (a resumed run loads its chunks)

@@ -75,8 +75,9 @@ def chunk_size(predict, image_shape, rows: int, popsize: int,
 
 def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int,
         folder: str, num_classes: int, *, identity: Optional[Mapping] = None,
-        inputs: Optional[Mapping] = None, attacks_per_call: Optional[int] = None, mesh=None, desc: str = "attack",
-        progress: bool = True, log: Callable[[str], None] = None) -> AttackRecords:
+        inputs: Optional[Mapping] = None, attacks_per_call: Optional[int] = None, mesh=None,
+        desc: str = "attack", progress: bool = True,
+        log: Callable[[str], None] = None) -> AttackRecords:
   """Attacks the given images (all K-1 targets of each when ``config.targeted``), chunk by
   chunk, saving each chunk in ``folder``; returns the records of the whole campaign.
 
