@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) experiments/one_pixel.py --config=configs/one_pixel.py:demo --workdir runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --out runs/throughput.json
