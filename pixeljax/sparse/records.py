@@ -25,6 +25,8 @@ class AttackRecords:
   pixels: np.ndarray              # (A, k, 2 + C) decoded (x, y, colour...)
   queries: np.ndarray             # (A,) model evaluations used
   success_query: np.ndarray       # (A,) query at which a candidate first fooled; -1: never
+  #   (set whenever ``success``: in the rare near-tie where only the full net's final check says
+  #   the reported candidate fools, the attack's last query, an upper bound)
   iterations: np.ndarray          # (A,) steps after initialisation (DE: generations)
 
   def __len__(self) -> int:

@@ -293,6 +293,10 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
     # The attack returns its first fooling candidate, so the full net's final check agrees --
     # unless incremental evaluation (~1e-6 from the full net) saw a near-tie as fooling.
     success_query = np.where(success, success_query, -1)
+  # The reverse near-tie: the full net says the reported candidate fools although the attack's
+  # own evaluations never did. It was queried by the attack's last query, so that is recorded
+  # (an upper bound on its first success): a success always has a first-success query.
+  success_query = np.where(success & (success_query < 0), state.tracker.queries, success_query)
   return AttackRecords(image_id=image_ids, true_class=labels, target_class=targets,
                        adversarial_class=adv.astype(np.int32), success=success,
                        probs=probs, prior_probs=prior, pixels=pixels,
