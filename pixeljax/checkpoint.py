@@ -4,6 +4,12 @@ Variables are serialised with ``flax.serialization`` (msgpack); the JSON holds w
 researcher needs to trust a checkpoint (architecture, data set, preprocessing, measured
 accuracy, source, licence) and a SHA-256 of the msgpack bytes so that a truncated or
 corrupted file is named as such instead of failing deep inside msgpack.
+
+The two files change together: ``save`` writes the new metadata to ``<name>.json.pending``
+first, then the msgpack, then renames the pending file over the JSON (each write atomic). A
+kill between the last two steps leaves the new weights beside the old JSON; the pending file's
+SHA-256 matches them, so reading the checkpoint finishes the save instead of calling it
+corrupt.
 """
 import hashlib
 import json
@@ -39,12 +45,40 @@ def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
   meta["stored_dtype"] = dtype or "float32"
   meta["num_params"] = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(
       tree.get("params", tree) if isinstance(tree, dict) else tree)))
+  atomic_write(prefix + PENDING, json.dumps(meta, indent=1, sort_keys=True).encode())
   atomic_write(prefix + ".msgpack", data)
-  atomic_write(prefix + ".json", json.dumps(meta, indent=1, sort_keys=True).encode())
+  os.replace(prefix + PENDING, prefix + ".json")
   return prefix + ".msgpack"
 
 
+PENDING = ".json.pending"
+
+
+def _finish_interrupted_save(prefix: str) -> None:
+  """A save killed after writing the msgpack leaves ``.json.pending`` (the new metadata); if
+  its SHA-256 is the msgpack's, the save is finished. Otherwise the pending file belongs to a
+  save killed earlier (the msgpack is still the old one) and is dropped."""
+  pending = prefix + PENDING
+  if not os.path.exists(pending):
+    return
+  try:
+    with open(pending) as f:
+      sha = json.load(f).get("sha256")
+    with open(prefix + ".msgpack", "rb") as f:
+      matches = hashlib.sha256(f.read()).hexdigest() == sha
+  except (OSError, json.JSONDecodeError, AttributeError):
+    matches = False
+  try:
+    if matches:
+      os.replace(pending, prefix + ".json")
+    else:
+      os.remove(pending)
+  except OSError:   # a read-only folder: leave it; load reports what it finds
+    pass
+
+
 def read_metadata(prefix: str) -> dict:
+  _finish_interrupted_save(prefix)
   path = prefix + ".json"
   if not os.path.exists(path):
     raise CheckpointError(f"checkpoint metadata {path} does not exist")

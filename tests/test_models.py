@@ -121,6 +121,39 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     models.load("cifar10_nin", str(tmp_path))
 
 
+def test_a_save_killed_between_its_two_files_is_finished_or_undone(tmp_path, monkeypatch):
+  spec = models.get("mnist_lenet")
+  old, new = spec.init(jax.random.PRNGKey(3)), spec.init(jax.random.PRNGKey(4))
+  prefix = str(tmp_path / "mnist_lenet")
+  checkpoint.save(prefix, old, {"model": "mnist_lenet", "round": 1})
+  real_replace = os.replace
+
+  def killed_at(target):
+    def replace(src, dst):
+      if dst == target:
+        raise KeyboardInterrupt          # the process dies before this rename
+      return real_replace(src, dst)
+    return replace
+  # Killed after the new weights were written, before their metadata replaced the old one:
+  # the next read finishes the save.
+  monkeypatch.setattr(os, "replace", killed_at(prefix + ".json"))
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save(prefix, new, {"model": "mnist_lenet", "round": 2})
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert os.path.exists(prefix + checkpoint.PENDING)
+  clf = models.load("mnist_lenet", str(tmp_path))
+  chex.assert_trees_all_close(clf.variables, jax.tree_util.tree_map(np.asarray, new))
+  assert clf.metadata["round"] == 2 and not os.path.exists(prefix + checkpoint.PENDING)
+  # Killed before the new weights were written: the old checkpoint stays whole.
+  monkeypatch.setattr(os, "replace", killed_at(prefix + ".msgpack"))
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save(prefix, old, {"model": "mnist_lenet", "round": 3})
+  monkeypatch.setattr(os, "replace", real_replace)
+  clf = models.load("mnist_lenet", str(tmp_path))
+  chex.assert_trees_all_close(clf.variables, jax.tree_util.tree_map(np.asarray, new))
+  assert clf.metadata["round"] == 2 and not os.path.exists(prefix + checkpoint.PENDING)
+
+
 def test_bfloat16_storage_round_trip(tmp_path):
   spec = models.get("mnist_lenet")
   v = spec.init(jax.random.PRNGKey(3))
