@@ -6,7 +6,8 @@ r"""Compares finished one-pixel runs of different methods on the same images.
 Reads each run's results.json and records, refuses runs that attacked other images, another
 model, data set or mode, and writes results.json (one row per run and pixel count: success
 within each budget, mean / median query of the first success, and the same over only the
-attacks that every compared run fooled, so costs compare on the same attacks) and
+attacks that every compared run fooled, so costs compare on the same attacks), the same as a
+Markdown table (table.md, runs in the order given, as README shows them) and
 success_vs_queries_<k>px.png overlaying the methods' curves.
 """
 import json
@@ -86,7 +87,30 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                  data=first["config"]["data"], mode=mode, image_ids=first["image_ids"],
                  rows=rows)
   workdir.write_json("results.json", results)
+  workdir.write_text("table.md", markdown(results))
   return results
+
+
+def markdown(results: dict) -> str:
+  """The comparison as README's table: runs in the order given, then k."""
+  budgets = list(results["rows"][0]["success_within"]) if results["rows"] else []
+  order = {r: i for i, r in enumerate(dict.fromkeys(row["run"] for row in results["rows"]))}
+  fmt = lambda v: "-" if v is None else f"{v:,.0f}"
+  # The method's name is its description up to the first comma; a folder suffix that tells
+  # two runs of one method apart is kept.
+  name = lambda label: label.split(",")[0] + (" " + label.rsplit(" ", 1)[-1]
+                                              if label.endswith("]") else "")
+  lines = ["| method | k | " + " | ".join(f"<= {int(b):,}" for b in budgets)
+           + " | mean (median) queries of success | the same on the attacks all fooled |",
+           "|---|---|" + "---|" * len(budgets) + "---|---|"]
+  for r in sorted(results["rows"], key=lambda r: (order[r["run"]], r["pixels"])):
+    lines.append(
+        f"| {name(r['method'])} | {r['pixels']} | "
+        + " | ".join(f"{100 * r['success_within'][b]:.1f}%" for b in budgets)
+        + f" | {fmt(r['mean_queries_of_success'])} ({fmt(r['median_queries_of_success'])})"
+          f" | {fmt(r['mean_queries_fooled_by_all'])} "
+          f"({fmt(r['median_queries_fooled_by_all'])}) of {r['fooled_by_all']} |")
+  return "\n".join(lines) + "\n"
 
 
 def report(results: dict) -> str:

@@ -235,6 +235,11 @@ class Workdir:
       write_json(self.file(name), obj)
     return self.file(name)
 
+  def write_text(self, name: str, text: str) -> str:
+    if is_writer():
+      atomic_write(self.file(name), text.encode())
+    return self.file(name)
+
   def write_npz(self, name: str, compressed: bool = False, **arrays) -> str:
     if is_writer():
       write_npz(self.file(name), compressed, **arrays)

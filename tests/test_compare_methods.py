@@ -43,6 +43,13 @@ def test_methods_side_by_side(tmp_path):
     assert r["fooled_by_all"] <= round(r["success"] * r["attacks"])
   assert os.path.getsize(tmp_path / "cmp" / "success_vs_queries_1px.png") > 0
   assert "Sparse-RS" in compare_methods.report(res)
+  # table.md: README's table, runs in the order given, every budget and the shared cost.
+  table = (tmp_path / "cmp" / "table.md").read_text().splitlines()
+  assert table[0].startswith("| method | k | <= 100 |") and len(table) == 4
+  assert table[2].startswith("| DE rand1 | 1 | ") and table[3].startswith("| Sparse-RS | 1 | ")
+  row = res["rows"][[r["run"] for r in res["rows"]].index(srs)]
+  assert f"{100 * row['success_within']['40000']:.1f}%" in table[3]
+  assert table[3].endswith(f" of {row['fooled_by_all']} |")
   # A run of the same method whose settings differ only where its description is silent
   # (proposals per step) is told apart by its folder, in the table and the figure.
   other = tmp_path / "srs_4"
@@ -52,6 +59,8 @@ def test_methods_side_by_side(tmp_path):
   (other / "results.json").write_text(json.dumps(results))
   c = _compare(tmp_path / "again", [srs, str(other)])
   assert [r["method"].rsplit(" ", 1)[-1] for r in c["rows"]] == ["[srs]", "[srs_4]"]
+  table = (tmp_path / "again" / "cmp" / "table.md").read_text()
+  assert "| Sparse-RS [srs] | 1 |" in table and "| Sparse-RS [srs_4] | 1 |" in table
 
 
 def test_runs_on_other_images_are_refused(tmp_path):
