@@ -39,8 +39,12 @@ def test_unknown_data_set():
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-def test_tfds_data_source_with_mock_data(name, shape):
+def test_tfds_data_source_with_mock_data(name, shape, tmp_path, monkeypatch):
+  import tempfile
   import tensorflow_datasets as tfds
+  # tfds's mock writes a temporary folder per data set and leaves it behind: keep it in
+  # pytest's own temporary folder.
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   with tfds.testing.mock_data(num_examples=6,
                               policy=tfds.testing.MockPolicy.USE_CODE):
     ds = data.load(name, "test")
