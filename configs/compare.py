@@ -12,4 +12,5 @@ from pixeljax.metrics.one_pixel import BUDGETS
 
 def get_config(arg=None) -> ConfigDict:
   del arg
-  return ConfigDict(dict(runs=("",), budgets=BUDGETS))
+  # runs: folders separated by commas (one string: a tuple flag cannot parse absolute paths).
+  return ConfigDict(dict(runs="", budgets=BUDGETS))

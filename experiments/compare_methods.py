@@ -10,7 +10,6 @@ attacks that every compared run fooled, so costs compare on the same attacks), t
 Markdown table (table.md, runs in the order given, as README shows them) and
 success_vs_queries_<k>px.png overlaying the methods' curves.
 """
-import json
 import os
 
 import numpy as np
@@ -26,25 +25,61 @@ def _load(run: str):
   path = os.path.join(run, "results.json")
   if not os.path.exists(path):
     raise UserError(f"{run} has no results.json (is the run finished?)")
-  with open(path) as f:
-    return json.load(f)
+  res = workdir_lib.read_json(path)
+  if not (isinstance(res, dict) and {"config", "image_ids", "metrics"} <= set(res)
+          and "attack" in res["config"] and "pixels" in res["config"]):
+    raise UserError(f"{path} is not the results of a one-pixel run "
+                    f"(experiments/one_pixel.py)")
+  return res
+
+
+def _records(run: str, mode: str, k: int):
+  path = os.path.join(run, f"records_{mode}_{k}px.npz")
+  if not os.path.exists(path):
+    raise UserError(f"{run} has no records of its {k}-pixel attacks ({path})")
+  return records_lib.load(path)
+
+
+def _budgets(config):
+  budgets = [b for b in config.budgets]
+  if not budgets or any(not float(b).is_integer() or b < 1 for b in budgets) or any(
+      a >= b for a, b in zip(budgets, budgets[1:])):
+    raise UserError(f"budgets must be increasing whole numbers of queries >= 1, got "
+                    f"{tuple(config.budgets)}")
+  return [int(b) for b in budgets]
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
-  # --config.runs=a,b,c arrives as one string; a tuple override as several.
-  runs = [p.strip() for r in config.runs for p in str(r).split(",") if p.strip()]
+  runs = [p.strip() for p in str(config.runs).split(",") if p.strip()]
   if len(runs) < 1:
     raise UserError("name the runs to compare: --config.runs=runs/a,runs/b")
+  folders = [os.path.realpath(r) for r in runs]
+  if len(set(folders)) < len(folders):
+    raise UserError(f"a run is named twice in {runs}")
+  budgets = _budgets(config)
   loaded = {r: _load(r) for r in runs}
   first = loaded[runs[0]]
-  same = lambda res: (res["config"]["model"], res["config"]["data"],
-                      res["config"].get("split"), res["config"]["attack"]["targeted"],
-                      res["image_ids"])
+  fields = dict(model=lambda res: res["config"]["model"],
+                data=lambda res: res["config"]["data"],
+                split=lambda res: res["config"].get("split"),
+                mode=lambda res: res["config"]["attack"]["targeted"],
+                images=lambda res: res["image_ids"])
+  # What a run's settings name only by reference, where both runs recorded it (older runs
+  # did not): the model's weights and the attacked images' contents.
+  inputs = dict(weights=lambda res: res.get("model_metadata", {}).get("sha256"),
+                image_contents=lambda res: res.get("inputs", {}).get("images_sha256"))
   for r, res in loaded.items():
-    if same(res) != same(first):
-      raise UserError(f"{r} attacked other images, model, data or mode than {runs[0]}")
+    differ = [name for name, get in fields.items() if get(res) != get(first)]
+    differ += [name for name, get in inputs.items()
+               if get(res) and get(first) and get(res) != get(first)]
+    if differ:
+      raise UserError(f"{r} differs from {runs[0]} in {', '.join(differ)}: compare runs "
+                      f"on the same model and images")
+  ks = [int(k) for res in loaded.values() for k in res["config"]["pixels"]]
+  if len(runs) > 1 and all(ks.count(k) < 2 for k in ks):
+    raise UserError(f"the runs share no pixel count ({sorted(set(ks))}): nothing to compare")
   mode = "targeted" if first["config"]["attack"]["targeted"] else "untargeted"
-  records = {(r, int(k)): records_lib.load(os.path.join(r, f"records_{mode}_{k}px.npz"))
+  records = {(r, int(k)): _records(r, mode, int(k))
              for r, res in loaded.items() for k in res["config"]["pixels"]}
   # Per k, the attacks every run with that k fooled: the methods' query costs side by side on
   # the same attacks.
@@ -70,8 +105,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     shared_q = metrics.queries_of_successes(rec, among=common[(r, k)])
     rows.append(dict(run=r, method=label, pixels=k, attacks=len(rec),
                      success=metrics.success_rate(rec),
-                     success_within={str(b): metrics.success_within(rec, int(b))
-                                     for b in config.budgets},
+                     success_within={str(b): metrics.success_within(rec, b)
+                                     for b in budgets},
                      mean_queries_of_success=first_q["mean"],
                      median_queries_of_success=first_q["median"],
                      fooled_by_all=shared_q["fooled"],

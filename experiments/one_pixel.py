@@ -14,6 +14,7 @@ same command after an interruption resumes. A rerun with other settings is refus
 every host.
 """
 import dataclasses
+import hashlib
 import time
 
 import numpy as np
@@ -53,6 +54,15 @@ def attack_config(config, pixels: int, devices: int = 1,
       devices, factored)
 
 
+def _sha256(*arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
 def black_box(classifier, config):
   """What the attacks query: the classifier split at its first convolution when it factors
   (incremental evaluation), unless the config turns that off."""
@@ -69,6 +79,13 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   devices = mesh.size if mesh is not None else 1
   for k in pixels:
     PixelAttackConfig(pixels=k, **config.attack.to_dict())          # validates before work
+  if config.seed < 0:
+    raise UserError(f"seed must be >= 0, got {config.seed}")
+  if config.runtime.attacks_per_call is not None and config.runtime.attacks_per_call < 1:
+    raise UserError(f"runtime.attacks_per_call must be >= 1 (or None: sized by memory), got "
+                    f"{config.runtime.attacks_per_call}")
+  if config.exhaustive:   # names bad colour levels now, not after hours of attacks
+    levels = [float(v) for v in config.exhaustive_levels]
   classifier = models.load(config.model)
   target = black_box(classifier, config)
   configs = {k: attack_config(config, k, devices, isinstance(target, models.Factored))
@@ -81,20 +98,31 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                     f"{classifier.name} has {classifier.num_classes}")
   if config.num_images < 1:
     raise UserError(f"num_images must be >= 1, got {config.num_images}")
+  if config.exhaustive:
+    colour_grid(levels, dataset.images.shape[-1])
   chosen = campaign.select_images(classifier.predict, dataset.images, dataset.labels,
                                   config.num_images, config.seed)
+  if len(chosen) == 0:
+    raise UserError(f"model {classifier.name} classifies none of the {len(dataset)} images of "
+                    f"{dataset.name} correctly: nothing to attack (wrong data or labels?)")
   sub = dataset.take(chosen)
   mode = "targeted" if config.attack.targeted else "untargeted"
+  if len(chosen) < config.num_images:
+    log(f"warning: {dataset.name} has only {len(chosen)} images that {classifier.name} "
+        f"classifies correctly, fewer than num_images={config.num_images}; attacking those")
   log(f"{classifier.name}: {mode} {describe(config)} attack on {len(chosen)} correctly "
       f"classified images of {dataset.name}, {pixels} pixel(s), at most "
       f"{configs[pixels[0]].budget:,} queries per attack")
-  results = dict(config=config.to_dict(), versions=workdir_lib.versions(),
+  # What the settings name only by reference: the exact weights, and the attacked images and
+  # labels (a data file rewritten in place keeps its name and the ids the chunks are keyed by).
+  inputs = dict(weights_sha256=classifier.metadata.get("sha256"),
+                images_sha256=_sha256(sub.images, sub.labels, sub.index))
+  results = dict(config=config.to_dict(), versions=workdir_lib.versions(), inputs=inputs,
                  image_ids=sub.index.tolist(),
                  model_metadata={k: classifier.metadata.get(k) for k in (
                      "accuracy", "accuracy_on", "source", "num_params", "sha256")},
                  metrics={})
   identity = dict(model=classifier.name, data=dataset.name, split=dataset.split)
-  inputs = dict(weights_sha256=classifier.metadata.get("sha256"))   # the exact weights
   curve, all_records = {}, {}
   for k in pixels:
     tag = f"{mode}_{k}px"
@@ -130,7 +158,6 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
           np.asarray(m["class_pairs"]), dataset.class_names))
   if config.exhaustive:
     t0 = time.time()
-    levels = [float(v) for v in config.exhaustive_levels]
     colours = colour_grid(levels, sub.images.shape[-1])
     ex = exhaustive_one_pixel(classifier.predict, sub.images, sub.labels, colours)
     results["exhaustive_one_pixel"] = dict(

@@ -15,20 +15,31 @@ import json
 import numpy as np
 
 from pixeljax import cli, data, models, plots
+from pixeljax.errors import UserError
 from pixeljax.evaluate import accuracy
 from pixeljax.fooling import driver
 from pixeljax.metrics import fooling as metrics
-from pixeljax.models.registry import Classifier
+from pixeljax.models.registry import Classifier, check_images
 from pixeljax.train import TrainConfig, train
 from pixeljax.workdir import versions
 
 
 def run(config, workdir, log=cli.log) -> dict:
+  if config.iterations < 0 or config.runs_per_iteration < 1:
+    raise UserError(f"iterations must be >= 0 and runs_per_iteration >= 1, got "
+                    f"{config.iterations} and {config.runs_per_iteration}")
+  if config.encoding not in driver.ENCODINGS:
+    raise UserError(f"unknown encoding {config.encoding!r}; known: {', '.join(driver.ENCODINGS)}")
   base = models.load(config.model)
   train_set = data.load(config.train_data, "train")
   test_set = data.load(config.train_data, "test")
   spec, k = base.spec, base.num_classes
   shape = spec.input_shape
+  for split in (train_set, test_set):
+    check_images(split.images[:1], shape, f"model {base.name} (data set {split.name})")
+    if split.num_classes != k:
+      raise UserError(f"data set {split.name} has {split.num_classes} classes, model "
+                      f"{base.name} has {k}")
   evolution = driver.EvolutionConfig.from_config(config)
   encoding = driver.make_encoding(config.encoding, shape, config[config.encoding].to_dict())
   runtime = config.runtime

@@ -6,6 +6,7 @@ exits with status 2, with no traceback; any other exception is a bug and raises 
 """
 import logging
 import os
+import re
 import sys
 
 from absl import app
@@ -47,10 +48,15 @@ _OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
 
 
 def _unknown_setting(e: Exception, argv) -> None:
-  name = str(e).strip("\"' ")
-  bad = [a.split("=")[0] for a in argv[1:] if name and name in a.split("=")[0]]
+  # ml_collections' message quotes the key, perhaps as a repr with a "Did you mean" line.
+  text = str(e).replace("\\n", "\n").replace("\\'", "'")
+  detail = "; ".join(line.strip(" '\"") for line in text.splitlines()
+                     if line.strip(" '\""))
+  words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text.splitlines()[0] if text else ""))
+  bad = [a.split("=")[0] for a in argv[1:]
+         if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] in words]
   print(f"error: {bad[0] if bad else 'a flag'} names no setting of the config "
-        f"({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        f"({type(e).__name__}: {detail})", file=sys.stderr, flush=True)
   sys.exit(2)
 
 

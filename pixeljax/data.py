@@ -61,7 +61,8 @@ def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
     ds = _from_npz(os.path.join(SAMPLES_DIR, BUNDLED[name]), split, name)
   elif name.endswith(".npz") or os.path.isfile(name):
     if not os.path.isfile(name):
-      raise UserError(f"data file {name} does not exist")
+      raise UserError(f"data file {name} " + ("is a folder, not an .npz file"
+                                              if os.path.isdir(name) else "does not exist"))
     ds = _from_npz(name, split, os.path.basename(name))
   elif name in TFDS_NAMES:
     ds = _from_tfds(name, split, data_dir, num_examples, image_size)
@@ -73,6 +74,16 @@ def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
 
 
 def _from_npz(path: str, split: str, name: str) -> Dataset:
+  try:
+    return _read_npz(path, split, name)
+  except UserError:
+    raise
+  except Exception as e:   # zipfile / pickle / format errors of a file that is not an .npz
+    raise UserError(f"{path} is corrupt or not an .npz data file "
+                    f"({type(e).__name__}: {e})") from None
+
+
+def _read_npz(path: str, split: str, name: str) -> Dataset:
   with np.load(path, allow_pickle=False) as d:
     xk, yk = f"x_{split}", f"y_{split}"
     if f"{split}_jpeg" in d and f"{split}_offsets" in d and yk in d:
@@ -87,10 +98,29 @@ def _from_npz(path: str, split: str, name: str) -> Dataset:
     images = images[..., None]
   if images.dtype != np.uint8:
     raise UserError(f"{path}: expected uint8 images, got {images.dtype}")
+  labels = _checked_labels(labels, len(images), f"{path} (split {split!r})")
+  if len(index) != len(images):
+    raise UserError(f"{path}: {len(index)} image ids for {len(images)} images")
   if class_names is None:
     class_names = _default_class_names(images, labels)
-  return Dataset(name, split, images, labels.astype(np.int32), class_names,
-                 index.astype(np.int64))
+  if labels.max() >= len(class_names):
+    raise UserError(f"{path}: label {labels.max()} but only {len(class_names)} class names")
+  return Dataset(name, split, images, labels, class_names, index.astype(np.int64))
+
+
+def _checked_labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
+  """Labels as int32 class indices, one per image: anything else is refused here, where the
+  file is named, rather than mislabelling attacks later."""
+  if num_images == 0:
+    raise UserError(f"{where} holds no images")
+  if labels.shape != (num_images,):
+    raise UserError(f"{where}: expected {num_images} labels of shape ({num_images},), got "
+                    f"shape {labels.shape}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"{where}: labels must be integers, got {labels.dtype}")
+  if labels.min() < 0:
+    raise UserError(f"{where}: labels must be >= 0, got {labels.min()}")
+  return labels.astype(np.int32)
 
 
 def _from_jpeg_npz(d, path: str, split: str, name: str) -> Dataset:
@@ -105,8 +135,9 @@ def _from_jpeg_npz(d, path: str, split: str, name: str) -> Dataset:
         for i in range(len(offsets) - 1)])
   except Exception as e:   # PIL raises several types for broken bytes
     raise UserError(f"{path}: JPEG image data of split {split!r} is corrupt ({e})") from None
-  return Dataset(name, split, images, labels.astype(np.int32),
-                 _default_class_names(images, labels), np.arange(len(labels)))
+  labels = _checked_labels(labels, len(images), f"{path} (split {split!r})")
+  return Dataset(name, split, images, labels, _default_class_names(images, labels),
+                 np.arange(len(labels)))
 
 
 def _default_class_names(images, labels):

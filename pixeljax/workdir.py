@@ -171,14 +171,18 @@ def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
   ``model=mnist_lenet``; retraining into the same checkpoint keeps the name, so without this a
   resume would label the old weights' chunks as the new ones'. Recorded on the first start;
   a start with other inputs raises ``SettingsMismatch``. A folder from before inputs were
-  recorded is bound to the ones it resumes with (nothing older can be checked)."""
+  recorded is bound to the ones it resumes with (nothing older can be checked); likewise an
+  input recorded only since (e.g. the images' hash) is added by the start that resumes."""
   path = os.path.join(folder, filename)
   inputs = to_jsonable(inputs)
   if os.path.exists(path):
-    diff = differences(read_json(path), inputs)
+    stored = read_json(path)
+    diff = differences(stored, {k: v for k, v in inputs.items() if k in stored})
     if diff:
       raise SettingsMismatch(f"{folder} holds work computed from other inputs "
                              f"({describe(diff)}); use another folder")
+    if set(inputs) - set(stored):
+      write_json(path, {**stored, **inputs})
     return
   write_json(path, inputs)
 

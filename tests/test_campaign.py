@@ -154,3 +154,10 @@ def test_a_resume_against_other_weights_is_refused(cifar_lenet, cifar_samples, t
   os.remove(tmp_path / workdir.INPUTS_FILE)
   campaign.run(*args, inputs={"weights_sha256": "ccc"}, progress=False)
   assert workdir.read_json(str(tmp_path / workdir.INPUTS_FILE)) == {"weights_sha256": "ccc"}
+  # An input recorded only since (the images' hash) is added by the start that resumes, and
+  # binds the folder from then on.
+  both = {"weights_sha256": "ccc", "images_sha256": "x"}
+  campaign.run(*args, inputs=both, progress=False)
+  assert workdir.read_json(str(tmp_path / workdir.INPUTS_FILE)) == both
+  with pytest.raises(workdir.SettingsMismatch, match="images_sha256"):
+    campaign.run(*args, inputs={**both, "images_sha256": "y"}, progress=False)

@@ -25,7 +25,7 @@ def _run(tmp_path, name, **over):
 def _compare(tmp_path, runs):
   from configs.compare import get_config
   c = get_config()
-  c.runs = tuple(runs)
+  c.runs = ",".join(runs)
   return compare_methods.run(c, Workdir.open(str(tmp_path / "cmp"), c), log=lambda s: None)
 
 
@@ -63,11 +63,46 @@ def test_methods_side_by_side(tmp_path):
   assert "| Sparse-RS [srs] | 1 |" in table and "| Sparse-RS [srs_4] | 1 |" in table
 
 
-def test_runs_on_other_images_are_refused(tmp_path):
+def _copy(src, dst, edit):
+  shutil.copytree(src, dst)
+  results = json.loads((dst / "results.json").read_text())
+  edit(results)
+  (dst / "results.json").write_text(json.dumps(results))
+  return str(dst)
+
+
+def test_runs_that_differ_or_cannot_compare_are_refused(tmp_path):
   a = _run(tmp_path, "a")
   b = _run(tmp_path, "b", seed=1)
-  with pytest.raises(UserError, match="other images"):
+  with pytest.raises(UserError, match="differs from .* in images"):
     _compare(tmp_path, [a, b])
   with pytest.raises(UserError, match="no results.json"):
     _compare(tmp_path, [a, str(tmp_path / "missing")])
+  # The same names, other weights (a checkpoint retrained under the model's name) or other
+  # image contents (a data file rewritten in place): refused, naming what differs.
+  w = _copy(a, tmp_path / "w", lambda r: r["model_metadata"].update(sha256="0" * 64))
+  with pytest.raises(UserError, match="in weights"):
+    _compare(tmp_path, [a, w])
+  i = _copy(a, tmp_path / "i", lambda r: r["inputs"].update(images_sha256="0" * 64))
+  with pytest.raises(UserError, match="in image_contents"):
+    _compare(tmp_path, [a, i])
+  with pytest.raises(UserError, match="named twice"):
+    _compare(tmp_path, [a, a + "/"])
+  k2 = _copy(a, tmp_path / "k2", lambda r: r["config"].update(pixels=[2]))
+  with pytest.raises(UserError, match="share no pixel count"):
+    _compare(tmp_path, [a, k2])
+  other = _copy(a, tmp_path / "fooling", lambda r: r.pop("metrics"))
+  with pytest.raises(UserError, match="not the results of a one-pixel run"):
+    _compare(tmp_path, [a, other])
+  os.remove(os.path.join(a, "records_untargeted_1px.npz"))
+  with pytest.raises(UserError, match="no records of its 1-pixel attacks"):
+    _compare(tmp_path, [a])
 
+
+@pytest.mark.parametrize("budgets", [(), (100, 100), (300, 100), (0, 10), (2.5, 10)])
+def test_bad_budgets_are_refused(tmp_path, budgets):
+  from configs.compare import get_config
+  c = get_config()
+  c.runs, c.budgets = "runs/a", budgets
+  with pytest.raises(UserError, match="budgets must be increasing whole numbers"):
+    compare_methods.run(c, Workdir.open(str(tmp_path / "cmp"), c), log=lambda s: None)

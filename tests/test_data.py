@@ -75,3 +75,33 @@ def test_jpeg_npz_is_decoded(tmp_path):
            y_test=np.array([0]))
   with pytest.raises(UserError, match="corrupt"):
     data.load(str(tmp_path / "bad.npz"), "test")
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x_test=np.zeros((5, 28, 28), np.uint8), y_test=np.arange(4)), r"expected 5 labels"),
+    (dict(x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, int)), "holds no images"),
+    (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.zeros((2, 1), int)),
+     r"shape \(2, 1\)"),
+    (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.array([3.7, 1.0])),
+     "labels must be integers"),
+    (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.array([-1, 1])), "must be >= 0"),
+    (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.array([0, 2]),
+          class_names=np.array(["a", "b"])), "label 2 but only 2 class names"),
+])
+def test_npz_labels_that_do_not_fit_the_images_are_named(tmp_path, arrays, message):
+  np.savez(tmp_path / "d.npz", **arrays)
+  with pytest.raises(UserError, match=message):
+    data.load(str(tmp_path / "d.npz"))
+
+
+def test_a_file_that_is_not_an_npz_is_named(tmp_path):
+  (tmp_path / "text.npz").write_text("not an archive")
+  with pytest.raises(UserError, match="corrupt or not an .npz data file"):
+    data.load(str(tmp_path / "text.npz"))
+  np.savez(tmp_path / "whole.npz", x_test=np.zeros((9, 28, 28), np.uint8), y_test=np.arange(9))
+  (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])
+  with pytest.raises(UserError, match="corrupt or not an .npz data file"):
+    data.load(str(tmp_path / "cut.npz"))
+  os.mkdir(tmp_path / "folder.npz")
+  with pytest.raises(UserError, match="is a folder"):
+    data.load(str(tmp_path / "folder.npz"))

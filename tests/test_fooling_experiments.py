@@ -160,3 +160,32 @@ def test_transfer_names_a_file_that_is_not_a_fooling_archive(tmp_path):
   tc = _set(get_config(), source=str(tmp_path / "elites.npz"), model_b="mnist_lenet_fooling")
   with pytest.raises(UserError, match="not a fooling archive .*lacks probs"):
     transfer_exp.run(tc, Workdir.open(str(tmp_path / "t"), tc), QUIET)
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(iterations=-1), "iterations must be >= 0"),
+    (dict(runs_per_iteration=0), "runs_per_iteration >= 1"),
+    (dict(encoding="cppnn"), "unknown encoding 'cppnn'"),
+    (dict(model="cifar10_lenet_hyperparticle"), r"expects images of shape \(N, 32, 32, 3\)"),
+])
+def test_retraining_names_bad_settings_before_any_work(tmp_path, over, message):
+  from configs.retrain import get_config
+  from pixeljax.errors import UserError
+  ds = data.load("mnist_samples")
+  npz = tmp_path / "mnist_small.npz"
+  np.savez(npz, x_train=ds.images[:20, ..., 0], y_train=ds.labels[:20],
+           x_test=ds.images[20:30, ..., 0], y_test=ds.labels[20:30])
+  config = _set(get_config(), train_data=str(npz), **over)
+  with pytest.raises(UserError, match=message):
+    retrain_exp.run(config, Workdir.open(str(tmp_path / "run"), config), QUIET)
+  assert os.listdir(tmp_path / "run") == ["config.json"]
+
+
+def test_gradient_ascent_settings_are_checked():
+  from pixeljax.errors import UserError
+  from pixeljax.fooling.gradient_ascent import GradientAscentConfig
+  for bad in (dict(steps=-2), dict(blur_every=-1), dict(learning_rate=0.0),
+              dict(blur_sigma=0.0), dict(l2_decay=-1.0)):
+    with pytest.raises(UserError, match=f"gradient ascent: {next(iter(bad))} must be"):
+      GradientAscentConfig(**bad)
+  GradientAscentConfig(steps=0, blur_every=0)

@@ -125,6 +125,8 @@ def test_user_mistakes_print_one_line(tmp_path, args, message):
 @pytest.mark.parametrize("arg, message", [
     ("--config.num_images=many", "--config.num_images=many"),
     ("--config.attack.nope=3", "--config.attack.nope names no setting"),
+    ("--config.attack.methodd=de", 'names no setting of the config (AttributeError: methodd; '
+                                   'Did you mean "method"'),
     ("--config=configs/one_pixel.py:nope", "unknown named config 'nope'"),
     ("--bogus", "Unknown command line flag 'bogus'"),
 ])
@@ -133,3 +135,50 @@ def test_bad_flags_exit_with_one_line(tmp_path, arg, message):
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines() == [out.stderr.strip().splitlines()[-1]]
   assert message in out.stderr and out.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"runtime.attacks_per_call": 0}, "attacks_per_call must be >= 1"),
+    ({"attack.stop_probability": 1.5}, r"stop_probability must be in \[0, 1\]"),
+    ({"attack.recombination": -2.0}, r"recombination must be in \[0, 1\]"),
+    ({"attack.method": "corner_search", "attack.top_candidates": 2, "pixels": (5,)},
+     r"top_candidates \(2\) must be >= pixels \(5\)"),
+    ({"exhaustive": True, "exhaustive_levels": (0., 300.)}, "300"),
+])
+def test_bad_settings_are_named_before_any_attack(tmp_path, over, message):
+  config = _config(**over)
+  with pytest.raises(UserError, match=message):
+    one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path), config), log=lambda s: None)
+  assert not os.path.exists(tmp_path / "chunks")
+
+
+def _data_file(path, images, labels):
+  np.savez(path, x_test=images, y_test=labels, index_test=np.arange(len(labels)))
+  return str(path)
+
+
+def test_a_resume_on_rewritten_data_is_refused(tmp_path):
+  """The settings name the data file; the chunks are bound to the attacked images' contents,
+  so a file rewritten in place (same name, same ids) does not get the old attacks."""
+  from pixeljax import data
+  c = data.load("cifar10_samples")
+  path = tmp_path / "d.npz"
+  config = _config(data=_data_file(path, c.images[:12], c.labels[:12]), num_images=2,
+                   pixels=(1,), figures=False)
+  one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "w"), config), log=print)
+  one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "w"), config), log=print)
+  _data_file(path, c.images[:12] // 2 + 60, c.labels[:12])    # same ids, other pixels
+  with pytest.raises(workdir_lib.SettingsMismatch, match="images_sha256"):
+    one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "w"), config), log=print)
+
+
+def test_data_the_model_gets_all_wrong_is_named(tmp_path):
+  from pixeljax import data, models
+  c = data.load("cifar10_samples")
+  pred = np.asarray(models.load("cifar10_lenet_hyperparticle").predict(
+      c.images[:8].astype(np.float32))).argmax(-1)
+  config = _config(data=_data_file(tmp_path / "d.npz", c.images[:8], (pred + 1) % 10))
+  with pytest.raises(UserError, match="classifies none of the 8 images"):
+    one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "w"), config),
+                  log=lambda s: None)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from pixeljax.errors import UserError
+
 THRESHOLDS = (0.99, 0.999, 0.9999)
 
 
@@ -25,6 +27,16 @@ class GradientAscentConfig:
   blur_every: int = 0                  # 0: never
   blur_sigma: float = 0.5
   clip: bool = True
+
+  def __post_init__(self):
+    for ok, message in [
+        (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+        (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+        (self.l2_decay >= 0, f"l2_decay must be >= 0, got {self.l2_decay}"),
+        (self.blur_every >= 0, f"blur_every must be >= 0 (0: never), got {self.blur_every}"),
+        (self.blur_sigma > 0, f"blur_sigma must be > 0, got {self.blur_sigma}")]:
+      if not ok:
+        raise UserError(f"gradient ascent: {message}")
 
 
 @struct.dataclass

@@ -98,6 +98,15 @@ class PixelAttackConfig:
         (self.proposals_per_step is None or self.proposals_per_step >= 1,
          f"proposals_per_step must be >= 1, got {self.proposals_per_step}"),
         (self.top_candidates >= 1, f"top_candidates must be >= 1, got {self.top_candidates}"),
+        # CornerSearch samples k distinct changes among the top N: fewer than k would put
+        # several of an attack's pixels on one spot.
+        (self.method != "corner_search" or self.top_candidates >= self.pixels,
+         f"top_candidates ({self.top_candidates}) must be >= pixels ({self.pixels}) for "
+         f"corner_search"),
+        (self.stop_probability is None or 0 <= self.stop_probability <= 1,
+         f"stop_probability must be in [0, 1], got {self.stop_probability}"),
+        (0 <= self.recombination <= 1,
+         f"recombination must be in [0, 1], got {self.recombination}"),
         (self.segment_iterations is None or self.segment_iterations >= 1,
          f"segment_iterations must be >= 1, got {self.segment_iterations}"),
         (self.eval_batch is None or self.eval_batch >= 0,
