@@ -67,10 +67,11 @@ def attack_rate(predict, images, labels, pixels: int, popsize: int, generations:
                 repeats: int = 2, mesh=None, eval_batch=None, attacks_per_call=None,
                 incremental=None) -> dict:
   """Evaluations per second of ``attack`` on ``len(images)`` images (no early stop), all of
-  them in one XLA call unless ``attacks_per_call`` says otherwise."""
+  them in one XLA call unless ``attacks_per_call`` says otherwise (untargeted: p_true < 0
+  never holds)."""
   from pixeljax.sparse import PixelAttackConfig, attack
   config = PixelAttackConfig(pixels=pixels, popsize=popsize, generations=generations,
-                             stop_probability=-1.0, segment_iterations=generations,
+                             stop_probability=0.0, segment_iterations=generations,
                              eval_batch=eval_batch, incremental=incremental)
   key = jax.random.PRNGKey(0)
   out = {}

@@ -28,8 +28,8 @@ def _load(run: str):
   res = workdir_lib.read_json(path)
   if not (isinstance(res, dict) and {"config", "image_ids", "metrics"} <= set(res)
           and "attack" in res["config"] and "pixels" in res["config"]):
-    raise UserError(f"{path} is not the results of a one-pixel run "
-                    f"(experiments/one_pixel.py)")
+    raise UserError(f"{path} has no config / image_ids / metrics of a one-pixel run: not "
+                    f"written by experiments/one_pixel.py, or by an older version")
   return res
 
 
@@ -70,12 +70,16 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                 image_contents=lambda res: res.get("inputs", {}).get("images_sha256"))
   for r, res in loaded.items():
     differ = [name for name, get in fields.items() if get(res) != get(first)]
-    differ += [name for name, get in inputs.items()
-               if get(res) and get(first) and get(res) != get(first)]
     if differ:
       raise UserError(f"{r} differs from {runs[0]} in {', '.join(differ)}: compare runs "
                       f"on the same model and images")
-  ks = [int(k) for res in loaded.values() for k in res["config"]["pixels"]]
+  for name, get in inputs.items():
+    recorded = {r: get(res) for r, res in loaded.items() if get(res)}
+    if len(set(recorded.values())) > 1:
+      raise UserError(f"the runs differ in {name} ({', '.join(recorded)} recorded "
+                      f"{len(set(recorded.values()))} different values): compare runs on the "
+                      f"same model and images")
+  ks = [k for res in loaded.values() for k in {int(k) for k in res["config"]["pixels"]}]
   if len(runs) > 1 and all(ks.count(k) < 2 for k in ks):
     raise UserError(f"the runs share no pixel count ({sorted(set(ks))}): nothing to compare")
   mode = "targeted" if first["config"]["attack"]["targeted"] else "untargeted"
@@ -86,7 +90,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   common = {}
   for k in sorted({k for _, k in records}):
     at_k = [key for key in records if key[1] == k]
-    common.update(zip(at_k, metrics.fooled_by_all([records[key] for key in at_k])))
+    if len(at_k) > 1:   # a k only one run has has nothing to share: its row shows none
+      common.update(zip(at_k, metrics.fooled_by_all([records[key] for key in at_k])))
   # A method's description leaves out settings that do not name it (proposals per step,
   # p_init, ...): runs that share one are told apart by their folder, in the table and the
   # figure alike.
@@ -102,7 +107,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   for (r, k), rec in records.items():
     label = labels[r]
     first_q = metrics.queries_of_successes(rec)
-    shared_q = metrics.queries_of_successes(rec, among=common[(r, k)])
+    shared_q = (metrics.queries_of_successes(rec, among=common[(r, k)]) if (r, k) in common
+                else dict(fooled=None, mean=None, median=None))
     rows.append(dict(run=r, method=label, pixels=k, attacks=len(rec),
                      success=metrics.success_rate(rec),
                      success_within={str(b): metrics.success_within(rec, b)
@@ -143,8 +149,9 @@ def markdown(results: dict) -> str:
         f"| {name(r['method'])} | {r['pixels']} | "
         + " | ".join(f"{100 * r['success_within'][b]:.1f}%" for b in budgets)
         + f" | {fmt(r['mean_queries_of_success'])} ({fmt(r['median_queries_of_success'])})"
-          f" | {fmt(r['mean_queries_fooled_by_all'])} "
-          f"({fmt(r['median_queries_fooled_by_all'])}) of {r['fooled_by_all']} |")
+          + (" | - |" if r["fooled_by_all"] is None else
+             f" | {fmt(r['mean_queries_fooled_by_all'])} "
+             f"({fmt(r['median_queries_fooled_by_all'])}) of {r['fooled_by_all']} |"))
   return "\n".join(lines) + "\n"
 
 
@@ -159,7 +166,7 @@ def report(results: dict) -> str:
                  + " ".join(f"{100 * r['success_within'][b]:>6.1f}%" for b in budgets)
                  + f" {fmt(r['mean_queries_of_success']):>8} "
                    f"{fmt(r['median_queries_of_success']):>9}  "
-                   f"{r.get('fooled_by_all', 0):>14} "
+                   f"{fmt(r.get('fooled_by_all')):>14} "
                    f"{fmt(r.get('mean_queries_fooled_by_all')):>9} "
                    f"{fmt(r.get('median_queries_fooled_by_all')):>9}")
   return "\n".join(lines)

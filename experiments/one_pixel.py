@@ -56,9 +56,9 @@ def attack_config(config, pixels: int, devices: int = 1,
 
 def _sha256(*arrays) -> str:
   h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(f"{a.dtype}{a.shape}".encode())
+  for a in arrays:   # little-endian bytes, so the hash is the same on every platform
+    a = np.ascontiguousarray(a, np.asarray(a).dtype.newbyteorder("<"))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
   return h.hexdigest()
 

@@ -9,6 +9,7 @@ Three sources behind one call, ``load(name, split)``:
 """
 import dataclasses
 import os
+import zipfile
 from typing import Optional, Tuple
 
 import numpy as np
@@ -78,7 +79,10 @@ def _from_npz(path: str, split: str, name: str) -> Dataset:
     return _read_npz(path, split, name)
   except UserError:
     raise
-  except Exception as e:   # zipfile / pickle / format errors of a file that is not an .npz
+  except PermissionError as e:
+    raise UserError(f"{path} cannot be read ({e})") from None
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    # zipfile / pickle / format errors of a file that is not (or no longer) an .npz
     raise UserError(f"{path} is corrupt or not an .npz data file "
                     f"({type(e).__name__}: {e})") from None
 
@@ -137,7 +141,7 @@ def _from_jpeg_npz(d, path: str, split: str, name: str) -> Dataset:
     raise UserError(f"{path}: JPEG image data of split {split!r} is corrupt ({e})") from None
   labels = _checked_labels(labels, len(images), f"{path} (split {split!r})")
   return Dataset(name, split, images, labels, _default_class_names(images, labels),
-                 np.arange(len(labels)))
+                 np.arange(len(labels), dtype=np.int64))
 
 
 def _default_class_names(images, labels):

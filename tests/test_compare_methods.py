@@ -61,6 +61,12 @@ def test_methods_side_by_side(tmp_path):
   assert [r["method"].rsplit(" ", 1)[-1] for r in c["rows"]] == ["[srs]", "[srs_4]"]
   table = (tmp_path / "again" / "cmp" / "table.md").read_text()
   assert "| Sparse-RS [srs] | 1 |" in table and "| Sparse-RS [srs_4] | 1 |" in table
+  # A k that only one run has gets its own row, with nothing shared to compare.
+  k3 = _run(tmp_path, "k3", pixels=(1, 3), **{"attack.stop": "first_success"})
+  c = _compare(tmp_path / "k", [de, k3])
+  only = [r for r in c["rows"] if r["pixels"] == 3]
+  assert len(only) == 1 and only[0]["fooled_by_all"] is None
+  assert (tmp_path / "k" / "cmp" / "table.md").read_text().splitlines()[-1].endswith("| - |")
 
 
 def _copy(src, dst, edit):
@@ -81,18 +87,24 @@ def test_runs_that_differ_or_cannot_compare_are_refused(tmp_path):
   # The same names, other weights (a checkpoint retrained under the model's name) or other
   # image contents (a data file rewritten in place): refused, naming what differs.
   w = _copy(a, tmp_path / "w", lambda r: r["model_metadata"].update(sha256="0" * 64))
-  with pytest.raises(UserError, match="in weights"):
+  with pytest.raises(UserError, match="differ in weights"):
     _compare(tmp_path, [a, w])
   i = _copy(a, tmp_path / "i", lambda r: r["inputs"].update(images_sha256="0" * 64))
-  with pytest.raises(UserError, match="in image_contents"):
+  with pytest.raises(UserError, match="differ in image_contents"):
     _compare(tmp_path, [a, i])
+  # Compared among all runs that recorded them, not only against the first (which may be
+  # older and have none).
+  old = _copy(a, tmp_path / "old", lambda r: (r.pop("inputs"), r["model_metadata"].pop("sha256")))
+  w2 = _copy(a, tmp_path / "w2", lambda r: r["model_metadata"].update(sha256="1" * 64))
+  with pytest.raises(UserError, match="differ in weights"):
+    _compare(tmp_path, [old, a, w2])
   with pytest.raises(UserError, match="named twice"):
     _compare(tmp_path, [a, a + "/"])
   k2 = _copy(a, tmp_path / "k2", lambda r: r["config"].update(pixels=[2]))
   with pytest.raises(UserError, match="share no pixel count"):
     _compare(tmp_path, [a, k2])
   other = _copy(a, tmp_path / "fooling", lambda r: r.pop("metrics"))
-  with pytest.raises(UserError, match="not the results of a one-pixel run"):
+  with pytest.raises(UserError, match="no config / image_ids / metrics of a one-pixel run"):
     _compare(tmp_path, [a, other])
   os.remove(os.path.join(a, "records_untargeted_1px.npz"))
   with pytest.raises(UserError, match="no records of its 1-pixel attacks"):

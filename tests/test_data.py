@@ -87,6 +87,8 @@ def test_jpeg_npz_is_decoded(tmp_path):
     (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.array([-1, 1])), "must be >= 0"),
     (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.array([0, 2]),
           class_names=np.array(["a", "b"])), "label 2 but only 2 class names"),
+    (dict(x_test=np.zeros((2, 28, 28), np.uint8), y_test=np.array([0, 1]),
+          index_test=np.arange(3)), "3 image ids for 2 images"),
 ])
 def test_npz_labels_that_do_not_fit_the_images_are_named(tmp_path, arrays, message):
   np.savez(tmp_path / "d.npz", **arrays)

@@ -98,8 +98,8 @@ class PixelAttackConfig:
         (self.proposals_per_step is None or self.proposals_per_step >= 1,
          f"proposals_per_step must be >= 1, got {self.proposals_per_step}"),
         (self.top_candidates >= 1, f"top_candidates must be >= 1, got {self.top_candidates}"),
-        # CornerSearch samples k distinct changes among the top N: fewer than k would put
-        # several of an attack's pixels on one spot.
+        # CornerSearch samples each of its k pixels among the top N changes: with fewer than
+        # k, every candidate would repeat a change (a k-pixel result with fewer pixels).
         (self.method != "corner_search" or self.top_candidates >= self.pixels,
          f"top_candidates ({self.top_candidates}) must be >= pixels ({self.pixels}) for "
          f"corner_search"),
