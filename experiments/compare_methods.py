@@ -109,7 +109,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     first_q = metrics.queries_of_successes(rec)
     shared_q = (metrics.queries_of_successes(rec, among=common[(r, k)]) if (r, k) in common
                 else dict(fooled=None, mean=None, median=None))
-    rows.append(dict(run=r, method=label, pixels=k, attacks=len(rec),
+    budget = PixelAttackConfig(**{**loaded[r]["config"]["attack"], "pixels": k}).budget
+    rows.append(dict(run=r, method=label, pixels=k, attacks=len(rec), budget=budget,
                      success=metrics.success_rate(rec),
                      success_within={str(b): metrics.success_within(rec, b)
                                      for b in budgets},
@@ -141,12 +142,14 @@ def markdown(results: dict) -> str:
   # two runs of one method apart is kept.
   name = lambda label: label.split(",")[0] + (" " + label.rsplit(" ", 1)[-1]
                                               if label.endswith("]") else "")
-  lines = ["| method | k | " + " | ".join(f"<= {int(b):,}" for b in budgets)
+  # budget: the most queries the run allowed an attack; success "within" a larger number is
+  # its success within its own budget.
+  lines = ["| method | k | budget | " + " | ".join(f"<= {int(b):,}" for b in budgets)
            + " | mean (median) queries of success | the same on the attacks all fooled |",
-           "|---|---|" + "---|" * len(budgets) + "---|---|"]
+           "|---|---|---|" + "---|" * len(budgets) + "---|---|"]
   for r in sorted(results["rows"], key=lambda r: (order[r["run"]], r["pixels"])):
     lines.append(
-        f"| {name(r['method'])} | {r['pixels']} | "
+        f"| {name(r['method'])} | {r['pixels']} | {fmt(r.get('budget'))} | "
         + " | ".join(f"{100 * r['success_within'][b]:.1f}%" for b in budgets)
         + f" | {fmt(r['mean_queries_of_success'])} ({fmt(r['median_queries_of_success'])})"
           + (" | - |" if r["fooled_by_all"] is None else

@@ -45,8 +45,10 @@ def test_methods_side_by_side(tmp_path):
   assert "Sparse-RS" in compare_methods.report(res)
   # table.md: README's table, runs in the order given, every budget and the shared cost.
   table = (tmp_path / "cmp" / "table.md").read_text().splitlines()
-  assert table[0].startswith("| method | k | <= 100 |") and len(table) == 4
-  assert table[2].startswith("| DE rand1 | 1 | ") and table[3].startswith("| Sparse-RS | 1 | ")
+  assert table[0].startswith("| method | k | budget | <= 100 |") and len(table) == 4
+  # Each row names its own budget: DE's population x (generations + 1), Sparse-RS's cap.
+  assert table[2].startswith("| DE rand1 | 1 | 24 | ")
+  assert table[3].startswith("| Sparse-RS | 1 | 50 | ")
   row = res["rows"][[r["run"] for r in res["rows"]].index(srs)]
   assert f"{100 * row['success_within']['40000']:.1f}%" in table[3]
   assert table[3].endswith(f" of {row['fooled_by_all']} |")
