@@ -18,9 +18,12 @@ def _done(fig):
   return fig
 
 
-def _finish_line_plot(fig, ax, title: str):
+def _finish_line_plot(fig, ax, title: str, legend_below: bool = False):
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if legend_below:   # long labels (a method's settings) would hide the curves inside
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+  else:
+    ax.legend(fontsize=8)
   ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=10)   # long settings wrap
   return _done(fig)
 
@@ -94,7 +97,7 @@ def success_vs_pixels(results: Dict[str, Dict[int, float]],
 def success_vs_queries(curves: Dict[str, tuple], title: str = "success vs queries"):
   """``curves``: {label: (budgets, success fractions)}, one line each, log-scaled queries."""
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  fig, ax = plt.subplots(figsize=(5.5, 3.8 + 0.2 * len(curves)))
   styles = ["-", "--", "-.", ":"]
   for i, (label, (budgets, success)) in enumerate(curves.items()):
     ax.plot(budgets, 100 * np.asarray(success), styles[i // 10 % len(styles)], label=label)
@@ -102,7 +105,7 @@ def success_vs_queries(curves: Dict[str, tuple], title: str = "success vs querie
   ax.set_xlabel("queries (model evaluations) per attack")
   ax.set_ylabel("attacks fooled within (%)")
   ax.set_ylim(0, 100)
-  return _finish_line_plot(fig, ax, title)
+  return _finish_line_plot(fig, ax, title, legend_below=True)
 
 
 def gallery(images, class_names: Sequence[str], confidences,
