@@ -14,7 +14,6 @@ same command after an interruption resumes. A rerun with other settings is refus
 every host.
 """
 import dataclasses
-import hashlib
 import time
 
 import numpy as np
@@ -54,15 +53,6 @@ def attack_config(config, pixels: int, devices: int = 1,
       devices, factored)
 
 
-def _sha256(*arrays) -> str:
-  h = hashlib.sha256()
-  for a in arrays:   # little-endian bytes, so the hash is the same on every platform
-    a = np.ascontiguousarray(a, np.asarray(a).dtype.newbyteorder("<"))
-    h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
-
-
 def black_box(classifier, config):
   """What the attacks query: the classifier split at its first convolution when it factors
   (incremental evaluation), unless the config turns that off."""
@@ -84,8 +74,6 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   if config.runtime.attacks_per_call is not None and config.runtime.attacks_per_call < 1:
     raise UserError(f"runtime.attacks_per_call must be >= 1 (or None: sized by memory), got "
                     f"{config.runtime.attacks_per_call}")
-  if config.exhaustive:   # names bad colour levels now, not after hours of attacks
-    levels = [float(v) for v in config.exhaustive_levels]
   classifier = models.load(config.model)
   target = black_box(classifier, config)
   configs = {k: attack_config(config, k, devices, isinstance(target, models.Factored))
@@ -98,8 +86,9 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                     f"{classifier.name} has {classifier.num_classes}")
   if config.num_images < 1:
     raise UserError(f"num_images must be >= 1, got {config.num_images}")
-  if config.exhaustive:
-    colour_grid(levels, dataset.images.shape[-1])
+  if config.exhaustive:   # names bad colour levels now, not after hours of attacks
+    levels = [float(v) for v in config.exhaustive_levels]
+    colours = colour_grid(levels, dataset.images.shape[-1])
   chosen = campaign.select_images(classifier.predict, dataset.images, dataset.labels,
                                   config.num_images, config.seed)
   if len(chosen) == 0:
@@ -116,7 +105,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   # What the settings name only by reference: the exact weights, and the attacked images and
   # labels (a data file rewritten in place keeps its name and the ids the chunks are keyed by).
   inputs = dict(weights_sha256=classifier.metadata.get("sha256"),
-                images_sha256=_sha256(sub.images, sub.labels, sub.index))
+                images_sha256=workdir_lib.arrays_sha256(sub.images, sub.labels, sub.index))
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(), inputs=inputs,
                  image_ids=sub.index.tolist(),
                  model_metadata={k: classifier.metadata.get(k) for k in (
@@ -158,7 +147,6 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
           np.asarray(m["class_pairs"]), dataset.class_names))
   if config.exhaustive:
     t0 = time.time()
-    colours = colour_grid(levels, sub.images.shape[-1])
     ex = exhaustive_one_pixel(classifier.predict, sub.images, sub.labels, colours)
     results["exhaustive_one_pixel"] = dict(
         colours=f"{len(colours)}: every channel in {sorted(set(levels))}",

@@ -14,6 +14,7 @@ recorded but not compared: they change how fast work is done, never its result.
 All files are written through a temporary file and a rename, so a killed run never leaves a
 half-written file behind.
 """
+import hashlib
 import io
 import json
 import os
@@ -163,6 +164,17 @@ def claim(folder: str, settings: Mapping, filename: str = SETTINGS_FILE) -> bool
     return True
   write_json(path, settings)
   return False
+
+
+def arrays_sha256(*arrays) -> str:
+  """A SHA-256 of arrays' dtypes, shapes and values (little-endian bytes, so the same on every
+  platform): how ``bind``'s inputs name data that settings name only by file or id."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a, np.asarray(a).dtype.newbyteorder("<"))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
 
 
 def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
