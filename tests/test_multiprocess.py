@@ -28,7 +28,8 @@ def _run_processes(tmp_path, num_processes: int, devices_per_process: int,
          if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
                               "JAX_LOCAL_DEVICE_IDS"))}
   env.update(JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={devices_per_process}").strip())
   port = _free_port()
   folder = str(tmp_path / "campaign")
   procs, logs, outs = [], [], []

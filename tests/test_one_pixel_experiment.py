@@ -2,6 +2,7 @@
 one-line errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -60,8 +61,7 @@ def test_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path):
   config.runtime.attacks_per_call = 2
   whole = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "a"), config),
                         log=lambda s: None)
-  wd = workdir_lib.Workdir.open(str(tmp_path / "b"), config)
-  one_pixel.run(config, wd, log=lambda s: None)
+  shutil.copytree(tmp_path / "a", tmp_path / "b")   # the same finished run, then interrupted:
   chunks = tmp_path / "b" / "chunks" / "untargeted_3px"
   os.remove(chunks / sorted(f for f in os.listdir(chunks) if f.startswith("chunk_"))[-1])
   os.remove(tmp_path / "b" / "records_untargeted_3px.npz")

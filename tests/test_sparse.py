@@ -257,8 +257,8 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
   """)
   outs = []
   for n in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               JAX_PLATFORMS="cpu")
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     path = str(tmp_path / f"d{n}.npz")
     subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
     outs.append(np.load(path))

@@ -63,8 +63,10 @@ class ModelSpec:
     return PixelClassifier(backbone, layers.Normalize(**self.preprocess))
 
   def init(self, key, num_classes: Optional[int] = None):
+    """Fresh variables. Jitted: run op by op, a deep net (VGG16) compiles one small program per
+    layer op, several times slower than compiling the whole init once."""
     x = jnp.zeros((1,) + self.input_shape, jnp.float32)
-    return self.module(num_classes).init(key, x, train=False)
+    return jax.jit(functools.partial(self.module(num_classes).init, train=False))(key, x)
 
 
 _SPECS: Dict[str, ModelSpec] = {}
