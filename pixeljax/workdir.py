@@ -32,7 +32,8 @@ UNCOMPARED = ("runtime",)
 # Settings added after work was already stored, with the value that earlier work was made
 # with: a stored claim without the key compares as if it held that value. (Resuming such a
 # run needs the same value asked for explicitly, e.g. --config.attack.incremental=False.)
-LEGACY = {"attack.incremental": False}
+# Before eval_batch existed, a call evaluated all its candidates in one model call: 0.
+LEGACY = {"attack.incremental": False, "attack.eval_batch": 0}
 
 
 class SettingsMismatch(UserError):

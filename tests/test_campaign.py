@@ -137,6 +137,14 @@ def test_chunks_made_before_a_legacy_setting_keep_their_names():
   assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(old, ids, targets)
   new["attack"]["incremental"] = True
   assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
+  # Older still: made before eval_batch existed, i.e. every candidate in one call (0).
+  oldest = {"model": "m", "attack": {"pixels": 1}, "seed": 0}
+  new["attack"].update(incremental=False, eval_batch=0)
+  assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(oldest, ids, targets)
+  assert workdir.differences(oldest, new) == {}
+  new["attack"]["eval_batch"] = 400
+  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(oldest, ids, targets)
+  assert workdir.differences(oldest, new) == {"attack.eval_batch": (0, 400)}
 
 
 def test_a_resume_against_other_weights_is_refused(cifar_lenet, cifar_samples, tmp_path):
