@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 # The main job on the shipped default (configs/one_pixel.py:demo): a 3-pixel DE attack
 # (population 400, 100 generations, SciPy's best1bin) on 24 correctly classified bundled
 # CIFAR-10 test images against the shipped Hyperparticle LeNet, with live progress.
-# Figures, records and results.json go to runs/demo; about 45 s on 2 CPU cores after set-up.
+# Figures, records and results.json go to runs/demo; about 20 s on 2 CPU cores after set-up.
 demo: $(STAMP)
 	$(PY) experiments/one_pixel.py --config=configs/one_pixel.py:demo --workdir runs/demo
 
