@@ -37,8 +37,7 @@ def cifar_samples():
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent compilation cache for the whole run, in a fresh temporary folder (one per
-  pytest-xdist worker: JAX writes its entries in place, so two processes must not share one).
+  """One persistent compilation cache for the whole run, in a fresh temporary folder.
 
   Many tests rebuild the same programs (a campaign builds its jitted runners per call), and the
   scripts they start as subprocesses would otherwise fill the user's own cache
