@@ -1,4 +1,5 @@
 import os
+import re
 
 import chex
 import jax
@@ -11,6 +12,8 @@ from pixeljax.evaluate import accuracy
 from pixeljax.models import layers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# layers.conv_general_dilated rewrites convolutions on XLA:CPU only; elsewhere it is XLA's.
+cpu_path = pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's path only")
 PORTS = ["cifar10_lenet_hyperparticle", "cifar10_resnet32_hyperparticle",
          "cifar10_resnet20_akamaster", "cifar10_resnet32_akamaster", "mnist_lenet_fooling"]
 ACCURACY_1017 = {"cifar10_lenet_hyperparticle": 0.749, "cifar10_resnet32_hyperparticle": 0.933,
@@ -69,6 +72,17 @@ def test_port_reproduces_original_framework(name):
   samples = data.load("mnist_samples" if clf.spec.dataset == "mnist" else "cifar10_samples")
   probs = np.asarray(clf(samples.images[ref["image_index"]]))
   np.testing.assert_allclose(probs, ref["probs"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cifar10_lenet_hyperparticle", "cifar10_resnet20_akamaster"])
+def test_every_product_of_a_net_asks_for_float32(name):
+  """Each convolution and matrix product of a net's forward pass is traced with HIGHEST
+  precision: on a GPU the default (TF32) moved the ports' probabilities by more than 1e-4."""
+  jaxpr = str(jax.make_jaxpr(models.load(name).predict)(np.zeros((2, 32, 32, 3), np.float32)))
+  products = re.findall(r"\b(?:conv_general_dilated|dot_general)\[", jaxpr)
+  precisions = re.findall(r"precision=(\([^)]*\)|None)", jaxpr)
+  assert len(products) >= 4 and len(precisions) == len(products), (products, precisions)
+  assert set(precisions) == {"(Precision.HIGHEST, Precision.HIGHEST)"}, precisions
 
 
 @pytest.mark.parametrize("name", sorted(ACCURACY_1017))
@@ -179,6 +193,7 @@ def test_cpu_channel_padding_keeps_conv_outputs(features):
   chex.assert_trees_all_close(grad(ours), grad(ref), rtol=1e-6)
 
 
+@cpu_path
 def test_cpu_channel_padding_leaves_the_lenet_port_bit_identical(cifar_lenet, cifar_samples,
                                                                  monkeypatch):
   x = cifar_samples.images[:64].astype(np.float32)
@@ -194,6 +209,7 @@ def test_cpu_channel_padding_leaves_the_lenet_port_bit_identical(cifar_lenet, ci
   np.testing.assert_array_equal(padded, plain)
 
 
+@cpu_path
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, "SAME"), (3, 2, "SAME"),
                                                    (3, 2, ((1, 1), (1, 1))), (5, 1, "VALID"),
                                                    (1, 1, "VALID"), (3, 2, ((0, 1), (1, 0)))])
@@ -212,6 +228,7 @@ def test_cpu_conv_kernel_gradient_matches_xla(kernel, stride, padding):
   np.testing.assert_allclose(np.asarray(gw), np.asarray(rw), rtol=1e-5, atol=1e-5)
 
 
+@cpu_path
 @pytest.mark.parametrize("hw,kernel,stride,padding", [(2, 3, 1, "SAME"), (4, 3, 2, "SAME"),
                                                       (3, 3, 1, "VALID"), (1, 1, 1, "VALID"),
                                                       (2, 2, 1, ((1, 0), (0, 1)))])
@@ -232,6 +249,7 @@ def test_cpu_conv_with_tiny_output_is_tap_products_and_matches_xla(hw, kernel, s
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
 
 
+@cpu_path
 def test_cpu_conv_keeps_xla_forward_above_the_tiny_output_size():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 8))     # 3x3 output: 9 pixels
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 8))

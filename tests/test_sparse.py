@@ -135,7 +135,8 @@ def test_micro_batched_model_sees_fixed_batches_and_returns_the_same_rows():
   def predict(x):
     seen.append(x.shape[0])                                     # at trace time
     jax.debug.callback(lambda n: ran.append(int(n)), x.shape[0] + 0 * x[0, 0, 0, 0])
-    return jax.nn.softmax(x.reshape(x.shape[0], -1) @ w)
+    # float32 on every backend (a GPU's TF32 would round each batch size otherwise)
+    return jax.nn.softmax(jnp.dot(x.reshape(x.shape[0], -1), w, precision="highest"))
 
   x = jax.random.uniform(jax.random.PRNGKey(1), (3, 7, 2, 2, 3))  # 3 attacks x 7 candidates
   want = np.asarray(jax.vmap(predict)(x))
