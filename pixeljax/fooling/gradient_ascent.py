@@ -56,11 +56,10 @@ def gaussian_blur(images, sigma: float):
   c = images.shape[-1]
   kh = jnp.tile(k[:, None, None, None], (1, 1, 1, c))
   kw = jnp.tile(k[None, :, None, None], (1, 1, 1, c))
-  dn = ("NHWC", "HWIO", "NHWC")
-  out = jax.lax.conv_general_dilated(images, kh, (1, 1), "SAME", dimension_numbers=dn,
-                                     feature_group_count=c)
-  return jax.lax.conv_general_dilated(out, kw, (1, 1), "SAME", dimension_numbers=dn,
-                                      feature_group_count=c)
+  conv = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c,
+      precision=jax.lax.Precision.HIGHEST)   # float32 on GPUs too (not TF32)
+  return conv(conv(images, kh), kw)
 
 
 def run(predict: Callable, key, image_shape: Tuple[int, int, int], num_classes: int,

@@ -42,7 +42,7 @@ class PixelClassifier(nn.Module):
     return jax.nn.softmax(self.logits(x, train).astype(jnp.float32), axis=-1)
 
   def logits(self, x, train: bool = False):
-    with jax.default_matmul_precision("highest"):   # layers.FLOAT32: no TF32 on GPUs
+    with jax.default_matmul_precision("highest"):   # = layers.FLOAT32: no TF32 on GPUs
       return self.backbone(self.preprocess(x), train=train)
 
 
