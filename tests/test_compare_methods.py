@@ -122,3 +122,17 @@ def test_bad_budgets_are_refused(tmp_path, budgets):
   c.runs, c.budgets = "runs/a", budgets
   with pytest.raises(UserError, match="budgets must be increasing whole numbers"):
     compare_methods.run(c, Workdir.open(str(tmp_path / "cmp"), c), log=lambda s: None)
+
+
+@pytest.mark.parametrize("run", ["lenet500", "lenet_targeted100",
+                                 "cifar10_resnet20_akamaster_100",
+                                 "cifar10_resnet32_hyperparticle_100"])
+def test_readme_shows_the_shipped_comparison_tables(run):
+  """README's comparison tables are the shipped ``compare/table.md`` files verbatim: a
+  regenerated comparison cannot leave README showing other numbers."""
+  root = os.path.join(os.path.dirname(__file__), "..")
+  with open(os.path.join(root, "results", "sparse", run, "compare", "table.md")) as f:
+    table = f.read().strip()
+  with open(os.path.join(root, "README.md")) as f:
+    readme = f.read()
+  assert table.count("\n") >= 3 and table in readme, f"README lacks {run}'s table.md"
