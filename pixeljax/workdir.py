@@ -297,6 +297,6 @@ def versions() -> Dict[str, Any]:
   out["devices"] = jax.device_count()
   out["processes"] = jax.process_count()
   out["xla_flags"] = os.environ.get("XLA_FLAGS", "")   # some change the float results
-  # The nets pin float32 (models.layers.FLOAT32); other products follow this global default.
+  # The nets pin HIGHEST (PixelClassifier.logits); other products follow this global default.
   out["matmul_precision"] = jax.config.jax_default_matmul_precision
   return out

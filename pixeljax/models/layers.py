@@ -35,14 +35,6 @@ CPU_CHANNEL_MULTIPLE = 8
 # numbers. (benchmarks/conv_profile.py --net vgg16)
 CPU_TAPS_MAX_OUTPUT_PIXELS = 4
 
-# The nets' products at the most exact precision of every backend: float32 on CPUs and GPUs,
-# six bfloat16 passes on TPUs. By default XLA lets GPUs run float32 convolutions and matrix
-# products in TF32 (TPUs in one bfloat16 pass): on an H100 that moved the ports' probabilities
-# by more than 1e-4 from their originals' (tests/test_models.py).
-# On XLA:CPU, HIGHEST is the float32 it always computes: the LeNet's and ResNet-20's outputs
-# are bit-identical with and without it.
-FLOAT32 = lax.Precision.HIGHEST
-
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _plain = threading.local()
 

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from pixeljax.evaluate import in_fixed_batches
-from pixeljax.models import layers
 from pixeljax.models.stem import Factored
 from pixeljax.sparse.problem import decode, last_writes
 
@@ -34,7 +33,7 @@ def changed_stems(factored: Factored, stems, images, candidates):
   response = jnp.asarray(factored.response)
   kh, kw = response.shape[:2]
   windows = jnp.einsum("nkc,hwco->nkhwo", delta, response,
-                       precision=layers.FLOAT32)   # as the net's own conv
+                       precision=jax.lax.Precision.HIGHEST)   # as the net's conv (logits)
   # Pad the stem maps so that every window fits, wherever its pixel is.
   (oy, ox), (hs, ws) = factored.offset, factored.stem_shape[:2]
   top, left = max(0, -oy), max(0, -ox)
