@@ -308,7 +308,7 @@ def worker_pixeljax(args):
   import jax.numpy as jnp
   from pixeljax import data, models
   from pixeljax.cli import quiet_backend_probes
-  from pixeljax.sparse import PixelAttackConfig, attack
+  from pixeljax.sparse import PixelAttackConfig, attack, incremental
   quiet_backend_probes()
   compiled = _compile_listener()
   ids = np.asarray(args.ids, np.int64)
@@ -355,13 +355,21 @@ def worker_pixeljax(args):
       count["calls"] += 1
 
     def counted(fn):
-      def f(x):
-        # An argument that depends on x, so that under the runner's vmap the callback runs
-        # per attack row (an x-independent one would be called once per batch).
+      def f(*args):
+        # An argument that depends on the rows (the last argument: images or windows), so
+        # that under the runner's vmap the callback runs per attack row (an x-independent one
+        # would be called once per batch).
+        x = args[-1]
         jax.debug.callback(add, jnp.sum(jnp.ones((), x.dtype) + 0 * x[:, 0, 0, 0]))
-        return fn(x)
+        return fn(*args)
       return f
-    if config.resolved(factored=isinstance(target, models.Factored)).incremental:
+    modes = incremental.modes(target)
+    if config.resolved(**modes).local_window:
+      # Count the windows' rows (one per candidate); the final check runs `full`, uncounted.
+      window = dataclasses.replace(target.window, _probs=counted(target.window._probs))
+      rec_c, seconds_c, comp_c = run(dataclasses.replace(target, window=window))
+      executed = count["rows"]
+    elif config.resolved(**modes).incremental:
       # Count the head's rows (one per candidate); the final check runs `full`, uncounted.
       rec_c, seconds_c, comp_c = run(dataclasses.replace(target, head=counted(target.head)))
       executed = count["rows"]
@@ -391,7 +399,7 @@ def worker_pixeljax(args):
     summary.update(forwards_executed_total=executed, forwards_per_image_mean=executed / n,
                    forwards_per_second=executed / seconds,
                    forward_callback_rows=count["rows"], forward_callback_calls=count["calls"])
-  resolved = config.resolved(factored=isinstance(target, models.Factored))
+  resolved = config.resolved(**incremental.modes(target))
   return dict(settings=dict(config=resolved.__dict__, key=f"PRNGKey({args.seed})",
                             images_per_call=n, effective_population=args.popsize,
                             budget=config.budget),

@@ -24,6 +24,7 @@ from pixeljax.metrics import one_pixel as metrics
 from pixeljax.models import check_images
 from pixeljax.sparse import campaign
 from pixeljax.sparse.exhaustive import colour_grid, exhaustive_one_pixel
+from pixeljax.sparse.incremental import modes
 from pixeljax.sparse.problem import PixelAttackConfig
 
 # Peers' figures on the same weights (Hyperparticle README: 100 samples, 75 generations).
@@ -45,12 +46,11 @@ def describe(config) -> str:
   return PixelAttackConfig(pixels=1, **config.attack.to_dict()).describe()
 
 
-def attack_config(config, pixels: int, devices: int = 1,
-                  factored: bool = False) -> PixelAttackConfig:
-  """The attack settings for ``pixels``, resolved for ``devices`` (the mesh's size) and a
-  model that is (or is not) ``factored``."""
+def attack_config(config, pixels: int, devices: int = 1, target=None) -> PixelAttackConfig:
+  """The attack settings for ``pixels``, resolved for ``devices`` (the mesh's size) and the
+  black box ``target`` (``black_box``: factored or not)."""
   return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved(
-      devices, factored)
+      devices, **modes(target))
 
 
 def black_box(classifier, config):
@@ -76,8 +76,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                     f"{config.runtime.attacks_per_call}")
   classifier = models.load(config.model)
   target = black_box(classifier, config)
-  configs = {k: attack_config(config, k, devices, isinstance(target, models.Factored))
-             for k in pixels}
+  configs = {k: attack_config(config, k, devices, target) for k in pixels}
   dataset = data.load(config.data, config.split, data_dir=config.data_dir)
   check_images(dataset.images[:1], classifier.spec.input_shape,
                f"model {classifier.name} (data set {dataset.name})")

@@ -33,7 +33,8 @@ UNCOMPARED = ("runtime",)
 # with: a stored claim without the key compares as if it held that value. (Resuming such a
 # run needs the same value asked for explicitly, e.g. --config.attack.incremental=False.)
 # Before eval_batch existed, a call evaluated all its candidates in one model call: 0.
-LEGACY = {"attack.incremental": False, "attack.eval_batch": 0}
+# Before local_window existed, no attack ran its net on windows: False.
+LEGACY = {"attack.incremental": False, "attack.eval_batch": 0, "attack.local_window": False}
 
 
 class SettingsMismatch(UserError):

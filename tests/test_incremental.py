@@ -7,7 +7,7 @@ import pytest
 
 from pixeljax import models, workdir
 from pixeljax.errors import UserError
-from pixeljax.models import layers, stem
+from pixeljax.models import layers, stem, window
 from pixeljax.models.registry import PixelClassifier
 from pixeljax.sparse import incremental, problem, runner
 from pixeljax.sparse.problem import PixelAttackConfig
@@ -149,8 +149,102 @@ def test_de_keeps_one_batch_shape_when_its_population_fills_model_calls(cifar_le
 
 def test_claims_made_before_incremental_resume_only_with_it_off():
   old = {"attack": {"pixels": 1, "eval_batch": 400}}
-  assert not workdir.differences(old, {"attack": {"pixels": 1, "eval_batch": 400,
-                                                  "incremental": False}})
-  diff = workdir.differences(old, {"attack": {"pixels": 1, "eval_batch": 400,
-                                              "incremental": True}})
-  assert diff == {"attack.incremental": (False, True)}
+  now = lambda **kw: {"attack": {"pixels": 1, "eval_batch": 400, "incremental": False,
+                                 "local_window": False, **kw}}
+  assert not workdir.differences(old, now())
+  assert workdir.differences(old, now(incremental=True)) == {
+      "attack.incremental": (False, True)}
+  assert workdir.differences(old, now(incremental=True, local_window=True)) == {
+      "attack.incremental": (False, True), "attack.local_window": (False, True)}
+  # Chunks made before local_window existed keep their names when it is off.
+  assert workdir.without_legacy(now(incremental=True)) == {
+      "attack": {"pixels": 1, "eval_batch": 400, "incremental": True}}
+
+
+# --- one-pixel candidates on windows (models.window) ----------------------------------------
+
+def test_resnet20_has_a_local_prefix_and_the_lenet_none(cifar_lenet):
+  f = models.load("cifar10_resnet20_akamaster").factored
+  # The stem and the first stage: 7 stride-1 3x3 convolutions, a 15x15 window.
+  assert f.window is not None and (f.window.radius, f.window.size) == (7, 15)
+  assert cifar_lenet.factored.window is None       # no window_end: pooling after one conv
+  origin = np.asarray(f.window.origin(jnp.array([0, 16, 31]), jnp.array([31, 3, 8]),
+                                      (32, 32, 3)))
+  np.testing.assert_array_equal(origin, [[0, 17], [9, 0], [17, 1]])   # clamped inside
+
+
+@pytest.mark.parametrize("size", [0, 16])
+def test_window_probabilities_match_the_full_net(cifar_samples, size):
+  clf = models.load("cifar10_resnet20_akamaster")
+  images = jnp.asarray(cifar_samples.images[:3], jnp.float32)
+  cands = _candidates(np.random.default_rng(5), 48, 1)          # corners included
+  g = incremental.candidate_probs(clf.factored, size, window=True)
+  active = (jnp.arange(48) < 16) | (jnp.arange(48) >= 32)
+  got = np.asarray(jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands))
+  want = np.asarray(jax.vmap(lambda im: clf.predict(jax.vmap(problem.perturb, (None, 0))(
+      im, cands)))(images))
+  keep = np.asarray(active) if size else np.ones(48, bool)
+  np.testing.assert_allclose(got[:, keep], want[:, keep], atol=2e-6)
+  if size:
+    assert not got[:, ~keep].any()
+
+
+class _Pooled(nn.Module):
+  """A pooling layer inside the named prefix: not local."""
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(layers.Conv(4, (3, 3))(x))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.relu(layers.Conv(4, (3, 3), name="conv_b")(x))
+    x = layers.Conv(4, (3, 3), name="last")(x)
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class _Local(_Pooled):
+  """Two 'same' convolutions, then the pooling: local up to ``last``... if it came first."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(layers.Conv(4, (3, 3))(x))
+    x = nn.relu(layers.Conv(4, (3, 3), name="conv_b")(x) + x)
+    x = nn.avg_pool(layers.Conv(4, (3, 3), name="last")(x), (2, 2), (2, 2))
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("backbone,end,local", [(_Local, "last", True), (_Pooled, "last", False),
+                                                (_Local, "no_such_module", False)])
+def test_localize_checks_the_prefix_it_is_given(backbone, end, local):
+  module = PixelClassifier(backbone(), layers.Normalize(mean=(100.,), std=(50.,)))
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  full = lambda x: module.apply(variables, x)
+  got = window.localize(full, module, variables, (16, 16, 3), end)
+  assert (got is not None) == local
+  if local:
+    assert (got.radius, got.size) == (2, 5)
+
+
+def test_config_resolves_local_window_for_one_pixel_incremental_attacks():
+  cpu = jax.default_backend() == "cpu"
+  on = dict(factored=True, windowed=True)
+  assert PixelAttackConfig(pixels=1).resolved(**on).local_window == cpu
+  assert PixelAttackConfig(pixels=3).resolved(**on).local_window is False
+  assert PixelAttackConfig(pixels=1).resolved(factored=True).local_window is False
+  assert PixelAttackConfig(incremental=False).resolved(**on).local_window is False
+  for bad in (dict(pixels=3), dict(incremental=False)):
+    with pytest.raises(UserError, match="local_window=True needs"):
+      PixelAttackConfig(local_window=True, **bad).resolved(**on)
+
+
+def test_attack_on_windows_finds_what_the_split_net_finds(cifar_samples):
+  clf = models.load("cifar10_resnet20_akamaster")
+  x, y = cifar_samples.images[:3], cifar_samples.labels[:3]
+  cfg = dict(pixels=1, popsize=40, generations=3, segment_iterations=3, eval_batch=40,
+             incremental=True, stop="first_success")
+  key = jax.random.PRNGKey(0)
+  stem_only = attack(clf.factored, x, y, key, PixelAttackConfig(**cfg, local_window=False))
+  windows = attack(clf.factored, x, y, key, PixelAttackConfig(**cfg))
+  for field in ("success", "pixels", "queries", "success_query", "adversarial_class"):
+    np.testing.assert_array_equal(getattr(windows, field), getattr(stem_only, field),
+                                  err_msg=field)

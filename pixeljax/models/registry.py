@@ -16,7 +16,7 @@ import numpy as np
 
 from pixeljax.errors import UserError
 from pixeljax import checkpoint as ckpt
-from pixeljax.models import layers, stem
+from pixeljax.models import layers, stem, window
 from pixeljax.models.alexnet import AlexNet
 from pixeljax.models.allcnn import AllCNNC
 from pixeljax.models.cifar_resnet import CifarResNet
@@ -60,6 +60,10 @@ class ModelSpec:
   num_classes: int
   dataset: str
   description: str
+  # The child module of the backbone where its translation-equivariant prefix ends (stride-1
+  # 'same' convolutions and per-position maps only): one-pixel candidates run that prefix
+  # on a window around their pixel (``pixeljax.models.window``). None: no such prefix.
+  window_end: Optional[str] = None
 
   def module(self, num_classes: Optional[int] = None) -> PixelClassifier:
     """The Flax module; ``num_classes`` overrides the head (e.g. n+1 for a fooling class)."""
@@ -114,7 +118,7 @@ for _depth in (20, 32):
                      functools.partial(CifarResNet, depth=_depth), layers.TORCH_IMAGENET,
                      _CIFAR, 10, "cifar10",
                      f"ResNet-{_depth}, option-A shortcuts, akamaster/pytorch_resnet_cifar10 "
-                     "(ported PyTorch weights)"))
+                     "(ported PyTorch weights)", window_end="layer2_0"))
 register(ModelSpec("mnist_lenet_fooling", LeNetMNIST, layers.CAFFE_MNIST, (28, 28, 1), 10,
                    "mnist", "Caffe LeNet of Evolving-AI-Lab/fooling (ported Caffe weights)"))
 register(ModelSpec("mnist_lenet", LeNetMNIST, layers.MNIST_STANDARD, (28, 28, 1), 10, "mnist",
@@ -156,9 +160,16 @@ class Classifier:
   @functools.cached_property
   def factored(self) -> Optional["stem.Factored"]:
     """``predict`` split at the first convolution (``pixeljax.models.stem``), so attacks can
-    evaluate few-pixel changes incrementally; None when the net does not factor. Built (and
-    checked) on first use; the same object afterwards, so compiled attacks are reused."""
-    return stem.factor(self.predict, self.module, self.variables, self.spec.input_shape)
+    evaluate few-pixel changes incrementally, with its ``window`` for one-pixel changes
+    (``pixeljax.models.window``) where the spec names a local prefix; None when the net does
+    not factor. Built (and checked) on first use; the same object afterwards, so compiled
+    attacks are reused."""
+    f = stem.factor(self.predict, self.module, self.variables, self.spec.input_shape)
+    if f is not None and self.spec.window_end:
+      f = dataclasses.replace(f, window=window.localize(
+          self.predict, self.module, self.variables, self.spec.input_shape,
+          self.spec.window_end))
+    return f
 
   @functools.cached_property
   def _jit_predict(self):

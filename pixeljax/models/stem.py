@@ -45,6 +45,9 @@ class Factored:
   response: np.ndarray                       # (KH, KW, C, O) float32
   offset: Tuple[int, int]
   stem_shape: Tuple[int, int, int]           # (H', W', O)
+  # One-pixel candidates through the net's local prefix on windows (``models.window``), when
+  # the net has one.
+  window: Optional[Any] = None
 
   def __call__(self, images):
     return self.full(images)

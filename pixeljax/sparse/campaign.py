@@ -21,9 +21,9 @@ import numpy as np
 
 from pixeljax import sharding, workdir
 from pixeljax.evaluate import predict_in_batches
-from pixeljax.models.stem import Factored
 from pixeljax.progress import Progress
 from pixeljax.sparse import records as records_lib
+from pixeljax.sparse.incremental import modes
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.sparse.records import AttackRecords
 from pixeljax.sparse.runner import attack, make_method, targets_for_all
@@ -86,8 +86,7 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   the weights' SHA-256) binds the folder to the exact inputs behind those names
   (``workdir.bind``): a resume against retrained weights of the same model is refused."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
-  config = config.resolved(mesh.size if mesh is not None else 1,
-                           factored=isinstance(predict, Factored))
+  config = config.resolved(mesh.size if mesh is not None else 1, **modes(predict))
   rows, targets = attack_rows(labels, num_classes, config.targeted)
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)

@@ -10,7 +10,9 @@ last write wins), so an earlier pixel at the same place as a later one contribut
 ``candidate_probs`` is the black box the runner gives each attack in place of
 ``predict(perturb(image, candidates))``; like ``evaluate.micro_batched`` it evaluates a fixed
 number of candidates per model call (a ``custom_vmap`` rule flattens the vmapped attacks),
-skipping slices none of whose rows is kept.
+skipping slices none of whose rows is kept. With ``window`` (one-pixel candidates of a net
+with a local prefix, ``Factored.window``), the prefix too runs on a window around each
+candidate's pixel (``pixeljax.models.window``), and only what follows it on whole maps.
 """
 import jax
 import jax.numpy as jnp
@@ -46,18 +48,35 @@ def changed_stems(factored: Factored, stems, images, candidates):
   return padded[:, top:top + hs, left:left + ws]
 
 
-def candidate_probs(factored: Factored, size: int):
+def modes(predict) -> dict:
+  """How a black box can be evaluated incrementally: ``PixelAttackConfig.resolved``'s
+  ``factored`` and ``windowed``."""
+  factored = isinstance(predict, Factored)
+  return dict(factored=factored, windowed=factored and predict.window is not None)
+
+
+def candidate_probs(factored: Factored, size: int, window: bool = False):
   """``f(image, candidates, active) -> probabilities`` for one attack's candidates (B, D),
   computed incrementally, ``size`` candidates per model call (0: all at once). ``active`` (B,)
-  marks rows whose results are kept; a slice with none is skipped (zeros)."""
+  marks rows whose results are kept; a slice with none is skipped (zeros). ``window``: the
+  candidates are one-pixel ones, run through ``factored.window``."""
+  if window:
+    local = factored.window
+    prepare = local.clean
 
-  def rows(stems, images, owner, cands):
-    return factored.head(changed_stems(factored, stems[owner], images[owner], cands))
+    def rows(maps, images, owner, cands):
+      x, y, col = jax.vmap(decode, (0, None))(cands, images.shape[1:])
+      return local.pixel_probs(maps, images, owner, y[:, 0], x[:, 0], col[:, 0])
+  else:
+    prepare = factored.stem
+
+    def rows(stems, images, owner, cands):
+      return factored.head(changed_stems(factored, stems[owner], images[owner], cands))
 
   if not size:
     def whole(image, cands, active):
       del active
-      return rows(factored.stem(image[None]), image[None],
+      return rows(prepare(image[None]), image[None],
                   jnp.zeros(cands.shape[:1], jnp.int32), cands)
     return whole
 
@@ -65,10 +84,10 @@ def candidate_probs(factored: Factored, size: int):
   def flat(images, owner, cands, active):
     """``images`` (A, H, W, C) of the attacks in this call; row i is a candidate of attack
     ``owner[i]``."""
-    stems = factored.stem(images)     # once per image per call: a few, against N candidates
+    maps = prepare(images)     # once per image per call: a few, against N candidates
     if cands.shape[0] <= size:
-      return rows(stems, images, owner, cands)
-    return in_fixed_batches(lambda a: rows(stems, images, *a), (owner, cands), size, active)
+      return rows(maps, images, owner, cands)
+    return in_fixed_batches(lambda a: rows(maps, images, *a), (owner, cands), size, active)
 
   @flat.def_vmap
   def _flatten(axis_size, in_batched, images, owner, cands, active):

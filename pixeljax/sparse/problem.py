@@ -73,6 +73,10 @@ class PixelAttackConfig:
   #   its pixels change, then the rest of the net (``pixeljax.models.stem``; needs a
   #   ``Factored`` model); None: on CPU when the model factors -- fixed by ``resolved()``.
   #   Same model outputs up to float rounding (~1e-7); the final check runs the full net
+  local_window: Optional[bool] = None  # incremental one-pixel candidates also run the net's
+  #   local prefix on a window around their pixel (``pixeljax.models.window``; needs a
+  #   ``Factored`` model with a ``window``); None: whenever that applies -- fixed by
+  #   ``resolved()``. Same outputs up to float rounding (bit-identical on ResNet-20 here)
 
   def __post_init__(self):
     checks = [
@@ -116,11 +120,12 @@ class PixelAttackConfig:
       if not ok:
         raise UserError(message)
 
-  def resolved(self, devices: int = 1, factored: bool = False) -> "PixelAttackConfig":
-    """This config with its backend-dependent defaults (``eval_batch``, ``incremental``)
-    fixed for the backend this process runs on, the number of devices its attacks are sharded
-    over and whether the model is ``factored``, so the settings that claim a run are the ones
-    that made it. Micro-batching is a single-device CPU default: on a mesh its contiguous
+  def resolved(self, devices: int = 1, factored: bool = False,
+               windowed: bool = False) -> "PixelAttackConfig":
+    """This config with its backend-dependent defaults (``eval_batch``, ``incremental``,
+    ``local_window``) fixed for the backend this process runs on, the number of devices its
+    attacks are sharded over and whether the model is ``factored`` (and ``windowed``: it has
+    a local prefix), so the settings that claim a run are the ones that made it. Micro-batching is a single-device CPU default: on a mesh its contiguous
     slices would make every device compute every slice (the attack axis is all-gathered).
     Incremental evaluation is a CPU default (measured there; its gathers are untested on
     accelerators)."""
@@ -133,6 +138,14 @@ class PixelAttackConfig:
     if out.incremental and not factored:
       raise UserError("incremental=True needs a model split at its first convolution (pass "
                       "Classifier.factored); this model is not factored")
+    if out.local_window is None:
+      out = dataclasses.replace(out, local_window=bool(
+          out.incremental and windowed and out.pixels == 1))
+    if out.local_window and not (out.incremental and windowed and out.pixels == 1):
+      raise UserError(f"local_window=True needs incremental evaluation, pixels=1 and a model "
+                      f"with a local prefix (Classifier.factored.window); got "
+                      f"incremental={out.incremental}, pixels={out.pixels}, "
+                      f"window={'yes' if windowed else 'none'}")
     return out
 
   @property

@@ -28,7 +28,7 @@ from pixeljax.sparse import method as method_lib
 from pixeljax.sparse.corner_search import CornerSearch
 from pixeljax.sparse.differential_evolution import DifferentialEvolution
 from pixeljax.models.stem import Factored
-from pixeljax.sparse.incremental import candidate_probs
+from pixeljax.sparse.incremental import candidate_probs, modes
 from pixeljax.sparse.problem import PixelAttackConfig, Predict, decode, evaluation, perturb
 from pixeljax.sparse.records import AttackRecords
 from pixeljax.sparse.sparse_rs import SparseRS
@@ -57,7 +57,7 @@ class _Engine:
     full = predict.full if isinstance(predict, Factored) else predict
     final = (lambda x: in_fixed_batches(full, x, size)) if size else full
     if config.incremental:
-      probs_of = candidate_probs(predict, size)
+      probs_of = candidate_probs(predict, size, config.local_window)
     else:
       model = micro_batched(full, size) if size else (lambda x, active: full(x))
       probs_of = lambda image, cands, active: model(
@@ -207,8 +207,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
-  config = config.resolved(mesh.size if mesh is not None else 1,
-                           factored=isinstance(predict, Factored))
+  config = config.resolved(mesh.size if mesh is not None else 1, **modes(predict))
   n = len(images)
   if targets is None:
     if config.targeted:
