@@ -292,3 +292,27 @@ def test_batches_cover_every_row_in_few_shapes_with_little_padding(cap, devices)
       np.testing.assert_array_equal(pad[:len(idx)], idx)
       # Padding is at most a quarter of a call, except below the smallest shape.
       assert 4 * (len(pad) - len(idx)) <= len(pad) or len(pad) == min(sizes)
+
+
+def test_de_initialises_inside_its_first_loop(cifar_lenet, cifar_samples):
+  """DE's first population is evaluated in the loop's first pass (one compiled net, not an
+  init program and a loop): with no generations too, and padding rows neither start nor
+  step; the records are those of attacks run one at a time."""
+  shape, k = (32, 32, 3), 10
+  cfg = PixelAttackConfig(popsize=16, generations=0, eval_batch=16)
+  assert runner._Engine(cifar_lenet.predict, shape, cfg, k).starts_in_run
+  assert not runner._Engine(cifar_lenet.predict, shape, PixelAttackConfig(
+      method="sparse_rs"), k).starts_in_run          # its first batch is not a step's
+  x, y = cifar_samples.images[:3], cifar_samples.labels[:3]
+  key = jax.random.PRNGKey(4)
+  rec = attack(cifar_lenet.predict, x, y, key, cfg)
+  np.testing.assert_array_equal(rec.queries, 16)
+  np.testing.assert_array_equal(rec.iterations, 0)
+  cfg = PixelAttackConfig(popsize=16, generations=3, eval_batch=16)
+  padded = attack(cifar_lenet.predict, x, y, key, cfg, attacks_per_call=4)
+  np.testing.assert_array_equal(padded.queries, 64)
+  for i in range(3):
+    one = attack(cifar_lenet.predict, x[i:i + 1], y[i:i + 1], key, cfg, image_ids=[i])
+    for field in ("pixels", "queries", "success", "probs", "iterations"):
+      np.testing.assert_array_equal(getattr(one, field)[0], getattr(padded, field)[i],
+                                    err_msg=field)

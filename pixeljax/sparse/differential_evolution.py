@@ -43,21 +43,39 @@ class DifferentialEvolution:
   def first_queries(self) -> int:
     return self.config.popsize
 
-  def init(self, key, problem: method.Problem) -> State:
+  # init = begin(key, first(key), evaluate(first(key))); step = tell(ask(state), evaluate):
+  # the runner can then evaluate the first population and every generation's trials at one
+  # place in one loop (``pixeljax.sparse.runner``: the net is compiled once, not twice).
+  def first(self, key) -> jax.Array:
+    """The initial population, the first candidates evaluated."""
     c = self.config
-    population = initial_population(jax.random.fold_in(key, 0), self.image_shape, c.pixels,
-                                    c.popsize)
-    ev = problem.evaluate(population)
+    return initial_population(jax.random.fold_in(key, 0), self.image_shape, c.pixels,
+                              c.popsize)
+
+  def begin(self, key, population, ev) -> State:
+    c = self.config
     state = de.init(jax.random.fold_in(key, 1), population, lambda _: ev.loss, c.de_config())
     tracker = method.start(c, population, ev, jnp.argmin(ev.loss))
     return State(de=state, probs=ev.probs, stop=ev.stop, tracker=tracker)
 
-  def step(self, state: State, problem: method.Problem) -> State:
+  def init(self, key, problem: method.Problem) -> State:
+    population = self.first(key)
+    return self.begin(key, population, problem.evaluate(population))
+
+  def ask(self, state: State):
+    """The generation's trial vectors and the state to ``tell`` their evaluation."""
     c = self.config
     lower, upper = bounds(self.image_shape, c.pixels)
     trial, searching = de.ask(state.de, c.de_config(), lower, upper)
-    ev = problem.evaluate(trial)
-    new = de.tell(searching, trial, ev.loss, c.de_config())
+    return trial, state.replace(de=searching)
+
+  def step(self, state: State, problem: method.Problem) -> State:
+    trial, state = self.ask(state)
+    return self.tell(state, trial, problem.evaluate(trial))
+
+  def tell(self, state: State, trial, ev) -> State:
+    c = self.config
+    new = de.tell(state.de, trial, ev.loss, c.de_config())
     kept = ev.loss <= state.de.fitness          # the engine's own selection rule
     probs = jnp.where(kept[:, None], ev.probs, state.probs)
     stop = jnp.where(kept, ev.stop, state.stop)

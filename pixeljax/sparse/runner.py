@@ -7,7 +7,9 @@ attack's loop ends at its stopping rule, its step limit or its query budget, whi
 exceeds. Between segments finished attacks are dropped from the batch (compaction into a few
 fixed batch shapes), so a finished attack stops costing model evaluations -- unless each
 attack's candidates fill whole model calls (DE), whose calls are skipped once it finishes:
-then the batches keep their first shape and compile once. With a
+then the batches keep their first shape and compile once. A method whose first batch is a
+step's size (DE: its population) also initialises inside the loop's first pass, so that
+its compiled program is one loop, not an init program beside it. With a
 ``jax.sharding.Mesh`` the attack axis is sharded over its devices (placement and gathering:
 ``pixeljax.sharding``).
 """
@@ -78,14 +80,37 @@ class _Engine:
       chex.assert_shape(image, self.shape)
       return method.init(key, problem(image, label, target))
 
+    def go_on(s, max_iteration):
+      t = s.tracker
+      return ((~t.done) & (t.iteration < max_iteration)
+              & (t.queries + method.queries_per_step <= budget))
+
     def one_run(state, image, label, target, max_iteration):
-      def go_on(s):
-        t = s.tracker
-        return ((~t.done) & (t.iteration < max_iteration)
-                & (t.queries + method.queries_per_step <= budget))
       # Under vmap the loop runs while any row goes on; the others' steps are discarded.
       return jax.lax.while_loop(
-          go_on, lambda s: method.step(s, problem(image, label, target, go_on(s))), state)
+          lambda s: go_on(s, max_iteration),
+          lambda s: method.step(s, problem(image, label, target, go_on(s, max_iteration))),
+          state)
+
+    def one_started_run(started, state, key, image, label, target, max_iteration):
+      """``one_run`` whose rows that have not ``started`` first initialise -- in the loop's
+      first pass, through the same model call as the steps' (a method whose first batch has
+      a step's size: DE's population). A net in both an init program and the loop costs its
+      compile twice (~1 s each for the CIFAR LeNet)."""
+      def go(carry):
+        started, s = carry
+        return ~started | go_on(s, max_iteration)
+
+      def body(carry):
+        started, s = carry
+        trial, asked = method.ask(s)
+        first = method.first(key)
+        cands = jnp.where(started, trial, first)
+        ev = problem(image, label, target, go(carry)).evaluate(cands)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(started, a, b),
+                                     method.tell(asked, trial, ev), method.begin(key, first, ev))
+        return jnp.ones((), bool), new
+      return jax.lax.while_loop(go, body, (started, state))[1]
 
     def finish(best, images):
       adv = jax.vmap(perturb)(images, best)
@@ -101,8 +126,12 @@ class _Engine:
     # calls are skipped once it finishes -- the batch then keeps one shape (one compiled
     # program) for the whole run.
     self.compacts = not (size and method.queries_per_step % size == 0)
+    # Whether attacks initialise inside the first run (``one_started_run``).
+    self.starts_in_run = (hasattr(method, "ask")
+                          and method.first_queries == method.queries_per_step)
     self.init = jax.jit(jax.vmap(one_init))
     self.run = jax.jit(jax.vmap(one_run, (0, 0, 0, 0, None)))
+    self.started_run = jax.jit(jax.vmap(one_started_run, (0, 0, 0, 0, 0, 0, None)))
     self.finish = jax.jit(finish)
 
   def active(self, state, max_iteration: int) -> np.ndarray:
@@ -237,19 +266,26 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(
       jnp.asarray(image_ids * 1000 + targets + 1, jnp.uint32))))
 
-  # Initialise in batches of at most `cap`, then advance the unfinished ones in segments.
-  states = []
-  for idx, pad in _padded_batches(np.arange(n), cap, devices):
-    s = engine.init(*sharding_lib.put((keys[pad], images[pad], labels[pad], targets[pad]),
-                                      sharding))
-    states.append(jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], s))
-  state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
-  _check_finite(state.tracker.best_probs)
+  # Initialise in batches of at most `cap`, then advance the unfinished ones in segments --
+  # or, where the method allows, initialise in the first segment's loop (``started``).
+  started = np.zeros(n, bool)
+  if engine.starts_in_run:
+    shapes = jax.eval_shape(engine.init, keys[:1], images[:1], labels[:1], targets[:1])
+    state = jax.tree_util.tree_map(lambda s: np.zeros((n,) + s.shape[1:], s.dtype), shapes)
+  else:
+    states = []
+    for idx, pad in _padded_batches(np.arange(n), cap, devices):
+      s = engine.init(*sharding_lib.put((keys[pad], images[pad], labels[pad], targets[pad]),
+                                        sharding))
+      states.append(jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], s))
+    state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
+    _check_finite(state.tracker.best_probs)
+    started[:] = True
 
   seg, limit = config.segment, engine.method.max_iterations
-  for max_it in range(seg, limit + seg, seg):
+  for max_it in range(seg, max(limit, 1) + seg, seg):   # once at least: rows may not have started
     max_it = min(max_it, limit)
-    going = engine.active(state, max_it)
+    going = engine.active(state, max_it) | ~started
     if engine.compacts:
       batches = list(_padded_batches(np.nonzero(going)[0], cap, devices))
     else:   # the batches of the first call, as long as any of their attacks goes on
@@ -260,8 +296,15 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
       done = sub.tracker.done.copy()
       done[len(idx):] = True     # padding rows: discarded, so their model calls are skipped
       sub = sub.replace(tracker=sub.tracker.replace(done=done))
-      out = engine.run(*sharding_lib.put((sub, images[pad], labels[pad], targets[pad]),
-                                         sharding), max_it)
+      if engine.starts_in_run:
+        begun = started[pad]
+        begun[len(idx):] = True      # padding rows neither start nor step
+        out = engine.started_run(*sharding_lib.put(
+            (begun, sub, keys[pad], images[pad], labels[pad], targets[pad]), sharding), max_it)
+        started[idx] = True
+      else:
+        out = engine.run(*sharding_lib.put((sub, images[pad], labels[pad], targets[pad]),
+                                           sharding), max_it)
       out = jax.tree_util.tree_map(lambda a: sharding_lib.gather(a)[:len(idx)], out)
       state = jax.tree_util.tree_map(lambda a, b: _scatter(a, idx, b), state, out)
     _check_finite(state.tracker.best_probs)
