@@ -50,8 +50,11 @@ def _same_padding(conv: nn.Conv) -> int:
   k = tuple(conv.kernel_size)
   strides = conv.strides if conv.strides is not None else 1
   strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
-  if len(k) != 2 or k[0] != k[1] or k[0] % 2 == 0 or strides != (1, 1):
-    raise NotLocal(f"convolution {conv.name}: kernel {k}, strides {strides}")
+  dilated = any(d not in (None, 1) and tuple(np.atleast_1d(d)) != (1,) * len(np.atleast_1d(d))
+                for d in (conv.input_dilation, conv.kernel_dilation))
+  if len(k) != 2 or k[0] != k[1] or k[0] % 2 == 0 or strides != (1, 1) or dilated:
+    raise NotLocal(f"convolution {conv.name}: kernel {k}, strides {strides}, dilations "
+                   f"{conv.input_dilation} / {conv.kernel_dilation}")
   p = k[0] // 2
   pad = conv.padding
   if pad == "SAME" or (not isinstance(pad, str)
