@@ -78,16 +78,19 @@ def _candidates(rng, n, k, size=32):
   return jnp.asarray(np.concatenate([xy, col], -1).reshape(n, 5 * k))
 
 
-@pytest.mark.parametrize("net", ["cifar10_lenet_hyperparticle",     # VALID 5x5
-                                 "cifar10_resnet20_akamaster"])     # SAME 3x3
-@pytest.mark.parametrize("k", [1, 3])
+_LENET, _R20 = "cifar10_lenet_hyperparticle", "cifar10_resnet20_akamaster"   # VALID 5x5, SAME 3x3
+
+
+@pytest.mark.parametrize("net,k,window", [(_LENET, 1, False), (_LENET, 3, False),
+                                          (_R20, 1, False), (_R20, 3, False),
+                                          (_R20, 1, True)])     # on windows (models.window)
 @pytest.mark.parametrize("size", [0, 16])
-def test_incremental_probabilities_match_the_full_net(cifar_samples, net, k, size):
+def test_incremental_probabilities_match_the_full_net(cifar_samples, net, k, window, size):
   clf = models.load(net)
   f = clf.factored
   images = jnp.asarray(cifar_samples.images[:3], jnp.float32)
-  cands = _candidates(np.random.default_rng(k), 48, k)
-  g = incremental.candidate_probs(f, size)
+  cands = _candidates(np.random.default_rng(k), 48, k)          # corners included
+  g = incremental.candidate_probs(f, size, window)
   # vmapped over attacks, as the runner calls it; rows 16..31 (one whole slice) inactive
   active = (jnp.arange(48) < 16) | (jnp.arange(48) >= 32)
   got = np.asarray(jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands))
@@ -171,22 +174,6 @@ def test_resnet20_has_a_local_prefix_and_the_lenet_none(cifar_lenet):
   origin = np.asarray(f.window.origin(jnp.array([0, 16, 31]), jnp.array([31, 3, 8]),
                                       (32, 32, 3)))
   np.testing.assert_array_equal(origin, [[0, 17], [9, 0], [17, 1]])   # clamped inside
-
-
-@pytest.mark.parametrize("size", [0, 16])
-def test_window_probabilities_match_the_full_net(cifar_samples, size):
-  clf = models.load("cifar10_resnet20_akamaster")
-  images = jnp.asarray(cifar_samples.images[:3], jnp.float32)
-  cands = _candidates(np.random.default_rng(5), 48, 1)          # corners included
-  g = incremental.candidate_probs(clf.factored, size, window=True)
-  active = (jnp.arange(48) < 16) | (jnp.arange(48) >= 32)
-  got = np.asarray(jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands))
-  want = np.asarray(jax.vmap(lambda im: clf.predict(jax.vmap(problem.perturb, (None, 0))(
-      im, cands)))(images))
-  keep = np.asarray(active) if size else np.ones(48, bool)
-  np.testing.assert_allclose(got[:, keep], want[:, keep], atol=2e-6)
-  if size:
-    assert not got[:, ~keep].any()
 
 
 class _Pooled(nn.Module):
