@@ -45,7 +45,7 @@ class DifferentialEvolution:
 
   # init = begin(key, first(key), evaluate(first(key))); step = tell(ask(state), evaluate):
   # the runner can then evaluate the first population and every generation's trials at one
-  # place in one loop (``pixeljax.sparse.runner``: the net is compiled once, not twice).
+  # place in one loop (``pixeljax.sparse.runner``: one compiled loop, no init program).
   def first(self, key) -> jax.Array:
     """The initial population, the first candidates evaluated."""
     c = self.config

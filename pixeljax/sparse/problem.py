@@ -125,8 +125,9 @@ class PixelAttackConfig:
     """This config with its backend-dependent defaults (``eval_batch``, ``incremental``,
     ``local_window``) fixed for the backend this process runs on, the number of devices its
     attacks are sharded over and whether the model is ``factored`` (and ``windowed``: it has
-    a local prefix), so the settings that claim a run are the ones that made it. Micro-batching is a single-device CPU default: on a mesh its contiguous
-    slices would make every device compute every slice (the attack axis is all-gathered).
+    a local prefix), so the settings that claim a run are the ones that made it.
+    Micro-batching is a single-device CPU default: on a mesh its contiguous slices would make
+    every device compute every slice (the attack axis is all-gathered).
     Incremental evaluation is a CPU default (measured there; its gathers are untested on
     accelerators)."""
     cpu = jax.default_backend() == "cpu"

@@ -95,8 +95,9 @@ class _Engine:
     def one_started_run(started, state, key, image, label, target, max_iteration):
       """``one_run`` whose rows that have not ``started`` first initialise -- in the loop's
       first pass, through the same model call as the steps' (a method whose first batch has
-      a step's size: DE's population). A net in both an init program and the loop costs its
-      compile twice (~1 s each for the CIFAR LeNet)."""
+      a step's size: DE's population). An init program beside the loop cost 0.5-0.7 s more
+      compile per pixel count (100 LeNet attacks): mostly the vmapped bookkeeping and its
+      threefry draws, not the net."""
       def go(carry):
         started, s = carry
         return ~started | go_on(s, max_iteration)
