@@ -219,6 +219,11 @@ def test_config_resolves_local_window_for_one_pixel_incremental_attacks():
   assert PixelAttackConfig(pixels=3).resolved(**on).local_window is False
   assert PixelAttackConfig(pixels=1).resolved(factored=True).local_window is False
   assert PixelAttackConfig(incremental=False).resolved(**on).local_window is False
+  # Its own model-call size on CPU (evaluate.CPU_WINDOW_EVAL_BATCH); the others keep theirs.
+  if cpu:
+    assert PixelAttackConfig(pixels=1).resolved(**on).eval_batch == 50
+    assert PixelAttackConfig(pixels=3).resolved(**on).eval_batch == 400
+    assert PixelAttackConfig(pixels=1, eval_batch=400).resolved(**on).eval_batch == 400
   for bad in (dict(pixels=3), dict(incremental=False)):
     with pytest.raises(UserError, match="local_window=True needs"):
       PixelAttackConfig(local_window=True, **bad).resolved(**on)

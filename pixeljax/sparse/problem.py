@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pixeljax.errors import UserError
-from pixeljax.evaluate import CPU_EVAL_BATCH
+from pixeljax.evaluate import CPU_EVAL_BATCH, CPU_WINDOW_EVAL_BATCH
 from pixeljax.evolution import de
 
 Predict = Callable[[jax.Array], jax.Array]
@@ -67,7 +67,8 @@ class PixelAttackConfig:
   segment_iterations: Optional[int] = None   # steps between compactions / progress reports;
   #                                            None: DE 10, Sparse-RS 100, CornerSearch 20
   eval_batch: Optional[int] = None   # images per model call (0: all of a call's candidates
-  #   at once); None: evaluate.CPU_EVAL_BATCH on one CPU device, else 0 -- fixed by
+  #   at once); None: evaluate.CPU_EVAL_BATCH on one CPU device (CPU_WINDOW_EVAL_BATCH with
+  #   ``local_window``), else 0 -- fixed by
   #   ``resolved()`` when a run starts, and recorded: XLA:CPU's float bits depend on the batch
   incremental: Optional[bool] = None   # evaluate a candidate as stem(image) + the windows
   #   its pixels change, then the rest of the net (``pixeljax.models.stem``; needs a
@@ -132,8 +133,6 @@ class PixelAttackConfig:
     accelerators)."""
     cpu = jax.default_backend() == "cpu"
     out = self
-    if out.eval_batch is None:
-      out = dataclasses.replace(out, eval_batch=CPU_EVAL_BATCH if cpu and devices == 1 else 0)
     if out.incremental is None:
       out = dataclasses.replace(out, incremental=bool(cpu and factored))
     if out.incremental and not factored:
@@ -147,6 +146,9 @@ class PixelAttackConfig:
                       f"with a local prefix (Classifier.factored.window); got "
                       f"incremental={out.incremental}, pixels={out.pixels}, "
                       f"window={'yes' if windowed else 'none'}")
+    if out.eval_batch is None:
+      size = CPU_WINDOW_EVAL_BATCH if out.local_window else CPU_EVAL_BATCH
+      out = dataclasses.replace(out, eval_batch=size if cpu and devices == 1 else 0)
     return out
 
   @property
