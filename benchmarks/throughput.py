@@ -70,6 +70,7 @@ def attack_rate(predict, images, labels, pixels: int, popsize: int, generations:
   them in one XLA call unless ``attacks_per_call`` says otherwise (untargeted: p_true < 0
   never holds)."""
   from pixeljax.sparse import PixelAttackConfig, attack
+  from pixeljax.sparse.incremental import modes
   config = PixelAttackConfig(pixels=pixels, popsize=popsize, generations=generations,
                              stop_probability=0.0, segment_iterations=generations,
                              eval_batch=eval_batch, incremental=incremental)
@@ -83,8 +84,8 @@ def attack_rate(predict, images, labels, pixels: int, popsize: int, generations:
   evals = int(np.sum(out["rec"].queries))
   return dict(seconds=seconds, evaluations=evals, evals_per_second=evals / seconds,
               seconds_per_image=seconds / len(images),
-              **{k: getattr(config.resolved(factored=hasattr(predict, "stem")), k)
-                 for k in ("eval_batch", "incremental")})
+              **{k: getattr(config.resolved(**modes(predict)), k)
+                 for k in ("eval_batch", "incremental", "local_window")})
 
 
 def attack_vs_forward(predict, images, labels, pixels: int = 1, popsize: int = 400,
