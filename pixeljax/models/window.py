@@ -6,10 +6,12 @@ pixel (y, x) can only reach positions within the layers' summed kernel radius ``
 A one-pixel candidate therefore differs from its image's activations only inside a
 (2r + 1)-square window around its pixel (clamped inside the image). ``localize`` evaluates
 the prefix on that window alone -- each convolution reads its clean input around the window
-(computed once per image) with the window written in -- and writes the window into the
-clean activations where the prefix ends, so only the rest of the net runs on whole maps. On
-the akamaster ResNet-20 the first stage (7 of its 19 convolutions, 44% of its forward time
-at batch 400) then runs on 15x15 instead of 32x32 maps.
+(computed once per image) with the window written in, and computes only the square its
+pixel can have reached so far (3x3 after the first, 5x5 after the second, ...), the rest of
+its window being its clean output -- and writes the window into the clean activations where
+the prefix ends, so only the rest of the net runs on whole maps. On the akamaster ResNet-20
+the first stage (7 of its 19 convolutions, 44% of its forward time at batch 400) then runs
+on 15x15 instead of 32x32 maps, its convolutions on 3x3 to 15x15.
 
 The prefix ends at a named child module of the backbone (``ModelSpec.window_end``): that
 module and everything after it see whole maps. ``localize`` checks what it assumes --
@@ -70,10 +72,11 @@ def _ends(context, end: str) -> bool:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Localized:
   """One-pixel candidates' probabilities from windows: ``clean(images)`` once per image
-  (each windowed convolution's padded input, and the input of the module ``end``), then
+  (each windowed convolution's padded input and its output, and the input of the module
+  ``end``), then
   ``pixel_probs(maps, images, owner, y, x, colours)`` per candidate -- ``images[owner]`` with
   pixel (y, x) set to ``colours``."""
-  clean: Callable[[jax.Array], Tuple[jax.Array, ...]]
+  clean: Callable[[jax.Array], Tuple[Any, ...]]
   _probs: Callable[..., jax.Array]
   size: int            # the window's side, 2 * radius + 1
   radius: int          # the prefix's summed kernel radius
@@ -91,7 +94,7 @@ class Localized:
     windows = _crop(images, owner, origin, self.size)
     windows = windows.at[rows, y - origin[:, 0], x - origin[:, 1]].set(
         colours.astype(windows.dtype))
-    return self._probs(maps, owner, origin, windows)
+    return self._probs(maps, owner, origin, jnp.stack([y, x], axis=-1), windows)
 
 
 def _crop(maps, owner, origin, size):
@@ -140,25 +143,35 @@ def localize(full: Callable, module: nn.Module, variables: Any, input_shape, end
   if not pads or size >= min(h, w):
     return None
 
+  # The affected radius of each prefix convolution's output: its own and those before it
+  # (a residual branch that skips some reaches less; the main path carries the sum).
+  reach = np.cumsum(pads)
+
   def clean(images):
-    maps = []
+    ins, outs = [], []
 
     def record(f, args, kwargs, context):
       if _ends(context, end):
         raise _Stop(args[0])
       if _is_conv(context):
         p = _same_padding(context.module)
-        maps.append(jnp.pad(args[0], ((0, 0), (p, p), (p, p), (0, 0))))
+        ins.append(jnp.pad(args[0], ((0, 0), (p, p), (p, p), (0, 0))))
+        outs.append(f(*args, **kwargs))
+        return outs[-1]
       return f(*args, **kwargs)
     try:
       with nn.intercept_methods(record):
         module.apply(variables, images)
     except _Stop as e:
-      return tuple(maps) + (e.value,)
+      return tuple(ins), tuple(outs), e.value
     raise NotLocal(f"the net calls no module named {end!r}")
 
-  def probs(maps, owner, origin, windows):
-    convs = list(maps[:-1])
+  def probs(maps, owner, origin, pixel, windows):
+    """Every tensor of the prefix is a ``size`` window at ``origin``; convolution i computes
+    only the (2 reach[i] + 1)-square around ``pixel`` that it can change, and takes the rest
+    of its window from its clean output."""
+    ins, outs, at_end = maps
+    calls = iter(range(len(pads)))
     ended, inner = [], []
 
     def windowed(f, args, kwargs, context):
@@ -166,18 +179,28 @@ def localize(full: Callable, module: nn.Module, variables: Any, input_shape, end
         return f(*args, **kwargs)
       if _ends(context, end):
         ended.append(True)
-        return f(_place(maps[-1], owner, origin, args[0]), *args[1:], **kwargs)
+        return f(_place(at_end, owner, origin, args[0]), *args[1:], **kwargs)
       if _is_conv(context):
-        conv = context.module
-        p = _same_padding(conv)
-        around = _crop(convs.pop(0), owner, origin, size + 2 * p)
+        i = next(calls)
+        conv, p = context.module, pads[i]
+        around = _crop(ins[i], owner, origin, size + 2 * p)
         x = lax.dynamic_update_slice(around, args[0].astype(around.dtype), (0, p, p, 0))
+        t = min(2 * int(reach[i]) + 1, size)
+        # The square it can change, clamped inside the image (so inside the window too).
+        corner = jnp.clip(pixel - int(reach[i]), 0, jnp.array([h - t, w - t]))
+        rel = corner - origin
+        x = jax.vmap(lambda v, r: lax.dynamic_slice(
+            v, (r[0], r[1], 0), (t + 2 * p, t + 2 * p, v.shape[-1])))(x, rel)
         valid = conv.clone(parent=None, padding="VALID")
         inner.append(True)
         try:
-          return valid.apply({"params": conv.variables["params"]}, x)
+          y = valid.apply({"params": conv.variables["params"]}, x)
         finally:
           inner.pop()
+        if t == size:
+          return y
+        return jax.vmap(lambda b, v, r: lax.dynamic_update_slice(b, v, (r[0], r[1], 0)))(
+            _crop(outs[i], owner, origin, size), y.astype(outs[i].dtype), rel)
       return f(*args, **kwargs)
     with nn.intercept_methods(windowed):
       return module.apply(variables, windows)
