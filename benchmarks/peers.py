@@ -321,6 +321,7 @@ def worker_pixeljax(args):
   config = PixelAttackConfig(pixels=PIXELS, method="de", strategy="rand1",
                              popsize=args.popsize, generations=args.generations, stop=args.rule,
                              incremental=False if args.pixeljax_full_net else None)
+  resolved = config.resolved(**incremental.modes(target))   # what the attack will run
   key = jax.random.PRNGKey(args.seed)
 
   def run(predict):
@@ -363,13 +364,12 @@ def worker_pixeljax(args):
         jax.debug.callback(add, jnp.sum(jnp.ones((), x.dtype) + 0 * x[:, 0, 0, 0]))
         return fn(*args)
       return f
-    modes = incremental.modes(target)
-    if config.resolved(**modes).local_window:
+    if resolved.local_window:
       # Count the windows' rows (one per candidate); the final check runs `full`, uncounted.
       window = dataclasses.replace(target.window, _probs=counted(target.window._probs))
       rec_c, seconds_c, comp_c = run(dataclasses.replace(target, window=window))
       executed = count["rows"]
-    elif config.resolved(**modes).incremental:
+    elif resolved.incremental:
       # Count the head's rows (one per candidate); the final check runs `full`, uncounted.
       rec_c, seconds_c, comp_c = run(dataclasses.replace(target, head=counted(target.head)))
       executed = count["rows"]
@@ -399,7 +399,6 @@ def worker_pixeljax(args):
     summary.update(forwards_executed_total=executed, forwards_per_image_mean=executed / n,
                    forwards_per_second=executed / seconds,
                    forward_callback_rows=count["rows"], forward_callback_calls=count["calls"])
-  resolved = config.resolved(**incremental.modes(target))
   return dict(settings=dict(config=resolved.__dict__, key=f"PRNGKey({args.seed})",
                             images_per_call=n, effective_population=args.popsize,
                             budget=config.budget),

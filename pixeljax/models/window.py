@@ -28,23 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from pixeljax.models.stem import _Stop, _is_conv   # the stem split's own cut
+
 # Largest disagreement (probabilities) the checks accept: the window's convolutions sum the
 # same products as the whole map's, in XLA's order for another shape (~1e-7 measured).
 _TOLERANCE = 1e-5
 
 
-class _Stop(Exception):
-  def __init__(self, value):
-    super().__init__("end of the windowed prefix reached")
-    self.value = value
-
-
 class NotLocal(Exception):
   """The prefix holds a layer that a window cannot evaluate."""
-
-
-def _is_conv(context) -> bool:
-  return isinstance(context.module, nn.Conv) and context.method_name == "__call__"
 
 
 def _same_padding(conv: nn.Conv) -> int:
@@ -73,14 +65,12 @@ def _ends(context, end: str) -> bool:
 class Localized:
   """One-pixel candidates' probabilities from windows: ``clean(images)`` once per image
   (each windowed convolution's padded input and its output, and the input of the module
-  ``end``), then
-  ``pixel_probs(maps, images, owner, y, x, colours)`` per candidate -- ``images[owner]`` with
-  pixel (y, x) set to ``colours``."""
+  ``end``), then ``pixel_probs(maps, images, owner, y, x, colours)`` per candidate --
+  ``images[owner]`` with pixel (y, x) set to ``colours``."""
   clean: Callable[[jax.Array], Tuple[Any, ...]]
   _probs: Callable[..., jax.Array]
   size: int            # the window's side, 2 * radius + 1
   radius: int          # the prefix's summed kernel radius
-  end: str
 
   def origin(self, y, x, image_shape):
     """The (N, 2) top-left corner of the windows around pixels (y, x), clamped inside."""
@@ -154,7 +144,7 @@ def localize(full: Callable, module: nn.Module, variables: Any, input_shape, end
       if _ends(context, end):
         raise _Stop(args[0])
       if _is_conv(context):
-        p = _same_padding(context.module)
+        p = pads[len(ins)]
         ins.append(jnp.pad(args[0], ((0, 0), (p, p), (p, p), (0, 0))))
         outs.append(f(*args, **kwargs))
         return outs[-1]
@@ -205,12 +195,14 @@ def localize(full: Callable, module: nn.Module, variables: Any, input_shape, end
     with nn.intercept_methods(windowed):
       return module.apply(variables, windows)
 
-  local = Localized(clean=clean, _probs=probs, size=size, radius=radius, end=end)
+  local = Localized(clean=clean, _probs=probs, size=size, radius=radius)
   # The checks: a random image, each pixel of the probes changed to a random colour.
   rng = np.random.default_rng(seed)
   image = rng.uniform(0, 255, (1, h, w, c)).astype(np.float32)
-  ys = np.array([h // 2, 0, 0, h - 1, h - 1, 0, h // 2, h - 1, h // 2] + list(rng.integers(h, size=7)))
-  xs = np.array([w // 2, 0, w - 1, 0, w - 1, w // 2, 0, w // 2, w - 1] + list(rng.integers(w, size=7)))
+  ys = np.array([h // 2, 0, 0, h - 1, h - 1, 0, h // 2, h - 1, h // 2]
+                + list(rng.integers(h, size=7)))
+  xs = np.array([w // 2, 0, w - 1, 0, w - 1, w // 2, 0, w // 2, w - 1]
+                + list(rng.integers(w, size=7)))
   colours = rng.uniform(0, 255, (len(ys), c)).astype(np.float32)
   changed = np.repeat(image, len(ys), 0)
   changed[np.arange(len(ys)), ys, xs] = colours
