@@ -31,7 +31,10 @@ Tools (``--tools``):
     ``PRNGKey(seed)``, image ids = indices into the 1,017 images (as the experiments), on the
     net split at its first convolution (``Classifier.factored``: candidates evaluated
     incrementally, pixeljax's CPU default; ``--pixeljax_full_net``: the whole net per
-    candidate). Run twice: the timed call, then an untimed call whose ``predict`` (its head,
+    candidate). As pixeljax's experiments do (``runtime.cpu_devices``), the worker splits the
+    CPU into one JAX device per core (``--pixeljax_cpu_devices``; 1: one device) and passes a
+    mesh over them: attacks whose model calls are small (on windows) deal those calls to the
+    devices (``PixelAttackConfig.eval_devices``). Run twice: the timed call, then an untimed call whose ``predict`` (its head,
     when split) is wrapped with a ``jax.debug.callback`` counter (every forward row the
     compiled program executes: padding rows and rows that finished but ride along in a vmapped
     loop included; the runner's final check of n adversarial + n clean images excluded); both calls must give identical records. "queries"
@@ -80,7 +83,10 @@ adversarial images are made outside it. Seconds per image: wall time of the atta
 and data loading excluded; pixeljax: one batched call / n, compile included, also reported
 without it). Evals/s = counted queries / attack seconds. Bare forward throughput, each in its own
 process, batch = popsize: ``jax.jit(classifier.predict)`` and the torch net under
-``torch.inference_mode()`` on a channels_last tensor; best and median of timed repeats.
+``torch.inference_mode()`` on a channels_last tensor; best and median of timed repeats. The
+same images also as pixeljax's attacks on windows evaluate them (calls of 50 dealt to the CPU
+devices, ``pixeljax.evaluate.dealt``) and as torch in calls of 50, so each framework's best
+way of running the net is on record.
 
 Threads: each framework's default (``--torch_threads`` sets torch's intra-op threads), or one
 thread for both with ``--single_thread`` (torch.set_num_threads(1); XLA:CPU without its Eigen
@@ -303,7 +309,18 @@ def _jax_env():
               compilation_cache_dir=jax.config.jax_compilation_cache_dir)
 
 
+def _cpu_mesh(args):
+  """pixeljax's CPU set-up, as its experiments make it (``runtime.cpu_devices``): the host's
+  cores as devices (``--pixeljax_cpu_devices``; 1: one device) and a mesh over them, or None."""
+  from pixeljax import sharding
+  if args.device == "cpu" and sharding.use_cpu_cores(args.pixeljax_cpu_devices or None) > 1:
+    return sharding.attack_mesh()
+  return None
+
+
 def worker_pixeljax(args):
+  from pixeljax import sharding
+  mesh = _cpu_mesh(args)       # before anything starts JAX's backend
   import jax
   import jax.numpy as jnp
   from pixeljax import data, models
@@ -321,13 +338,14 @@ def worker_pixeljax(args):
   config = PixelAttackConfig(pixels=PIXELS, method="de", strategy="rand1",
                              popsize=args.popsize, generations=args.generations, stop=args.rule,
                              incremental=False if args.pixeljax_full_net else None)
-  resolved = config.resolved(**incremental.modes(target))   # what the attack will run
+  resolved = config.resolved(**sharding.mesh_modes(mesh),   # what the attack will run
+                             **incremental.modes(target))
   key = jax.random.PRNGKey(args.seed)
 
   def run(predict):
     c0 = compiled()
     t0 = time.perf_counter()
-    rec = attack(predict, images, labels, key, config, image_ids=ids)
+    rec = attack(predict, images, labels, key, config, image_ids=ids, mesh=mesh)
     dt = time.perf_counter() - t0
     c1 = compiled()
     return rec, dt, {k: c1[k] - c0.get(k, 0.0) for k in c1}
@@ -612,8 +630,9 @@ def _timed_repeats(fn, min_seconds, min_repeats=5):
 
 
 def worker_forward_jax(args):
+  mesh = _cpu_mesh(args)       # before anything starts JAX's backend
   import jax
-  from pixeljax import models
+  from pixeljax import evaluate, models
   from pixeljax.cli import quiet_backend_probes
   quiet_backend_probes()
   clf = models.load(args.model)
@@ -624,10 +643,21 @@ def worker_forward_jax(args):
   jax.block_until_ready(f(x))
   first = time.perf_counter() - t0
   times = _timed_repeats(lambda: jax.block_until_ready(f(x)), args.forward_seconds)
-  return dict(batch=b, what="jax.jit(classifier.predict), float32 NHWC [0, 255]",
-              first_call_seconds=first, repeats=len(times),
-              evals_per_second_best=b / min(times),
-              evals_per_second_median=b / float(np.median(times)), environment=_jax_env())
+  out = dict(batch=b, what="jax.jit(classifier.predict), float32 NHWC [0, 255]",
+             first_call_seconds=first, repeats=len(times),
+             evals_per_second_best=b / min(times),
+             evals_per_second_median=b / float(np.median(times)), environment=_jax_env())
+  if mesh is not None:
+    # The same batch as the attacks on windows evaluate it: calls of CPU_DEALT_EVAL_BATCH
+    # images dealt to the CPU devices.
+    size = evaluate.CPU_DEALT_EVAL_BATCH
+    g = evaluate.dealt(clf.predict, size, mesh)
+    times = _timed_repeats(lambda: jax.block_until_ready(g(x)), args.forward_seconds)
+    out["dealt"] = dict(call=size, devices=mesh.size, repeats=len(times),
+                        what=f"pixeljax.evaluate.dealt(classifier.predict, {size}, mesh)",
+                        evals_per_second_best=b / min(times),
+                        evals_per_second_median=b / float(np.median(times)))
+  return out
 
 
 def worker_forward_torch(args):
@@ -643,10 +673,23 @@ def worker_forward_torch(args):
       model(x)
     _sync(torch, args.device)
   times = _timed_repeats(go, args.forward_seconds)
-  return dict(batch=b, what="torch net under inference_mode, float32 NCHW channels_last",
-              repeats=len(times), evals_per_second_best=b / min(times),
-              evals_per_second_median=b / float(np.median(times)),
-              environment=dict(_torch_env(torch), device=args.device))
+  out = dict(batch=b, what="torch net under inference_mode, float32 NCHW channels_last",
+             repeats=len(times), evals_per_second_best=b / min(times),
+             evals_per_second_median=b / float(np.median(times)),
+             environment=dict(_torch_env(torch), device=args.device))
+  # The same images in calls of 50 (pixeljax's dealt calls' size), for the best of both.
+  small = 50
+
+  def go_small():
+    with torch.inference_mode():
+      for i in range(0, b, small):
+        model(x[i:i + small])
+    _sync(torch, args.device)
+  times = _timed_repeats(go_small, args.forward_seconds)
+  out["calls_of_50"] = dict(call=small, repeats=len(times),
+                            evals_per_second_best=b / min(times),
+                            evals_per_second_median=b / float(np.median(times)))
+  return out
 
 
 WORKERS = dict(select=worker_select, pixeljax=worker_pixeljax,
@@ -681,6 +724,7 @@ def _spawn(args, worker, tmpdir, rule=None, ids=None, extra=()):
          "--generations", str(args.generations),
          "--torch_threads", str(1 if args.single_thread else args.torch_threads),
          "--device", args.device, "--forward_seconds", str(args.forward_seconds),
+         "--pixeljax_cpu_devices", str(args.pixeljax_cpu_devices),
          "--worker_out", out, *extra]
   if rule:
     cmd += ["--rule", rule]
@@ -765,6 +809,17 @@ def table(result) -> str:
       elif f:
         parts.append(f"{name.split('_')[1]} failed: {f['error']}")
     lines.append(f"bare forward, batch {s['popsize']}, evals/s: " + "; ".join(parts))
+    more = []
+    d = (fw.get("forward_jax") or {}).get("dealt")
+    if d:
+      more.append(f"jax in calls of {d['call']} dealt to {d['devices']} CPU devices "
+                  f"{d['evals_per_second_best']:,.0f} (median {d['evals_per_second_median']:,.0f})")
+    t = (fw.get("forward_torch") or {}).get("calls_of_50")
+    if t:
+      more.append(f"torch in calls of {t['call']} {t['evals_per_second_best']:,.0f} "
+                  f"(median {t['evals_per_second_median']:,.0f})")
+    if more:
+      lines.append("the same images, " + "; ".join(more))
   lines.append("queries: pixeljax's own count (budget-limited); torch tools: every image the "
                "wrapped net saw. forwards: pixeljax rows its compiled program executed "
                "(padding, finished rows riding along); -comp: without pixeljax's compile "
@@ -814,6 +869,10 @@ def drive(args):
         if res:
           print(f"   {res['evals_per_second_best']:,.0f} evals/s (best), "
                 f"{res['evals_per_second_median']:,.0f} (median)", flush=True)
+          for key in ("dealt", "calls_of_50"):
+            if key in res:
+              print(f"   {key}: {res[key]['evals_per_second_best']:,.0f} evals/s (best)",
+                    flush=True)
     results = {}
     for rule in rules:
       results[rule] = {}
@@ -893,6 +952,9 @@ def parse(argv=None):
   ap.add_argument("--no_forward", action="store_true", help="skip the bare forward throughput")
   ap.add_argument("--pixeljax_warm_rerun", action="store_true",
                   help="also time a second identical pixeljax call (compile = first - second)")
+  ap.add_argument("--pixeljax_cpu_devices", type=int, default=0,
+                  help="CPU devices pixeljax splits the host into (its experiments' "
+                       "runtime.cpu_devices); 0: one per core, 1: one device")
   ap.add_argument("--pixeljax_full_net", action="store_true",
                   help="pixeljax runs the whole net per candidate (incremental=False), as "
                        "before its default split at the first convolution")

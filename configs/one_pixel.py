@@ -54,7 +54,10 @@ def get_config(arg: str = "paper") -> ConfigDict:
   c.figures = True
   c.runtime = ConfigDict(dict(
       attacks_per_call=config_dict.placeholder(int),  # None: sized to device memory
-      shard=True,                     # shard attacks over every device
+      shard=True,                     # shard attacks over every device (CPU devices of
+      #                                 one host: deal them the model calls instead)
+      cpu_devices=config_dict.placeholder(int),   # split the CPU into this many devices
+      #                                 (None: one per core) -- attack.eval_devices records it
       distributed=False,              # jax.distributed.initialize() first (multi-host)
       progress=True))
 

@@ -46,11 +46,11 @@ def describe(config) -> str:
   return PixelAttackConfig(pixels=1, **config.attack.to_dict()).describe()
 
 
-def attack_config(config, pixels: int, devices: int = 1, target=None) -> PixelAttackConfig:
-  """The attack settings for ``pixels``, resolved for ``devices`` (the mesh's size) and the
-  black box ``target`` (``black_box``: factored or not)."""
+def attack_config(config, pixels: int, mesh=None, target=None) -> PixelAttackConfig:
+  """The attack settings for ``pixels``, resolved for ``mesh`` (``sharding.mesh_modes``) and
+  the black box ``target`` (``black_box``: factored or not)."""
   return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved(
-      devices, **modes(target))
+      **sharding.mesh_modes(mesh), **modes(target))
 
 
 def black_box(classifier, config):
@@ -66,7 +66,6 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   correctly classified images; write records, metrics (``results.json``) and figures."""
   pixels = [int(k) for k in config.pixels]
   mesh = sharding.attack_mesh() if config.runtime.shard else None
-  devices = mesh.size if mesh is not None else 1
   for k in pixels:
     PixelAttackConfig(pixels=k, **config.attack.to_dict())          # validates before work
   if config.seed < 0:
@@ -76,7 +75,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                     f"{config.runtime.attacks_per_call}")
   classifier = models.load(config.model)
   target = black_box(classifier, config)
-  configs = {k: attack_config(config, k, devices, target) for k in pixels}
+  configs = {k: attack_config(config, k, mesh, target) for k in pixels}
   dataset = data.load(config.data, config.split, data_dir=config.data_dir)
   check_images(dataset.images[:1], classifier.spec.input_shape,
                f"model {classifier.name} (data set {dataset.name})")

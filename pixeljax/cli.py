@@ -112,6 +112,9 @@ def main(experiment, config_file: str, report=None) -> None:
     if runtime is not None and runtime.get("distributed", False):
       from pixeljax import sharding
       sharding.initialize()
+    if runtime is not None and "cpu_devices" in runtime:   # before the backend starts
+      from pixeljax import sharding
+      sharding.use_cpu_cores(runtime.cpu_devices)
     workdir = Workdir.open(flags.FLAGS.workdir, config, flags.FLAGS.new_run, log)
     if workdir.resumed:
       log(f"resuming the run in {workdir.path} (same settings)")

@@ -34,7 +34,9 @@ UNCOMPARED = ("runtime",)
 # run needs the same value asked for explicitly, e.g. --config.attack.incremental=False.)
 # Before eval_batch existed, a call evaluated all its candidates in one model call: 0.
 # Before local_window existed, no attack ran its net on windows: False.
-LEGACY = {"attack.incremental": False, "attack.eval_batch": 0, "attack.local_window": False}
+# Before eval_devices existed, no run dealt its model calls to several devices: 1.
+LEGACY = {"attack.incremental": False, "attack.eval_batch": 0, "attack.local_window": False,
+          "attack.eval_devices": 1}
 
 
 class SettingsMismatch(UserError):

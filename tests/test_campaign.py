@@ -132,7 +132,7 @@ def test_a_resumed_run_keeps_its_chunk_boundaries(cifar_lenet, cifar_samples, tm
 def test_chunks_made_before_a_legacy_setting_keep_their_names():
   old = {"model": "m", "attack": {"pixels": 1, "eval_batch": 400}, "seed": 0}
   new = {"model": "m", "attack": {"pixels": 1, "eval_batch": 400, "incremental": False,
-                                  "local_window": False}, "seed": 0}
+                                  "local_window": False, "eval_devices": 1}, "seed": 0}
   ids, targets = np.arange(3), -np.ones(3)
   assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(old, ids, targets)
   new["attack"]["incremental"] = True
@@ -140,6 +140,10 @@ def test_chunks_made_before_a_legacy_setting_keep_their_names():
   new["attack"].update(incremental=False, local_window=True)
   assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
   new["attack"]["local_window"] = False
+  new["attack"]["eval_devices"] = 2
+  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
+  assert workdir.differences(old, new) == {"attack.eval_devices": (1, 2)}
+  new["attack"]["eval_devices"] = 1
   # Older still: made before eval_batch existed, i.e. every candidate in one call (0).
   oldest = {"model": "m", "attack": {"pixels": 1}, "seed": 0}
   new["attack"].update(incremental=False, eval_batch=0)

@@ -153,7 +153,7 @@ def test_de_keeps_one_batch_shape_when_its_population_fills_model_calls(cifar_le
 def test_claims_made_before_incremental_resume_only_with_it_off():
   old = {"attack": {"pixels": 1, "eval_batch": 400}}
   now = lambda **kw: {"attack": {"pixels": 1, "eval_batch": 400, "incremental": False,
-                                 "local_window": False, **kw}}
+                                 "local_window": False, "eval_devices": 1, **kw}}
   assert not workdir.differences(old, now())
   assert workdir.differences(old, now(incremental=True)) == {
       "attack.incremental": (False, True)}

@@ -171,6 +171,16 @@ def test_eval_batch_resolves_per_backend_and_makes_attacks_independent_of_their_
   assert PixelAttackConfig(eval_batch=64).resolved(devices=4).eval_batch == 64
   with pytest.raises(UserError, match="eval_batch"):
     PixelAttackConfig(eval_batch=-1)
+  # Model calls dealt to a host's CPU devices: by default only small ones.
+  assert PixelAttackConfig().resolved().eval_devices == 1
+  assert PixelAttackConfig(eval_batch=400).resolved(dealt=2).eval_devices == 1
+  assert PixelAttackConfig(eval_batch=50).resolved(dealt=2).eval_devices == 2
+  assert PixelAttackConfig(eval_batch=0).resolved(dealt=2).eval_devices == 1
+  assert PixelAttackConfig(eval_batch=400, eval_devices=2).resolved(dealt=2).eval_devices == 2
+  with pytest.raises(UserError, match="eval_devices=3, but this run has 2 CPU device"):
+    PixelAttackConfig(eval_devices=3).resolved(dealt=2)
+  with pytest.raises(UserError, match="eval_devices must be >= 1"):
+    PixelAttackConfig(eval_devices=0)
   # One model call per attack's population, whether 1 or 5 attacks share an XLA call: the
   # records are bit for bit the same.
   idx = _correct(cifar_lenet, cifar_samples, 5)
@@ -241,20 +251,38 @@ def test_exhaustive_baseline_matches_brute_force(cifar_lenet, cifar_samples):
 
 
 def test_one_and_four_devices_give_identical_results(tmp_path):
-  """Sharding the attack axis over 4 (forced host) devices changes nothing."""
+  """A mesh of 4 (forced host) CPU devices changes nothing: with model calls of 400 the
+  attacks run on one device, with calls of 8 those are dealt to the 4 devices (2 per
+  population; 3 of the 12 per step, padded to 12 of 16 slots, on each). XLA:CPU's rounding
+  may differ by ~1 ulp between programs over 1 and 4 devices, so probabilities agree to 1e-6;
+  the searches are the same. And ``evaluate.in_fixed_batches`` dealt to the devices gives
+  what it gives on one, skipped (inactive) calls included."""
   script = textwrap.dedent("""
-      import os, sys, numpy as np, jax
-      from pixeljax import data, models, sharding
+      import os, sys, numpy as np, jax, jax.numpy as jnp
+      from pixeljax import data, evaluate, models, sharding
       from pixeljax.sparse import PixelAttackConfig, attack
       clf = models.load("cifar10_lenet_hyperparticle")
       ds = data.load("cifar10_samples")
       idx = np.array([0, 1, 3, 4, 5, 6])
       mesh = sharding.attack_mesh() if jax.device_count() > 1 else None
-      rec = attack(clf.predict, ds.images[idx], ds.labels[idx], jax.random.PRNGKey(0),
-                   PixelAttackConfig(pixels=1, popsize=16, generations=3), image_ids=idx,
-                   mesh=mesh)
-      np.savez(sys.argv[1], pixels=rec.pixels, probs=rec.probs, queries=rec.queries,
-               devices=jax.device_count())
+      out = dict(devices=jax.device_count())
+      for name, size in (("big", None), ("small", 8)):
+        cfg = PixelAttackConfig(pixels=1, popsize=16, generations=3, eval_batch=size)
+        rec = attack(clf.predict, ds.images[idx], ds.labels[idx], jax.random.PRNGKey(0), cfg,
+                     image_ids=idx, mesh=mesh)
+        out.update({f"{name}_{k}": getattr(rec, k) for k in ("pixels", "probs", "queries")})
+        out[f"{name}_eval_devices"] = cfg.resolved(**sharding.mesh_modes(mesh)).eval_devices
+      x = jax.random.normal(jax.random.PRNGKey(1), (21, 3))
+      active = jnp.arange(21) % 9 < 4          # calls of 3: the 2nd, 5th ... have none
+      f = lambda v: jnp.tanh(v) * 2.0 + v.sum()
+      one = evaluate.in_fixed_batches(f, x, 3, active)
+      if mesh is not None:
+        run = sharding.on_every_device(
+            lambda x, a: evaluate.in_fixed_batches(f, x, 3, a, mesh=mesh), mesh)
+        np.testing.assert_array_equal(run(x, active), one)
+        np.testing.assert_array_equal(evaluate.dealt(f, 3, mesh)(x),
+                                      evaluate.in_fixed_batches(f, x, 3))
+      np.savez(sys.argv[1], **out)
   """)
   outs = []
   for n in (1, 4):
@@ -264,9 +292,12 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
     subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
     outs.append(np.load(path))
   assert int(outs[1]["devices"]) == 4
-  np.testing.assert_array_equal(outs[0]["pixels"], outs[1]["pixels"])
-  np.testing.assert_array_equal(outs[0]["queries"], outs[1]["queries"])
-  np.testing.assert_allclose(outs[0]["probs"], outs[1]["probs"], atol=1e-6)
+  assert [int(o["small_eval_devices"]) for o in outs] == [1, 4]
+  assert [int(o["big_eval_devices"]) for o in outs] == [1, 1]
+  for name in ("big", "small"):
+    np.testing.assert_array_equal(outs[0][f"{name}_pixels"], outs[1][f"{name}_pixels"])
+    np.testing.assert_array_equal(outs[0][f"{name}_queries"], outs[1][f"{name}_queries"])
+    np.testing.assert_allclose(outs[0][f"{name}_probs"], outs[1][f"{name}_probs"], atol=1e-6)
 
 
 

@@ -64,12 +64,11 @@ def chunk_size(predict, image_shape, rows: int, popsize: int,
   95 + 5) -- and a multiple of the mesh's devices."""
   if attacks_per_call is None:
     attacks_per_call = sharding.attacks_per_call(predict, image_shape, popsize)
-  if mesh is not None:
-    attacks_per_call = int(np.ceil(attacks_per_call / mesh.size) * mesh.size)
+  devices = sharding.mesh_modes(mesh)["devices"]
+  attacks_per_call = int(np.ceil(attacks_per_call / devices) * devices)
   chunks = max(1, -(-rows // attacks_per_call))
   size = max(1, -(-rows // chunks))
-  if mesh is not None:
-    size = int(np.ceil(size / mesh.size) * mesh.size)
+  size = int(np.ceil(size / devices) * devices)
   return size
 
 
@@ -86,7 +85,7 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
   the weights' SHA-256) binds the folder to the exact inputs behind those names
   (``workdir.bind``): a resume against retrained weights of the same model is refused."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
-  config = config.resolved(mesh.size if mesh is not None else 1, **modes(predict))
+  config = config.resolved(**sharding.mesh_modes(mesh), **modes(predict))
   rows, targets = attack_rows(labels, num_classes, config.targeted)
   settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
                   num_classes=num_classes)

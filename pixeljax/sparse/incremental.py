@@ -55,11 +55,12 @@ def modes(predict) -> dict:
   return dict(factored=factored, windowed=factored and predict.window is not None)
 
 
-def candidate_probs(factored: Factored, size: int, window: bool = False):
+def candidate_probs(factored: Factored, size: int, window: bool = False, mesh=None):
   """``f(image, candidates, active) -> probabilities`` for one attack's candidates (B, D),
   computed incrementally, ``size`` candidates per model call (0: all at once). ``active`` (B,)
   marks rows whose results are kept; a slice with none is skipped (zeros). ``window``: the
-  candidates are one-pixel ones, run through ``factored.window``."""
+  candidates are one-pixel ones, run through ``factored.window``. ``mesh``: the model calls
+  are dealt to its devices (``evaluate.in_fixed_batches``)."""
   if window:
     local = factored.window
     prepare = local.clean
@@ -87,7 +88,8 @@ def candidate_probs(factored: Factored, size: int, window: bool = False):
     maps = prepare(images)     # once per image per call: a few, against N candidates
     if cands.shape[0] <= size:
       return rows(maps, images, owner, cands)
-    return in_fixed_batches(lambda a: rows(maps, images, *a), (owner, cands), size, active)
+    return in_fixed_batches(lambda a: rows(maps, images, *a), (owner, cands), size, active,
+                            mesh)
 
   @flat.def_vmap
   def _flatten(axis_size, in_batched, images, owner, cands, active):

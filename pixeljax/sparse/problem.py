@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pixeljax.errors import UserError
-from pixeljax.evaluate import CPU_EVAL_BATCH, CPU_WINDOW_EVAL_BATCH
+from pixeljax.evaluate import CPU_DEALT_EVAL_BATCH, CPU_EVAL_BATCH, CPU_WINDOW_EVAL_BATCH
 from pixeljax.evolution import de
 
 Predict = Callable[[jax.Array], jax.Array]
@@ -78,6 +78,10 @@ class PixelAttackConfig:
   #   local prefix on a window around their pixel (``pixeljax.models.window``; needs a
   #   ``Factored`` model with a ``window``); None: whenever that applies -- fixed by
   #   ``resolved()``. Same outputs up to float rounding (ResNet-20: within 1.2e-7)
+  eval_devices: Optional[int] = None   # CPU devices (a host's cores) the model calls are
+  #   dealt to (``sharding.deals_model_calls``); None: all of a CPU mesh's when calls are
+  #   small (eval_batch <= evaluate.CPU_DEALT_EVAL_BATCH), else 1 -- fixed by
+  #   ``resolved()``, and recorded: XLA:CPU's float bits depend on the devices in a program
 
   def __post_init__(self):
     checks = [
@@ -116,17 +120,21 @@ class PixelAttackConfig:
          f"segment_iterations must be >= 1, got {self.segment_iterations}"),
         (self.eval_batch is None or self.eval_batch >= 0,
          f"eval_batch must be >= 0, got {self.eval_batch}"),
+        (self.eval_devices is None or self.eval_devices >= 1,
+         f"eval_devices must be >= 1, got {self.eval_devices}"),
     ]
     for ok, message in checks:
       if not ok:
         raise UserError(message)
 
-  def resolved(self, devices: int = 1, factored: bool = False,
-               windowed: bool = False) -> "PixelAttackConfig":
+  def resolved(self, devices: int = 1, factored: bool = False, windowed: bool = False,
+               dealt: int = 1) -> "PixelAttackConfig":
     """This config with its backend-dependent defaults (``eval_batch``, ``incremental``,
-    ``local_window``) fixed for the backend this process runs on, the number of devices its
-    attacks are sharded over and whether the model is ``factored`` (and ``windowed``: it has
-    a local prefix), so the settings that claim a run are the ones that made it.
+    ``local_window``, ``eval_devices``) fixed for the backend this process runs on, the
+    number of devices its attacks are sharded over (``devices``) or its model calls dealt to
+    (``dealt``; ``sharding.mesh_modes``) and whether the model is ``factored`` (and
+    ``windowed``: it has a local prefix), so the settings that claim a run are the ones that
+    made it.
     Micro-batching is a single-device CPU default: on a mesh its contiguous slices would make
     every device compute every slice (the attack axis is all-gathered).
     Incremental evaluation is a CPU default (measured there; its gathers are untested on
@@ -149,6 +157,13 @@ class PixelAttackConfig:
     if out.eval_batch is None:
       size = CPU_WINDOW_EVAL_BATCH if out.local_window else CPU_EVAL_BATCH
       out = dataclasses.replace(out, eval_batch=size if cpu and devices == 1 else 0)
+    if out.eval_devices is None:
+      small = 0 < out.eval_batch <= CPU_DEALT_EVAL_BATCH
+      out = dataclasses.replace(out, eval_devices=dealt if small else 1)
+    if out.eval_devices > dealt:
+      raise UserError(f"eval_devices={out.eval_devices}, but this run has {dealt} CPU device(s) "
+                      f"to deal its model calls to: start it with more (runtime.cpu_devices), "
+                      f"or leave eval_devices unset")
     return out
 
   @property

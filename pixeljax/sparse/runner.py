@@ -50,18 +50,18 @@ class _Engine:
   """The compiled pieces of a batched attack for one (predict, shape, config)."""
 
   def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig,
-               num_classes: int):
+               num_classes: int, mesh: Optional[Mesh] = None):
     self.shape = tuple(image_shape)
     self.config = config      # resolved by ``attack`` (which knows the mesh)
     size = config.eval_batch
     # The final evaluation pads to whole calls of ``size``, so a row's recorded
     # probabilities do not depend on how many rows share the call either.
     full = predict.full if isinstance(predict, Factored) else predict
-    final = (lambda x: in_fixed_batches(full, x, size)) if size else full
+    final = (lambda x: in_fixed_batches(full, x, size, mesh=mesh)) if size else full
     if config.incremental:
-      probs_of = candidate_probs(predict, size, config.local_window)
+      probs_of = candidate_probs(predict, size, config.local_window, mesh)
     else:
-      model = micro_batched(full, size) if size else (lambda x, active: full(x))
+      model = micro_batched(full, size, mesh) if size else (lambda x, active: full(x))
       probs_of = lambda image, cands, active: model(
           jax.vmap(perturb, (None, 0))(image, cands), active)
     self.method = method = make_method(config, self.shape, num_classes)
@@ -130,10 +130,13 @@ class _Engine:
     # Whether attacks initialise inside the first run (``one_started_run``).
     self.starts_in_run = (hasattr(method, "ask")
                           and method.first_queries == method.queries_per_step)
-    self.init = jax.jit(jax.vmap(one_init))
-    self.run = jax.jit(jax.vmap(one_run, (0, 0, 0, 0, None)))
-    self.started_run = jax.jit(jax.vmap(one_started_run, (0, 0, 0, 0, 0, 0, None)))
-    self.finish = jax.jit(finish)
+    # With a dealing mesh every device runs the whole program on every attack, and the
+    # model calls are dealt to them.
+    program = jax.jit if mesh is None else (lambda f: sharding_lib.on_every_device(f, mesh))
+    self.init = program(jax.vmap(one_init))
+    self.run = program(jax.vmap(one_run, (0, 0, 0, 0, None)))
+    self.started_run = program(jax.vmap(one_started_run, (0, 0, 0, 0, 0, 0, None)))
+    self.finish = program(finish)
 
   def active(self, state, max_iteration: int) -> np.ndarray:
     """Rows that can still take a step before ``max_iteration``."""
@@ -143,8 +146,9 @@ class _Engine:
 
 
 @functools.lru_cache(maxsize=16)
-def _engine(predict, image_shape, config, num_classes) -> _Engine:
-  return _Engine(predict, image_shape, config, num_classes)
+def _engine(predict, image_shape, config, num_classes, mesh=None) -> _Engine:
+  """``mesh``: one whose devices the model calls are dealt to (else None)."""
+  return _Engine(predict, image_shape, config, num_classes, mesh)
 
 
 def _sizes(cap: int, devices: int):
@@ -237,7 +241,10 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
-  config = config.resolved(mesh.size if mesh is not None else 1, **modes(predict))
+  config = config.resolved(**sharding_lib.mesh_modes(mesh), **modes(predict))
+  devices = sharding_lib.mesh_modes(mesh)["devices"]
+  if sharding_lib.deals_model_calls(mesh):   # attacks not sharded; calls dealt, or one device
+    mesh = sharding_lib.dealing_mesh(mesh, config.eval_devices)
   n = len(images)
   if targets is None:
     if config.targeted:
@@ -253,11 +260,11 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
                                             config.pixels, config.method)
   if config.targeted and np.any((targets < 0) | (targets == labels)):
     raise UserError("targeted attack: every target must differ from the true label")
-  engine = _engine(predict, images.shape[1:], config, num_classes)
+  engine = _engine(predict, images.shape[1:], config, num_classes,
+                   mesh if sharding_lib.deals_model_calls(mesh) else None)
   if config.budget < engine.method.first_queries:
     raise UserError(f"max_queries={config.budget} is below the {engine.method.first_queries} "
                     f"queries of {config.method}'s first step")
-  devices = mesh.size if mesh is not None else 1
   sharding = sharding_lib.attack_sharding(mesh)
   cap = n if n else 1
   if attacks_per_call and (attacks_per_call < n
