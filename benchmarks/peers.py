@@ -106,6 +106,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -369,9 +370,13 @@ def worker_pixeljax(args):
 
   count = dict(rows=0, calls=0)
   if args.pixeljax_count_forward:
+    lock = threading.Lock()
+
     def add(n):
-      count["rows"] += int(np.sum(n))
-      count["calls"] += 1
+      n = int(np.sum(n))   # (before the lock: with dealt calls, devices call back in threads)
+      with lock:
+        count["rows"] += n
+        count["calls"] += 1
 
     def counted(fn):
       def f(*args):
