@@ -14,7 +14,9 @@ published run in ``results/one_pixel`` (``lenet_rand1``, ``lenet_best1bin``,
 ``lenet_rand1_success_first``, ``lenet_best1bin_success_first``, ``lenet_targeted_10img``).
 The attack's defaults are read from ``PixelAttackConfig`` itself, so they are written once.
 Everything except ``runtime`` claims the workdir; ``runtime`` changes speed, not the search
-(``attack.eval_batch`` fixes the model calls' size, so DE's records do not depend on it).
+(``attack.eval_batch`` fixes the model calls' size, so DE's records do not depend on it;
+``runtime.cpu_devices`` changes float bits where small calls are dealt to the devices, so
+the resolved ``attack.eval_devices`` records it).
 """
 import dataclasses
 import typing

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import PartitionSpec
+
+from pixeljax import sharding
 
 # Images per model call inside an attack on CPU (``PixelAttackConfig.eval_batch``). XLA:CPU
 # runs a net fastest on batches whose activations stay in cache: the akamaster ResNet-20
@@ -22,7 +23,7 @@ CPU_WINDOW_EVAL_BATCH = 50
 # The largest model call that is dealt to a host's CPU devices by default
 # (``PixelAttackConfig.eval_devices``, ``sharding.deals_model_calls``). XLA:CPU runs a call
 # this small mostly on one core, a larger one on all: dealt to 2 devices against one device,
-# warm, ResNet-20 one-pixel DE on windows (4 images, 50 per call) 1.29x; the LeNet (20
+# warm, ResNet-20 one-pixel DE on windows (4 images, 50 per call) 1.46x; the LeNet (20
 # images) 1.28x at 50 per call, 0.76x at 400; ResNet-20 3-pixel (400 per call) 0.73x.
 CPU_DEALT_EVAL_BATCH = 50
 
@@ -77,8 +78,9 @@ def _dealt(predict, xs, act, mesh):
   population: eval_batch-sized slices of each attack's candidates) spread evenly over the
   devices whichever attacks are still running. Runs inside a ``shard_map`` over ``mesh``
   (every device holding all of ``xs``: the runner's ``_Engine``); the devices' results are
-  all-gathered. Each call is computed as on one device (same shape, same program), so the
-  results are bit for bit the one-device ones."""
+  all-gathered. Each call has the shape and program it has on one device, but XLA:CPU's
+  rounding can differ by ~1 ulp between programs over 1 and D devices (hence the recorded
+  ``PixelAttackConfig.eval_devices``)."""
   axis, d = mesh.axis_names[0], mesh.size
   chunks = act.shape[0]
   per = -(-chunks // d)
@@ -135,7 +137,6 @@ def dealt(predict, size: int, mesh):
   """``jit``-ed ``f(x) = predict(x)`` as an attack evaluates its candidates on a host's CPU
   devices: in model calls of ``size`` images dealt round robin to ``mesh``'s devices
   (``sharding.deals_model_calls``); for measuring or serving that forward pass."""
-  from pixeljax import sharding
   return sharding.on_every_device(lambda x: in_fixed_batches(predict, x, size, mesh=mesh), mesh)
 
 

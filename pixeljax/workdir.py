@@ -30,8 +30,11 @@ SETTINGS_FILE = "settings.json"
 INPUTS_FILE = "inputs.json"
 UNCOMPARED = ("runtime",)
 # Settings added after work was already stored, with the value that earlier work was made
-# with: a stored claim without the key compares as if it held that value. (Resuming such a
-# run needs the same value asked for explicitly, e.g. --config.attack.incremental=False.)
+# with: a stored claim without the key compares as if it held that value -- or as the new
+# claim's None, i.e. "resolve it when the run starts" (a run's config.json): the resolved
+# value is what each chunk folder's claim then compares. (So an older run resumes where its
+# defaults resolve as they did then, and otherwise needs that value asked for explicitly,
+# e.g. --config.attack.incremental=False.)
 # Before eval_batch existed, a call evaluated all its candidates in one model call: 0.
 # Before local_window existed, no attack ran its net on windows: False.
 # Before eval_devices existed, no run dealt its model calls to several devices: 1.
@@ -121,13 +124,14 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 def differences(old: Mapping, new: Mapping, skip=()) -> Dict[str, tuple]:
   """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys);
-  ``old`` lacking a ``LEGACY`` key (next to its siblings) counts as holding its legacy value."""
+  ``old`` lacking a ``LEGACY`` key (next to its siblings) counts as holding its legacy value,
+  or None where ``new`` leaves it to be resolved (None)."""
   a = _flatten({k: v for k, v in to_jsonable(old).items() if k not in skip})
   b = _flatten({k: v for k, v in to_jsonable(new).items() if k not in skip})
   for k, v in LEGACY.items():
     if k not in a and k.split(".")[0] not in skip and any(x.startswith(k.rsplit(".", 1)[0] + ".")
                                                           for x in a):
-      a[k] = v
+      a[k] = None if k in b and b[k] is None else v
   missing = object()
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
           if a.get(k, missing) != b.get(k, missing)}

@@ -11,7 +11,9 @@ then the batches keep their first shape and compile once. A method whose first b
 step's size (DE: its population) also initialises inside the loop's first pass, so that
 its compiled program is one loop, not an init program beside it. With a
 ``jax.sharding.Mesh`` the attack axis is sharded over its devices (placement and gathering:
-``pixeljax.sharding``).
+``pixeljax.sharding``) -- except on one host's CPU devices, where every device runs every
+attack and the model calls are dealt to them (``config.eval_devices``,
+``sharding.deals_model_calls``).
 """
 import functools
 import math
@@ -47,7 +49,8 @@ def make_method(config: PixelAttackConfig, image_shape, num_classes: int):
 
 
 class _Engine:
-  """The compiled pieces of a batched attack for one (predict, shape, config)."""
+  """The compiled pieces of a batched attack for one (predict, shape, config, mesh to deal
+  model calls to)."""
 
   def __init__(self, predict: Predict, image_shape, config: PixelAttackConfig,
                num_classes: int, mesh: Optional[Mesh] = None):
