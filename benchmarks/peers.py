@@ -34,8 +34,9 @@ Tools (``--tools``):
     candidate). As pixeljax's experiments do (``runtime.cpu_devices``), the worker splits the
     CPU into one JAX device per core (``--pixeljax_cpu_devices``; 1: one device) and passes a
     mesh over them: attacks whose model calls are small (on windows) deal those calls to the
-    devices (``PixelAttackConfig.eval_devices``). Run twice: the timed call, then an untimed call whose ``predict`` (its head,
-    when split) is wrapped with a ``jax.debug.callback`` counter (every forward row the
+    devices (``PixelAttackConfig.eval_devices``). Run twice: the timed call, then an untimed
+    call whose ``predict`` (its head, when split; its windows' evaluation, on windows) is
+    wrapped with a ``jax.debug.callback`` counter (every forward row the
     compiled program executes: padding rows and rows that finished but ride along in a vmapped
     loop included; the runner's final check of n adversarial + n clean images excluded); both calls must give identical records. "queries"
     are pixeljax's own count (candidates it scored, what its budget limits). Compile seconds:

@@ -244,10 +244,11 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
   images = np.asarray(images)
   if images.ndim != 4:
     raise UserError(f"images must be (N, H, W, C), got shape {images.shape}")
-  config = config.resolved(**sharding_lib.mesh_modes(mesh), **modes(predict))
-  devices = sharding_lib.mesh_modes(mesh)["devices"]
-  if sharding_lib.deals_model_calls(mesh):   # attacks not sharded; calls dealt, or one device
-    mesh = sharding_lib.dealing_mesh(mesh, config.eval_devices)
+  split = sharding_lib.mesh_modes(mesh)
+  config = config.resolved(**split, **modes(predict))
+  devices, dealt = split["devices"], None
+  if sharding_lib.deals_model_calls(mesh):   # attacks not sharded: calls dealt, or one device
+    mesh = dealt = sharding_lib.dealing_mesh(mesh, config.eval_devices)
   n = len(images)
   if targets is None:
     if config.targeted:
@@ -263,8 +264,7 @@ def attack(predict: Predict, images, labels, key, config: PixelAttackConfig,
                                             config.pixels, config.method)
   if config.targeted and np.any((targets < 0) | (targets == labels)):
     raise UserError("targeted attack: every target must differ from the true label")
-  engine = _engine(predict, images.shape[1:], config, num_classes,
-                   mesh if sharding_lib.deals_model_calls(mesh) else None)
+  engine = _engine(predict, images.shape[1:], config, num_classes, dealt)
   if config.budget < engine.method.first_queries:
     raise UserError(f"max_queries={config.budget} is below the {engine.method.first_queries} "
                     f"queries of {config.method}'s first step")
