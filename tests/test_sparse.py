@@ -253,7 +253,8 @@ def test_exhaustive_baseline_matches_brute_force(cifar_lenet, cifar_samples):
 def test_one_and_four_devices_give_identical_results(tmp_path):
   """A mesh of 4 (forced host) CPU devices changes nothing: with model calls of 400 the
   attacks run on one device, with calls of 8 those are dealt to the 4 devices (2 per
-  population; 3 of the 12 per step, padded to 12 of 16 slots, on each). XLA:CPU's rounding
+  population; 3 of the 12 per step on each), and so are ResNet-20's one-pixel candidates on
+  windows (calls of 50: 4 per step, one on each device). XLA:CPU's rounding
   may differ by ~1 ulp between programs over 1 and 4 devices, so probabilities agree to 1e-6;
   the searches are the same. And ``evaluate.in_fixed_batches`` dealt to the devices gives
   what it gives on one, skipped (inactive) calls included."""
@@ -272,6 +273,14 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
                      image_ids=idx, mesh=mesh)
         out.update({f"{name}_{k}": getattr(rec, k) for k in ("pixels", "probs", "queries")})
         out[f"{name}_eval_devices"] = cfg.resolved(**sharding.mesh_modes(mesh)).eval_devices
+      # One-pixel candidates of ResNet-20 on windows: calls of 50 (its default), dealt.
+      net = models.load("cifar10_resnet20_akamaster").factored
+      cfg = PixelAttackConfig(pixels=1, popsize=100, generations=2)
+      rec = attack(net, ds.images[idx[:2]], ds.labels[idx[:2]], jax.random.PRNGKey(0), cfg,
+                   image_ids=idx[:2], mesh=mesh)
+      out.update({f"window_{k}": getattr(rec, k) for k in ("pixels", "probs", "queries")})
+      out["window_eval_devices"] = cfg.resolved(**sharding.mesh_modes(mesh), factored=True,
+                                                windowed=True).eval_devices
       x = jax.random.normal(jax.random.PRNGKey(1), (21, 3))
       active = jnp.arange(21) % 9 < 4          # calls of 3: the 2nd, 5th ... have none
       f = lambda v: jnp.tanh(v) * 2.0 + v.sum()
@@ -294,7 +303,8 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
   assert int(outs[1]["devices"]) == 4
   assert [int(o["small_eval_devices"]) for o in outs] == [1, 4]
   assert [int(o["big_eval_devices"]) for o in outs] == [1, 1]
-  for name in ("big", "small"):
+  assert [int(o["window_eval_devices"]) for o in outs] == [1, 4]
+  for name in ("big", "small", "window"):
     np.testing.assert_array_equal(outs[0][f"{name}_pixels"], outs[1][f"{name}_pixels"])
     np.testing.assert_array_equal(outs[0][f"{name}_queries"], outs[1][f"{name}_queries"])
     np.testing.assert_allclose(outs[0][f"{name}_probs"], outs[1][f"{name}_probs"], atol=1e-6)
