@@ -157,6 +157,11 @@ def test_claims_made_before_incremental_resume_only_with_it_off():
   assert not workdir.differences(old, now())
   assert workdir.differences(old, now(incremental=True)) == {
       "attack.incremental": (False, True)}
+  # A run's config leaves them unset (None: resolved at start), which an older claim
+  # matches; the resolved values are what each chunk folder's claim compares (as above).
+  assert not workdir.differences(old, now(incremental=None, local_window=None,
+                                          eval_devices=None))
+  assert workdir.differences(old, now(eval_devices=2)) == {"attack.eval_devices": (1, 2)}
   assert workdir.differences(old, now(incremental=True, local_window=True)) == {
       "attack.incremental": (False, True), "attack.local_window": (False, True)}
   # Chunks made before local_window existed keep their names when it is off.
