@@ -1,10 +1,11 @@
 """Compilation: JAX's persistent cache, and what a run spent compiling.
 
-A campaign compiles a few programs per pixel count (the runner's init -- inside the loop for DE
---, its segment loop at each batch shape it meets, the final check). ``enable_cache`` keeps every compiled program in a
-folder, so a rerun, a resumed run or a second campaign with the same shapes loads them instead;
-``totals`` / ``since`` read JAX's own compile events (``jax.monitoring``), so experiments can
-report compile seconds beside attack seconds without timing anything themselves.
+A campaign compiles a few programs per pixel count (the runner's init, inside the loop for
+DE; its segment loop at each batch shape it meets; the final check). ``enable_cache`` keeps
+every compiled program in a folder, so a rerun, a resumed run or a second campaign with the
+same shapes loads them instead; ``totals`` / ``since`` read JAX's own compile events
+(``jax.monitoring``), so experiments can report compile seconds beside attack seconds without
+timing anything themselves.
 """
 import os
 import threading
