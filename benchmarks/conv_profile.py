@@ -4,8 +4,8 @@ backward, in XLA:CPU and in PyTorch (oneDNN), at the training batch.
     .venv/bin/python benchmarks/conv_profile.py --batch 128 --out runs/peers/conv_profile.json
     .venv/bin/python benchmarks/conv_profile.py --net vgg16 --batch 128 --repeats 2
 
-For every conv layer of ``pixeljax.models.allcnn.AllCNNC`` (or ``vgg.VGG16``; ``--net``) (its input shape at the batch,
-features, kernel, stride, padding) the JAX worker times ``jit`` of the forward convolution, of
+For every conv layer of ``pixeljax.models.allcnn.AllCNNC`` (or ``vgg.VGG16``; ``--net``)
+(its input shape at the batch, features, kernel, stride, padding) the JAX worker times ``jit`` of the forward convolution, of
 its gradient w.r.t. the input and of its gradient w.r.t. the kernel (``jax.vjp``), and the
 torch worker the forward ``conv2d`` and its ``backward`` (both gradients), channels_last,
 ``torch.no_grad`` off. Best of ``--repeats``; each framework in its own process, one after the

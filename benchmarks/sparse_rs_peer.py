@@ -16,7 +16,7 @@ What is the authors' and what is ours:
     pixeljax's models see) and returns LOGITS. Their margin (logit_y - max_other logit) equals
     the same margin on log-probabilities, i.e. on pixeljax's ``log(predict(x))``.
   * Images: ``--image_ids``, or ``--num_images`` drawn as pixeljax draws them
-    (``pixeljax.sparse.campaign.select_images``): correct = argmax of the model's probabilities
+    (``pixeljax.select_images``): correct = argmax of the model's probabilities
     == label over all 1,017 exact images, then ``np.random.default_rng(seed).choice(correct,
     size=min(n, len(correct)), replace=False)``.
   * Targeted: one random target per image, drawn with the authors' ``eval.py``
@@ -88,7 +88,7 @@ class Predict01:
 
 
 def select_images(probs, labels, num_images, seed):
-  """pixeljax.sparse.campaign.select_images, on precomputed probabilities."""
+  """pixeljax.select_images, on precomputed probabilities."""
   correct = np.nonzero(probs.argmax(-1) == np.asarray(labels))[0]
   rng = np.random.default_rng(seed)
   return rng.choice(correct, size=min(num_images, len(correct)), replace=False)

@@ -40,7 +40,7 @@ torch pads (1, 1): same shapes and FLOPs, a one-pixel shift of the sampling grid
 strided convs, NiN's pools). Torch's BN running variance is unbiased, flax's biased. Threads:
 each framework's default, or one each with ``--single_thread`` (torch.set_num_threads(1);
 XLA:CPU without its Eigen pool; OMP/MKL/OpenBLAS 1); on shared or busy cores use it (see
-``peers.py``), and say which was used.
+``benchmarks/peers``), and say which was used.
 """
 import argparse
 import json
@@ -56,11 +56,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if HERE not in sys.path:
-  sys.path.insert(0, HERE)
+for _path in (HERE, ROOT):     # torch_nets; the benchmarks package
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
 
-from peers import (_compile_listener, _driver, _dump, _jax_env, _load, _publish,  # noqa: E402
-                   _torch_env, _torch_setup)
+from benchmarks.peers.common import (compile_listener, driver_env, dump, jax_env,  # noqa: E402
+                                     load_average, publish, torch_env, torch_setup)
 
 NETS = {"allcnn": "cifar10_allcnn", "nin": "cifar10_nin", "vgg16": "cifar10_vgg16"}
 CIFAR_TRAIN_SIZE = 50000   # steps per epoch of the cosine schedule = this // batch
@@ -113,7 +114,7 @@ def worker_jax(args):
   from pixeljax.models import registry
   from pixeljax.train import TrainConfig, TrainState, _make_step, make_optimizer
   quiet_backend_probes()
-  compiled = _compile_listener()
+  compiled = compile_listener()
   spec = registry.get(args.net)
   config = TrainConfig(batch_size=args.batch, seed=args.seed)
   tx = make_optimizer(config, CIFAR_TRAIN_SIZE // args.batch)
@@ -142,7 +143,7 @@ def worker_jax(args):
   return dict(timing, params=count(state.params), batch_stats=count(state.batch_stats),
               preprocess=spec.preprocess, recipe={k: cfg[k] for k in RECIPE},
               what="pixeljax.train._make_step (jit), NHWC float32",
-              environment=dict(_jax_env(), jaxlib=jaxlib.__version__, flax=flax.__version__,
+              environment=dict(jax_env(), jaxlib=jaxlib.__version__, flax=flax.__version__,
                                optax=optax.__version__,
                                xla_flags=os.environ.get("XLA_FLAGS", "")))
 
@@ -200,7 +201,7 @@ def _torch_augment(torch, images, gen):
 
 
 def worker_torch(args):
-  torch = _torch_setup(args)
+  torch = torch_setup(args)
   F = torch.nn.functional
   torch.manual_seed(args.seed)
   gen = torch.Generator().manual_seed(args.seed)
@@ -238,7 +239,7 @@ def worker_torch(args):
               batch_stats=sum(m.running_mean.numel() + m.running_var.numel() for m in bn),
               preprocess=CIFAR_STANDARD, recipe=RECIPE,
               what=f"eager torch.nn rebuild, NCHW float32, {args.torch_memory_format}",
-              environment=dict(_torch_env(torch), memory_format=args.torch_memory_format,
+              environment=dict(torch_env(torch), memory_format=args.torch_memory_format,
                                mkldnn=torch.backends.mkldnn.is_available()))
 
 
@@ -246,13 +247,13 @@ WORKERS = dict(jax=worker_jax, torch=worker_torch)
 
 
 def run_worker(args):
-  load0 = _load()
+  load0 = load_average()
   t0 = time.perf_counter()
   out = WORKERS[args.worker](args)
   out.update(worker=args.worker, net=args.net, worker_seconds=time.perf_counter() - t0,
-             loadavg_before=load0, loadavg_after=_load(), cpu_count=os.cpu_count(),
+             loadavg_before=load0, loadavg_after=load_average(), cpu_count=os.cpu_count(),
              python=platform.python_version())
-  _dump(args.worker_out, out)
+  dump(args.worker_out, out)
   return 0
 
 
@@ -312,7 +313,7 @@ def table(result) -> str:
 
 def drive(args):
   t_start = time.perf_counter()
-  load0 = _load()
+  load0 = load_average()
   nets = [n.strip() for n in args.nets.split(",") if n.strip()]
   for n in nets:
     if n not in NETS:
@@ -343,8 +344,8 @@ def drive(args):
                     data="one fixed-seed random batch: uniform [0, 255] pixels, uniform labels",
                     device="cpu"),
       results=results,
-      driver=_driver(t_start, loadavg_before=load0, loadavg_after=_load()))
-  _publish(out_path, result, table(result))
+      driver=driver_env(t_start, loadavg_before=load0, loadavg_after=load_average()))
+  publish(out_path, result, table(result))
   return 0
 
 

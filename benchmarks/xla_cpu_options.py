@@ -11,7 +11,8 @@ machine noise hits all alike. A worker measures, for each model:
     DE attack), evaluations/s, best of timed repeats after a warm-up;
   * the attack: ``throughput.attack_vs_forward`` (DE, 1 pixel, population ``--batch``,
     early stopping off) on ``--attack_images`` correctly classified exact CIFAR-10 images,
-    ``--attack_generations`` generations, evals/s;
+    ``--attack_generations`` generations, queries/s, of ``classifier.predict`` as a black box
+    (the whole net per candidate, in the engine's calls of 400: its ``execution`` is recorded);
   * compile seconds of both (``pixeljax.compilation``; no persistent cache);
   * the probabilities of the first 256 exact CIFAR-10 test images, compared with the
     ``default`` worker's: max |difference| and top-1 agreement (an option that changes the

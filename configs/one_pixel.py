@@ -13,10 +13,11 @@ stopping rule), each of these four also targeted (``sparse_rs_targeted``, ...), 
 published run in ``results/one_pixel`` (``lenet_rand1``, ``lenet_best1bin``,
 ``lenet_rand1_success_first``, ``lenet_best1bin_success_first``, ``lenet_targeted_10img``).
 The attack's defaults are read from ``PixelAttackConfig`` itself, so they are written once.
-Everything except ``runtime`` claims the workdir; ``runtime`` changes speed, not the search
-(``attack.eval_batch`` fixes the model calls' size, so DE's records do not depend on it;
-``runtime.cpu_devices`` changes float bits where small calls are dealt to the devices, so
-the resolved ``attack.eval_devices`` records it).
+``attack`` says what is attacked; how candidates are evaluated is the engine's choice
+(``pixeljax.sparse.evaluator``), recorded per pixel count in results.json (``execution``) and
+in each chunk folder, where a resume compares it. Everything except ``runtime`` claims the
+workdir; ``runtime.execution`` insists on an execution (rarely needed: a resumed run reuses
+its stored one).
 """
 import dataclasses
 import typing
@@ -25,6 +26,8 @@ from ml_collections import ConfigDict, config_dict
 
 from pixeljax.sparse.problem import PixelAttackConfig
 
+# Relative paths that do not exist from the current directory are read relative to the
+# repository (pixeljax.data.load), so this names ../shared beside it from anywhere.
 EXACT_CIFAR10 = "../shared/data/cifar10_test_exact1017.npz"
 
 
@@ -59,9 +62,16 @@ def get_config(arg: str = "paper") -> ConfigDict:
       shard=True,                     # shard attacks over every device (CPU devices of
       #                                 one host: deal them the model calls instead)
       cpu_devices=config_dict.placeholder(int),   # split the CPU into this many devices
-      #                                 (None: one per core) -- attack.eval_devices records it
+      #                                 (None: one per core)
       distributed=False,              # jax.distributed.initialize() first (multi-host)
-      progress=True))
+      progress=True,
+      # Insist on how candidates are evaluated (None: the engine's choice; a resumed run: its
+      # stored one): pixeljax.sparse.Execution's fields.
+      execution=ConfigDict(dict(call_size=config_dict.placeholder(int),
+                                incremental=config_dict.placeholder(bool),
+                                window=config_dict.placeholder(bool),
+                                devices=config_dict.placeholder(int),
+                                segment=config_dict.placeholder(int)))))
 
   arg = arg or "paper"
   if arg == "paper":

@@ -7,7 +7,7 @@ Reads each run's results.json and records, refuses runs that attacked other imag
 model, data set or mode, and writes results.json (one row per run and pixel count: success
 within each budget, mean / median query of the first success, and the same over only the
 attacks that every compared run fooled, so costs compare on the same attacks), the same as a
-Markdown table (table.md, runs in the order given, as README shows them) and
+Markdown table (table.md, runs in the order given, as results/README.md shows them) and
 success_vs_queries_<k>px.png overlaying the methods' curves.
 """
 import os
@@ -18,6 +18,7 @@ from pixeljax import cli, plots, workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 from pixeljax.sparse import records as records_lib
+from pixeljax.sparse import formats
 from pixeljax.sparse.problem import PixelAttackConfig
 
 
@@ -30,7 +31,7 @@ def _load(run: str):
           and "attack" in res["config"] and "pixels" in res["config"]):
     raise UserError(f"{path} has no config / image_ids / metrics of a one-pixel run: not "
                     f"written by experiments/one_pixel.py, or by an older version")
-  return res
+  return {**res, "config": formats.migrate_config(res["config"])}   # any stored format
 
 
 def _records(run: str, mode: str, k: int):

@@ -8,8 +8,9 @@ gradient ascent, against a zoo model.
 Settings: ``configs/fooling.py`` (named runs after ``:``; any value with ``--config.<key>``).
 Writes config.json first, then archive.npz (images, confidences, per-generation statistics,
 CPPN genomes), gallery.png, confidence.png and results.json to --workdir. Rerunning after an
-interruption resumes from the last segment of generations; rerunning with other settings
-refuses (or, with --new_run, starts <workdir>-2).
+interruption resumes from the last segment of generations; rerunning a run with more
+generations extends it (its generations so far are reused as they are); rerunning with other
+settings refuses (or, with --new_run, starts <workdir>-2).
 """
 import json
 import time
@@ -25,6 +26,9 @@ from pixeljax.metrics import fooling as metrics
 from pixeljax.workdir import versions
 
 METHODS = driver.ENCODINGS + ("gradient",)
+# Settings a rerun may change without refusal (``Workdir.open``): the driver extends a run
+# asked for more generations and refuses one asked for fewer than it has saved.
+EXTENDABLE = ("generations",)
 
 
 def class_names(classifier):
@@ -52,7 +56,8 @@ def run(config, workdir, log=cli.log) -> dict:
         state_dir=workdir.path, scorer=config.model,
         inputs=dict(weights_sha256=clf.metadata.get("sha256")), log=log,
         progress_interval=config.runtime.progress_interval,
-        show_progress=config.runtime.progress)
+        show_progress=config.runtime.progress,
+        on_save=lambda g: cli.note_saved(f"{g} of {config.generations} generations saved"))
     fitness, extra = np.asarray(archive.fitness), {}
     length = f"{config.generations} generations"
     if config.encoding == "cppn":
@@ -89,4 +94,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "fooling.py", report=report)
+  cli.main(run, "fooling.py", report=report, extendable=EXTENDABLE)

@@ -13,7 +13,6 @@ same command after an interruption resumes. A rerun with other settings is refus
 --new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
 every host.
 """
-import dataclasses
 import time
 
 import numpy as np
@@ -23,8 +22,8 @@ from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 from pixeljax.models import check_images
 from pixeljax.sparse import campaign
+from pixeljax.sparse import formats
 from pixeljax.sparse.exhaustive import colour_grid, exhaustive_one_pixel
-from pixeljax.sparse.incremental import modes
 from pixeljax.sparse.problem import PixelAttackConfig
 
 # Peers' figures on the same weights (Hyperparticle README: 100 samples, 75 generations).
@@ -46,19 +45,15 @@ def describe(config) -> str:
   return PixelAttackConfig(pixels=1, **config.attack.to_dict()).describe()
 
 
-def attack_config(config, pixels: int, mesh=None, target=None) -> PixelAttackConfig:
-  """The attack settings for ``pixels``, resolved for ``mesh`` (``sharding.mesh_modes``) and
-  the black box ``target`` (``black_box``: factored or not)."""
-  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict()).resolved(
-      **sharding.mesh_modes(mesh), **modes(target))
+def attack_config(config, pixels: int) -> PixelAttackConfig:
+  """What is attacked with ``pixels`` pixels (validated)."""
+  return PixelAttackConfig(pixels=int(pixels), **config.attack.to_dict())
 
 
-def black_box(classifier, config):
-  """What the attacks query: the classifier split at its first convolution when it factors
-  (incremental evaluation), unless the config turns that off."""
-  if config.attack.incremental is False:
-    return classifier.predict
-  return classifier.factored or classifier.predict
+def execution_overrides(config) -> dict:
+  """The ``Execution`` fields the run insists on (``runtime.execution``; unset: the engine's
+  choice, or a resumed run's stored one)."""
+  return {k: v for k, v in config.runtime.execution.to_dict().items() if v is not None}
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -66,16 +61,13 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   correctly classified images; write records, metrics (``results.json``) and figures."""
   pixels = [int(k) for k in config.pixels]
   mesh = sharding.attack_mesh() if config.runtime.shard else None
-  for k in pixels:
-    PixelAttackConfig(pixels=k, **config.attack.to_dict())          # validates before work
+  configs = {k: attack_config(config, k) for k in pixels}           # validates before work
   if config.seed < 0:
     raise UserError(f"seed must be >= 0, got {config.seed}")
   if config.runtime.attacks_per_call is not None and config.runtime.attacks_per_call < 1:
     raise UserError(f"runtime.attacks_per_call must be >= 1 (or None: sized by memory), got "
                     f"{config.runtime.attacks_per_call}")
   classifier = models.load(config.model)
-  target = black_box(classifier, config)
-  configs = {k: attack_config(config, k, mesh, target) for k in pixels}
   dataset = data.load(config.data, config.split, data_dir=config.data_dir)
   check_images(dataset.images[:1], classifier.spec.input_shape,
                f"model {classifier.name} (data set {dataset.name})")
@@ -87,8 +79,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   if config.exhaustive:   # names bad colour levels now, not after hours of attacks
     levels = [float(v) for v in config.exhaustive_levels]
     colours = colour_grid(levels, dataset.images.shape[-1])
-  chosen = campaign.select_images(classifier.predict, dataset.images, dataset.labels,
-                                  config.num_images, config.seed)
+  chosen = campaign.select_images(classifier, dataset.images, dataset.labels,
+                                  config.num_images, config.seed, mesh=mesh)
   if len(chosen) == 0:
     raise UserError(f"model {classifier.name} classifies none of the {len(dataset)} images of "
                     f"{dataset.name} correctly: nothing to attack (wrong data or labels?)")
@@ -114,13 +106,20 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   for k in pixels:
     tag = f"{mode}_{k}px"
     t0, c0 = time.time(), compilation.totals()
-    rec = campaign.run(target, sub.images, sub.labels, sub.index, configs[k],
-                       config.seed, workdir.file("chunks", tag), classifier.num_classes,
+    folder = workdir.file("chunks", tag)
+    rec = campaign.run(classifier, sub.images, sub.labels, sub.index, configs[k],
+                       config.seed, folder, classifier.num_classes,
                        identity=identity, inputs=inputs,
                        attacks_per_call=config.runtime.attacks_per_call, mesh=mesh,
-                       desc=f"{k} px", progress=config.runtime.progress, log=log)
+                       execution=execution_overrides(config),
+                       desc=f"{k} px", progress=config.runtime.progress, log=log,
+                       on_saved=lambda done, total, k=k: cli.note_saved(
+                           f"{done} of {total} {k}-pixel attacks saved"))
     m = metrics.summary(rec, classifier.num_classes)
-    m["attack"] = dataclasses.asdict(configs[k])   # resolved: the settings that made it
+    made = formats.migrate(campaign.stored_settings(folder))   # the settings that made it
+    m["attack"] = made["attack"]
+    m["execution"] = made["execution"]
+    m["attack_keys"] = made["attack_keys"]
     m["seconds"] = time.time() - t0    # this start only (a resumed run loads its chunks)
     m["attack_seconds"] = campaign.attack_seconds(workdir.file("chunks", tag))   # all starts
     compiled = compilation.since(c0)   # this start only, like seconds
@@ -132,7 +131,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     all_records[k] = rec
     workdir.write_npz(f"records_{tag}.npz", **rec.as_dict())
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
-    log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%}, "
+    log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%} (returned "
+        f"candidate fools; fooled at some query: {m['fooled_at_some_query_rate']:.1%}), "
         f"confidence {conf}, {m['queries_per_attack']:.0f} queries/attack, "
         f"{m['seconds']:.0f} s of which {m['compile_seconds']:.1f} s compiling "
         f"({m['programs_compiled']} programs, {m['compile_cache_hits']} from the cache)")
@@ -145,7 +145,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
           np.asarray(m["class_pairs"]), dataset.class_names))
   if config.exhaustive:
     t0 = time.time()
-    ex = exhaustive_one_pixel(classifier.predict, sub.images, sub.labels, colours)
+    ex = exhaustive_one_pixel(classifier, sub.images, sub.labels, colours, mesh=mesh)
     results["exhaustive_one_pixel"] = dict(
         colours=f"{len(colours)}: every channel in {sorted(set(levels))}",
         images_fooled=float(np.mean(ex["fooled"])),
@@ -190,4 +190,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "one_pixel.py", report=report)
+  cli.main(run, "one_pixel.py", report=report, migrate=formats.migrate_config)

@@ -1,12 +1,18 @@
-"""What every experiment script shares: quiet start-up, one-line user errors, logging.
+"""What every experiment script shares: quiet start-up, one-line user errors, logging, and
+the record of what made a result (code version, command line).
 
 ``cli.run(main)`` replaces ``absl.app.run(main)``: a ``UserError`` (bad model or data name,
-bad path, shape or range, mismatched resume, ...) prints ``error: <message>`` on one line and
-exits with status 2, with no traceback; any other exception is a bug and raises as usual.
+bad path, shape or range, mismatched resume, a folder in use, ...) or a failing disk prints
+``error: <message>`` on one line and exits with status 2, with no traceback; Ctrl-C prints
+``interrupted: ...; rerun the same command to resume`` and exits with 130 (a run's saved work
+is kept, and a rerun resumes from it); any other exception is a bug and raises as usual.
 """
+import errno
+import functools
 import logging
 import os
 import re
+import subprocess
 import sys
 
 from absl import app
@@ -60,18 +66,113 @@ def _unknown_setting(e: Exception, argv) -> None:
   sys.exit(2)
 
 
-def run(main) -> None:
-  quiet_backend_probes()
-  from pixeljax import compilation
-  compilation.enable_cache()
+# What a run has saved so far, for the line Ctrl-C prints (``note_saved``).
+_saved = {"note": ""}
+# OSErrors of the machine rather than of the code: a full disk, a read-only or foreign folder.
+_USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
+
+def note_saved(note: str) -> None:
+  """Tells Ctrl-C's message what the run has saved so far, e.g. "40 of 200 generations
+  saved": the user learns what a rerun keeps."""
+  _saved["note"] = note
+
+
+def _interrupted() -> None:
+  note = f"{_saved['note']}; " if _saved["note"] else ""
+  print(f"interrupted: {note}rerun the same command to resume", file=sys.stderr, flush=True)
+  sys.exit(130)
+
+
+def run(main) -> None:
+  """``absl.app.run(main)`` with one line, no traceback, for a user's mistake (exit 2) and
+  for Ctrl-C (exit 130)."""
   def wrapped(argv):
     try:
       return main(argv)
     except UserError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)
-  app.run(wrapped, flags_parser=_parse_flags)
+    except OSError as e:
+      if e.errno not in _USER_ERRNOS:
+        raise
+      print(f"error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr, flush=True)
+      sys.exit(2)
+    except KeyboardInterrupt:
+      _interrupted()
+
+  try:
+    quiet_backend_probes()
+    from pixeljax import compilation
+    compilation.enable_cache()
+    app.run(wrapped, flags_parser=_parse_flags)
+  except KeyboardInterrupt:
+    _interrupted()
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> dict:
+  """{commit, dirty, version}: the git commit and whether tracked files differ from it, when
+  the package runs from a checkout (None without git), and the installed version. Read once,
+  when first asked (``main`` asks at the start, before the run could change the files)."""
+  import importlib.metadata as md
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    version = md.version("pixeljax")
+  except md.PackageNotFoundError:
+    version = None
+  out = dict(commit=None, dirty=None, version=version)
+  if not os.path.exists(os.path.join(root, ".git")):
+    return out
+  git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True,
+                                     text=True, timeout=10, stdin=subprocess.DEVNULL)
+  try:
+    head = git("rev-parse", "HEAD")
+    if head.returncode == 0:
+      status = git("status", "--porcelain", "--untracked-files=no")
+      out.update(commit=head.stdout.strip(),
+                 dirty=bool(status.stdout.strip()) if status.returncode == 0 else None)
+  except (OSError, subprocess.SubprocessError):   # no git, or it hangs
+    pass
+  return out
+
+
+def named_config(argv=None):
+  """The ``--config`` argument as given (``configs/fooling.py:mnist_cppn``), or None for the
+  script's default config."""
+  argv = sys.argv if argv is None else argv
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def run_info() -> dict:
+  """What results.json records of how it was made: the code's version and the command."""
+  return dict(code=code_version(), command=list(sys.argv), named_config=named_config())
+
+
+def versions() -> dict:
+  """Library versions and devices, the code's version and the command (``run_info``),
+  written beside results (not compared on resume)."""
+  import importlib.metadata as md
+  import jax
+  out = {}
+  for pkg in ("pixeljax", "jax", "jaxlib", "flax", "numpy"):
+    try:
+      out[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      pass
+  out["backend"] = jax.default_backend()
+  out["devices"] = jax.device_count()
+  out["processes"] = jax.process_count()
+  out["xla_flags"] = os.environ.get("XLA_FLAGS", "")   # some change the float results
+  # The nets pin HIGHEST (PixelClassifier.logits); other products follow this global default.
+  out["matmul_precision"] = jax.config.jax_default_matmul_precision
+  out.update(run_info())
+  return out
 
 
 def repo_path(*parts: str) -> str:
@@ -79,7 +180,7 @@ def repo_path(*parts: str) -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
 
 
-def main(experiment, config_file: str, report=None) -> None:
+def main(experiment, config_file: str, report=None, migrate=None, extendable=()) -> None:
   """The whole of an experiment script's ``__main__``: flags in, ``experiment`` called, a
   summary printed.
 
@@ -87,8 +188,9 @@ def main(experiment, config_file: str, report=None) -> None:
   ``--config=configs/x.py:name`` picks a named setting, ``--config.key=value`` overrides one
   value), ``--workdir`` and ``--new_run``. The config is the single source of the run's
   settings: it claims the workdir (``config.json``), goes whole into ``results.json`` and is
-  what ``experiment(config, workdir, log)`` reads. Flags are defined here, not at import, so
-  experiment modules can be imported side by side (tests do)."""
+  what ``experiment(config, workdir, log)`` reads. ``migrate`` and ``extendable`` go to
+  ``Workdir.open``. The workdir is held (locked) until the run ends. Flags are defined here,
+  not at import, so experiment modules can be imported side by side (tests do)."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -115,10 +217,16 @@ def main(experiment, config_file: str, report=None) -> None:
     if runtime is not None and "cpu_devices" in runtime:   # before the backend starts
       from pixeljax import sharding
       sharding.use_cpu_cores(runtime.cpu_devices)
-    workdir = Workdir.open(flags.FLAGS.workdir, config, flags.FLAGS.new_run, log)
-    if workdir.resumed:
-      log(f"resuming the run in {workdir.path} (same settings)")
-    results = experiment(config, workdir, log)
+    code_version()      # read before the run, which might outlast an edit of the code
+    workdir = Workdir.open(flags.FLAGS.workdir, config, flags.FLAGS.new_run, log,
+                           migrate=migrate, extendable=extendable)
+    try:
+      if workdir.resumed and not workdir.pending:
+        log(f"resuming the run in {workdir.path} (same settings)")
+      results = experiment(config, workdir, log)
+      workdir.finish()
+    finally:
+      workdir.close()
     if report is not None:
       print(report(results))
     log(f"results and figures in {workdir.path}/")

@@ -54,6 +54,17 @@ def names():
   return sorted(BUNDLED) + list(TFDS_NAMES) + ["<path>.npz"]
 
 
+def _beside_repo(path: str) -> str:
+  """A relative path that does not exist from here, read relative to the repository when it
+  exists there: the named configs say ``../shared/data/...`` (the shared data beside the
+  checkout), and a command run from another folder still finds it."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  there = os.path.normpath(os.path.join(repo, path))
+  return there if os.path.exists(there) else path
+
+
 def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
          num_examples: Optional[int] = None, image_size: Optional[int] = None) -> Dataset:
   """Loads a data set by name (see module doc). ``image_size`` centre-crops and resizes
@@ -61,6 +72,7 @@ def load(name: str, split: str = "test", *, data_dir: Optional[str] = None,
   if name in BUNDLED:
     ds = _from_npz(os.path.join(SAMPLES_DIR, BUNDLED[name]), split, name)
   elif name.endswith(".npz") or os.path.isfile(name):
+    name = _beside_repo(name)
     if not os.path.isfile(name):
       raise UserError(f"data file {name} " + ("is a folder, not an .npz file"
                                               if os.path.isdir(name) else "does not exist"))

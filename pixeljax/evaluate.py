@@ -1,31 +1,10 @@
 """Running a classifier over many images in fixed-size batches: on the host
-(``predict_in_batches``, ``accuracy``) and inside a compiled attack (``micro_batched``)."""
+(``predict_in_batches``, ``accuracy``) and inside a compiled program (``in_fixed_batches``,
+which the attacks' evaluator, ``pixeljax.sparse.evaluator``, builds on)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-from pixeljax import sharding
-
-# Images per model call inside an attack on CPU (``PixelAttackConfig.eval_batch``). XLA:CPU
-# runs a net fastest on batches whose activations stay in cache: the akamaster ResNet-20
-# forward gives 1,110-1,136 evaluations/s at 25-400 images and 740-790 at 1,600-5,600, and
-# a DE attack on 14 images per call (5,600 images per generation) rose from 681 to 1,119
-# evaluations/s evaluated 400 at a time; the CIFAR LeNet from 14,700 to 16,000
-# (benchmarks/cpu_batch.py). One paper population per call.
-CPU_EVAL_BATCH = 400
-# The same for one-pixel candidates on windows (``PixelAttackConfig.local_window``), whose
-# model calls are all whole-map layers after the window: smaller calls keep their
-# activations in cache. ResNet-20 DE attack, 4 images, on a 2-core AVX-512 EPYC: 3,655
-# evaluations/s at 400, 4,121 at 100, 4,232 at 50, 4,225 at 25. (The other paths keep 400:
-# their stored runs record it, and a resume asks for the same value.)
-CPU_WINDOW_EVAL_BATCH = 50
-# The largest model call that is dealt to a host's CPU devices by default
-# (``PixelAttackConfig.eval_devices``, ``sharding.deals_model_calls``). XLA:CPU runs a call
-# this small mostly on one core, a larger one on all: dealt to 2 devices against one device,
-# warm, ResNet-20 one-pixel DE on windows (4 images, 50 per call) 1.46x; the LeNet (20
-# images) 1.28x at 50 per call, 0.76x at 400; ResNet-20 3-pixel (400 per call) 0.73x.
-CPU_DEALT_EVAL_BATCH = 50
 
 
 def predict_in_batches(predict, images, batch_size: int = 256) -> np.ndarray:
@@ -77,10 +56,10 @@ def _dealt(predict, xs, act, mesh):
   """``_each`` with call i on device i mod D of the mesh's D: a step's calls (a DE
   population: eval_batch-sized slices of each attack's candidates) spread evenly over the
   devices whichever attacks are still running. Runs inside a ``shard_map`` over ``mesh``
-  (every device holding all of ``xs``: the runner's ``_Engine``); the devices' results are
+  (every device holding all of ``xs``: ``Evaluator.program``); the devices' results are
   all-gathered. Each call has the shape and program it has on one device, but XLA:CPU's
   rounding can differ by ~1 ulp between programs over 1 and D devices (hence the recorded
-  ``PixelAttackConfig.eval_devices``)."""
+  ``Execution.devices``)."""
   axis, d = mesh.axis_names[0], mesh.size
   chunks = act.shape[0]
   per = -(-chunks // d)
@@ -93,51 +72,6 @@ def _dealt(predict, xs, act, mesh):
   y = _each(predict, jax.tree_util.tree_map(mine, xs), mine(act))     # (per, size, ...)
   y = lax.all_gather(y, axis, axis=1)                                   # (per, d, size, ...)
   return y.reshape((per * d,) + y.shape[2:])[:chunks]
-
-
-def micro_batched(predict, size: int, mesh=None):
-  """``predict`` evaluated ``size`` images per model call, however many attacks are vmapped
-  around it; returns ``f(x, active)``.
-
-  Under ``jax.vmap`` (the runner vmaps an attack's evaluator over attacks), a model call's batch
-  is attacks x candidates, so its size -- and, on XLA:CPU, its speed and even its last float
-  bits (XLA picks the convolution algorithm by batch size) -- would depend on how many
-  attacks share a call. ``f`` flattens every vmapped axis into one batch (a ``custom_vmap``
-  rule), pads it to a multiple of ``size`` and runs the model over contiguous ``size``-image
-  slices in a ``lax.map``: when a call holds more than ``size`` rows, the model sees batches
-  of exactly ``size``, so an attack's numbers do not depend on its neighbours (DE: one
-  population per slice). A call of at most ``size`` rows is one model call on all of them:
-  its shape still varies with the number of rows (Sparse-RS's one proposal per attack), and
-  nothing is skipped. ``active`` (bool per row of ``x``) marks rows whose results are used: a
-  slice with none is skipped (zeros), so finished attacks riding along in a vmapped loop cost
-  no model calls when their candidates fill whole slices. Outputs of active rows equal
-  ``predict``'s row for row. On a batch sharded over attacks the slicing all-gathers the rows,
-  so every device computes every slice: ``PixelAttackConfig.resolved`` turns it off there.
-  ``mesh`` (a host's CPU cores as devices, ``sharding.deals_model_calls``): the slices are
-  dealt to its devices."""
-  if size < 1:
-    raise ValueError(f"micro-batch size must be >= 1, got {size}")
-
-  @jax.custom_batching.custom_vmap
-  def evaluate(x, active):
-    return (predict(x) if x.shape[0] <= size
-            else in_fixed_batches(predict, x, size, active, mesh))
-
-  @evaluate.def_vmap
-  def _flatten(axis_size, in_batched, x, active):
-    x, active = (v if b else jnp.broadcast_to(v, (axis_size,) + v.shape)
-                 for v, b in zip((x, active), in_batched))
-    y = evaluate(x.reshape((-1,) + x.shape[2:]), active.reshape(-1))  # an outer vmap
-    return y.reshape(x.shape[:2] + y.shape[1:]), True                 # flattens again
-
-  return evaluate
-
-
-def dealt(predict, size: int, mesh):
-  """``jit``-ed ``f(x) = predict(x)`` as an attack evaluates its candidates on a host's CPU
-  devices: in model calls of ``size`` images dealt round robin to ``mesh``'s devices
-  (``sharding.deals_model_calls``); for measuring or serving that forward pass."""
-  return sharding.on_every_device(lambda x: in_fixed_batches(predict, x, size, mesh=mesh), mesh)
 
 
 def accuracy(predict, images, labels, batch_size: int = 256) -> float:

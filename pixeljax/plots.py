@@ -102,7 +102,7 @@ def success_vs_queries(curves: Dict[str, tuple], title: str = "success vs querie
   for i, (label, (budgets, success)) in enumerate(curves.items()):
     ax.plot(budgets, 100 * np.asarray(success), styles[i // 10 % len(styles)], label=label)
   ax.set_xscale("log")
-  ax.set_xlabel("queries (model evaluations) per attack")
+  ax.set_xlabel("queries (candidates scored) per attack")
   ax.set_ylabel("attacks fooled within (%)")
   ax.set_ylim(0, 100)
   return _finish_line_plot(fig, ax, title, legend_below=True)

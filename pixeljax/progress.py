@@ -3,7 +3,8 @@
 Long jobs (attack campaigns, MAP-Elites, training) report after every segment of work with
 ``Progress.update(done, **stats)``: ``done`` counts units of work (attack-generations,
 generations, steps) towards ``total``; ``stats`` are shown beside it (attacks finished,
-running success, evaluations per second). The ETA comes from the rate measured so far.
+running success, queries per second). The ETA comes from the rate measured since the first
+update: the work before it includes compiling, which a rate would spread over the rest.
 Without a terminal (CI, a log file) each update is one line, at most every
 ``min_interval`` seconds, plus the last one.
 """
@@ -40,6 +41,7 @@ class Progress:
     self.start = time.time()
     self._last_line = -1e9
     self._initial = self._done = float(initial)
+    self._mark = None        # (time, done) of the first update that did work: the ETA's origin
     self._bar = None
     if bar is None:
       bar = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -51,10 +53,10 @@ class Progress:
                                   "{postfix}")
 
   def eta(self) -> Optional[float]:
-    elapsed = time.time() - self.start
-    if self._done <= self._initial:
+    if self._mark is None or self._done <= self._mark[1]:
       return None
-    return elapsed * (self.total - self._done) / (self._done - self._initial)
+    t0, d0 = self._mark
+    return (time.time() - t0) * (self.total - self._done) / (self._done - d0)
 
   def line(self, stats: dict) -> str:
     eta = self.eta()
@@ -71,6 +73,8 @@ class Progress:
       return
     stats = dict(stats or {}, **more)
     self._done = float(done)
+    if self._mark is None and self._done > self._initial:
+      self._mark = (time.time(), self._done)
     if self._bar is not None:
       self._bar.n = min(self._done, self.total)
       self._bar.set_postfix_str(" ".join(f"{k.replace('_', ' ')} {_fmt_value(v)}"

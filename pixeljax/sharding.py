@@ -1,7 +1,7 @@
 """Multi-device and multi-host set-up with JAX's own machinery.
 
 The attacks are embarrassingly parallel over their first axis (attacks = images x targets), so
-one 1-D mesh over every device of every host is all they need: ``pixel_attack.attack(...,
+one 1-D mesh over every device of every host is all they need: ``pixeljax.attack(...,
 mesh=attack_mesh())`` shards that axis with a ``NamedSharding`` and XLA partitions the jitted
 DE + model evaluation. On a multi-host slice, call ``initialize()`` first in every process.
 
@@ -37,10 +37,20 @@ def attack_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (AXIS,))
 
 
+def default_mesh() -> Optional[Mesh]:
+  """The mesh an attack uses when given none: on a CPU backend split into several devices
+  (``use_cpu_cores``), those of this process -- the attacks' model calls are then dealt to
+  them where that is faster (``pixeljax.sparse.evaluator``); else None (one device)."""
+  if jax.default_backend() != "cpu" or jax.process_count() > 1:
+    return None
+  devices = jax.local_devices()
+  return attack_mesh(devices) if len(devices) > 1 else None
+
+
 def deals_model_calls(mesh: Optional[Mesh]) -> bool:
   """Whether ``mesh`` is one host's CPU devices (its cores split into devices by
   ``jax_num_cpu_devices``: ``use_cpu_cores``), whose attacks are not sharded: every device
-  runs every attack, and where ``PixelAttackConfig.eval_devices`` > 1 the fixed-size model
+  runs every attack, and where the evaluator's ``Execution.devices`` > 1 the fixed-size model
   calls of each step go round robin to its devices (``evaluate.in_fixed_batches``), so a
   step's work is spread evenly however few attacks there are or however many finished.
 
@@ -55,7 +65,7 @@ def deals_model_calls(mesh: Optional[Mesh]) -> bool:
 
 
 def mesh_modes(mesh: Optional[Mesh]) -> dict:
-  """How ``mesh`` can split an attack's work, as ``PixelAttackConfig.resolved`` takes it:
+  """How ``mesh`` can split an attack's work, as ``evaluator.choose_execution`` takes it:
   ``devices``, the devices the attacks are sharded over, and ``dealt``, the devices model
   calls can be dealt to (``deals_model_calls``)."""
   if deals_model_calls(mesh):
@@ -63,12 +73,12 @@ def mesh_modes(mesh: Optional[Mesh]) -> dict:
   return dict(devices=1 if mesh is None else mesh.size, dealt=1)
 
 
-def dealing_mesh(mesh: Optional[Mesh], eval_devices: int) -> Optional[Mesh]:
-  """The mesh an attack deals its model calls to: the first ``eval_devices`` devices of a
-  mesh that ``deals_model_calls``, or None (no dealing: one device, or attacks sharded)."""
-  if not deals_model_calls(mesh) or eval_devices < 2:
+def dealing_mesh(mesh: Optional[Mesh], devices: int) -> Optional[Mesh]:
+  """The mesh an attack deals its model calls to: the first ``devices`` devices of a mesh
+  that ``deals_model_calls``, or None (no dealing: one device, or attacks sharded)."""
+  if not deals_model_calls(mesh) or devices < 2:
     return None
-  return Mesh(np.asarray(list(mesh.devices.flat)[:eval_devices]), mesh.axis_names)
+  return Mesh(np.asarray(list(mesh.devices.flat)[:devices]), mesh.axis_names)
 
 
 def on_every_device(f, mesh: Mesh):
@@ -128,11 +138,10 @@ def attacks_per_call(predict, image_shape, popsize: int, budget_bytes: Optional[
   return int(max(1, min(cap, budget_bytes // per_attack)))
 
 
-def use_cpu_cores(devices: Optional[int] = None) -> int:
-  """Splits this host's CPU into ``devices`` JAX devices (default: one per core this process
-  may run on), for an ``attack_mesh`` that deals model calls to them; returns the number of
-  CPU devices JAX will have. Call it before anything starts JAX's backend: afterwards (or
-  with ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) it changes nothing."""
+def split_cpu(devices: Optional[int] = None) -> None:
+  """Asks JAX to split this host's CPU into ``devices`` devices (default: one per core this
+  process may run on), without starting its backend. Changes nothing once the backend has
+  started, or where ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS`` says how many."""
   if devices is None:
     devices = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1)
@@ -143,4 +152,11 @@ def use_cpu_cores(devices: Optional[int] = None) -> int:
       jax.config.update("jax_num_cpu_devices", int(devices))
     except RuntimeError:   # the backend has started: it keeps its devices
       pass
+
+
+def use_cpu_cores(devices: Optional[int] = None) -> int:
+  """``split_cpu``, for an ``attack_mesh`` whose model calls are dealt to the devices; returns
+  the number of CPU devices JAX will have (this starts JAX's backend). Call it before anything
+  else starts the backend."""
+  split_cpu(devices)
   return len(jax.devices("cpu"))

@@ -1,25 +1,28 @@
-"""A run's folder: its settings written first, a mismatched restart refused, atomic writes.
+"""A run's folder: held by one run at a time, claimed by its settings, atomic writes.
 
-Every piece of resumable work (attack chunks, a MAP-Elites archive, a training state) lives
-in a folder that is *claimed* by the settings that made it: ``claim`` writes them to
-``settings.json`` the first time and, on every later start, compares them with the settings
-asked for now. A difference raises ``SettingsMismatch`` naming each differing setting, so a
-resumed run can never reuse work done under other settings and label it with the new ones.
-
-``Workdir.open`` does the same for an experiment's ``--workdir`` (its whole configuration in
-``config.json``) and, when asked (``new_run=True``), starts a fresh sibling folder instead of
-refusing. Settings under the top-level key ``runtime`` (attacks per call, sharding, ...) are
-recorded but not compared: they change how fast work is done, never its result.
-
-All files are written through a temporary file and a rename, so a killed run never leaves a
-half-written file behind.
+Resumable work (attack chunks, a MAP-Elites archive, a training state) lives in a folder
+*claimed* by the settings that made it: ``claim`` creates ``settings.json`` atomically (of two
+claims at once one wins) and on every later start compares it with the settings asked for
+now, raising ``SettingsMismatch`` with each difference, so a resume never labels work done
+under other settings with the new ones. ``Workdir.open`` does the same for an experiment's
+``--workdir`` (``config.json``) while holding an exclusive lock on the folder for the whole
+run: a second start is refused with the holder's pid and command, and a refused start changes
+nothing. Settings under ``runtime`` are recorded, not compared: they change how fast work is
+done, never its result. Files are written through a temporary file and a rename, so a killed
+run or a full disk never leaves half a file behind.
 """
+import errno
+import fcntl
+import functools
 import hashlib
 import io
 import json
 import os
+import shlex
+import sys
 import tempfile
-from typing import Any, Dict, Mapping
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -28,38 +31,61 @@ from pixeljax.errors import UserError
 CONFIG_FILE = "config.json"
 SETTINGS_FILE = "settings.json"
 INPUTS_FILE = "inputs.json"
+LOCK_FILE = ".lock"
 UNCOMPARED = ("runtime",)
-# Settings added after work was already stored, with the value that earlier work was made
-# with: a stored claim without the key compares as if it held that value -- or as the new
-# claim's None, i.e. "resolve it when the run starts" (a run's config.json): the resolved
-# value is what each chunk folder's claim then compares. (So an older run resumes where its
-# defaults resolve as they did then, and otherwise needs that value asked for explicitly,
-# e.g. --config.attack.incremental=False.)
-# Before eval_batch existed, a call evaluated all its candidates in one model call: 0.
-# Before local_window existed, no attack ran its net on windows: False.
-# Before eval_devices existed, no run dealt its model calls to several devices: 1.
-LEGACY = {"attack.incremental": False, "attack.eval_batch": 0, "attack.local_window": False,
-          "attack.eval_devices": 1}
+# Maps settings as stored by older code (read from disk) to the current format.
+Migrate = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
 
 
 class SettingsMismatch(UserError):
   """Work in a folder was done under other settings than the ones asked for now."""
 
 
+def _reason(e: OSError) -> str:
+  return e.strerror or str(e) or type(e).__name__
+
+
 def atomic_write(path: str, data: bytes) -> None:
-  """Writes ``data`` via a temporary file in the same folder and a rename."""
+  """Writes ``data`` via a temporary file in the same folder and a rename. A write that fails
+  (disk full, read-only folder) is a one-line ``UserError`` that says the old file is kept."""
+  _write(path, data, exclusive=False)
+
+
+def _write(path: str, data: bytes, exclusive: bool) -> bool:
+  """``atomic_write``, or with ``exclusive`` a creation in one step (False if ``path``
+  exists): the temporary file is hard-linked into place, so of two creators at once exactly
+  one wins and no reader sees half a file (without hard links: a check and a rename)."""
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  tmp = None
   try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.chmod(tmp, 0o644)
+    if exclusive:
+      try:
+        os.link(tmp, path)
+        return True
+      except FileExistsError:
+        return False
+      except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+          raise
+        if os.path.exists(path):
+          return False
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    tmp = None
+    return True
+  except OSError as e:
+    kept = "its previous version is kept" if os.path.exists(path) else "nothing was written"
+    raise UserError(f"cannot write {path} ({_reason(e)}); {kept}") from None
+  finally:
+    if tmp is not None:
+      try:
+        os.remove(tmp)
+      except OSError:
+        pass
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -85,8 +111,10 @@ def read_json(path: str) -> Any:
   try:
     with open(path) as f:
       return json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{path} is corrupt ({e}); remove it or use another folder") from None
+  except OSError as e:    # missing, a folder, unreadable
+    raise UserError(f"cannot read {path} ({_reason(e)})") from None
 
 
 def write_npz(path: str, compressed: bool = False, **arrays) -> None:
@@ -123,32 +151,12 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def differences(old: Mapping, new: Mapping, skip=()) -> Dict[str, tuple]:
-  """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys);
-  ``old`` lacking a ``LEGACY`` key (next to its siblings) counts as holding its legacy value,
-  or None where ``new`` leaves it to be resolved (None)."""
+  """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys)."""
   a = _flatten({k: v for k, v in to_jsonable(old).items() if k not in skip})
   b = _flatten({k: v for k, v in to_jsonable(new).items() if k not in skip})
-  for k, v in LEGACY.items():
-    if k not in a and k.split(".")[0] not in skip and any(x.startswith(k.rsplit(".", 1)[0] + ".")
-                                                          for x in a):
-      a[k] = None if k in b and b[k] is None else v
   missing = object()
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
           if a.get(k, missing) != b.get(k, missing)}
-
-
-def without_legacy(settings: Mapping) -> Dict[str, Any]:
-  """``settings`` without the ``LEGACY`` keys that hold their legacy value: what work made
-  before those settings existed was keyed by (chunk file names hash this)."""
-  out = to_jsonable(settings)       # fresh dicts: safe to edit
-  for key, value in LEGACY.items():
-    *path, last = key.split(".")
-    d = out
-    for p in path:
-      d = d.get(p) if isinstance(d, dict) else None
-    if isinstance(d, dict) and last in d and d[last] == value:
-      del d[last]
-  return out
 
 
 def describe(diff: Dict[str, tuple]) -> str:
@@ -157,21 +165,30 @@ def describe(diff: Dict[str, tuple]) -> str:
   return "; ".join(f"{k}: {show(a)} -> {show(b)}" for k, (a, b) in diff.items())
 
 
-def claim(folder: str, settings: Mapping, filename: str = SETTINGS_FILE) -> bool:
+def _read_settings(path: str, migrate: Migrate = None) -> Dict[str, Any]:
+  """A stored settings file, in the current format (``migrate``); not rewritten."""
+  stored = read_json(path)
+  if not isinstance(stored, dict):
+    raise UserError(f"{path} is corrupt (not a JSON object); remove it or use another folder")
+  return to_jsonable(migrate(stored)) if migrate is not None else stored
+
+
+def claim(folder: str, settings: Mapping, filename: str = SETTINGS_FILE,
+          migrate: Migrate = None) -> bool:
   """Makes ``folder`` the home of work done under ``settings``.
 
-  Writes ``settings`` to ``folder/filename`` if absent and returns False; returns True if the
-  folder already holds work with equal settings (a resume); raises ``SettingsMismatch``
-  naming every differing setting otherwise."""
+  Creates ``folder/filename`` holding ``settings`` if absent (atomically: of two claims at
+  once one wins) and returns False; returns True if the folder holds work with equal settings
+  (a resume); raises ``SettingsMismatch`` naming each difference otherwise. ``migrate`` maps
+  the stored settings to the current format before they are compared (the file is kept)."""
   path = os.path.join(folder, filename)
   settings = to_jsonable(settings)
-  if os.path.exists(path):
-    diff = differences(read_json(path), settings, skip=UNCOMPARED)
-    if diff:
-      raise SettingsMismatch(f"{folder} holds work made with other settings ({describe(diff)})")
-    return True
-  write_json(path, settings)
-  return False
+  if _write(path, (json.dumps(settings, indent=1) + "\n").encode(), True):
+    return False
+  diff = differences(_read_settings(path, migrate), settings, skip=UNCOMPARED)
+  if diff:
+    raise SettingsMismatch(f"{folder} holds work made with other settings ({describe(diff)})")
+  return True
 
 
 def arrays_sha256(*arrays) -> str:
@@ -186,13 +203,11 @@ def arrays_sha256(*arrays) -> str:
 
 
 def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
-  """Binds the work in ``folder`` to ``inputs``: what it is computed from that its settings
-  name only by reference (a model's weights, by the checkpoint's SHA-256). Settings say
-  ``model=mnist_lenet``; retraining into the same checkpoint keeps the name, so without this a
-  resume would label the old weights' chunks as the new ones'. Recorded on the first start;
-  a start with other inputs raises ``SettingsMismatch``. A folder from before inputs were
-  recorded is bound to the ones it resumes with (nothing older can be checked); likewise an
-  input recorded only since (e.g. the images' hash) is added by the start that resumes."""
+  """Binds the work in ``folder`` to ``inputs``: what settings name only by reference (a
+  model's weights, by SHA-256: retraining into the same checkpoint keeps the name, so without
+  this a resume would label the old weights' chunks as the new ones'). Recorded on the first
+  start; other inputs raise ``SettingsMismatch``; an input first recorded by a later version
+  (e.g. the images' hash) is added by the start that resumes (nothing older can be checked)."""
   path = os.path.join(folder, filename)
   inputs = to_jsonable(inputs)
   if os.path.exists(path):
@@ -207,41 +222,127 @@ def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
   write_json(path, inputs)
 
 
-class Workdir:
-  """An experiment's output folder, claimed by its whole configuration.
+class _Lock:
+  """An exclusive ``flock`` on ``folder/.lock`` (naming its holder's pid and command), which
+  the kernel drops when the process ends, however it ends: a killed run leaves no stale lock.
+  Shared within a process (counted); the last ``release`` removes the file."""
+  held: Dict[str, "_Lock"] = {}
 
-  ``Workdir.open(path, config)`` writes ``config.json`` first (or checks it on a restart);
-  the experiment then writes everything through ``file``, ``write_json``, ``write_npz`` and
-  ``save_figure``, which are atomic."""
-
-  def __init__(self, path: str, config: Mapping, resumed: bool):
-    self.path = path
-    self.config = to_jsonable(config)
-    self.resumed = resumed
+  def __init__(self, key: str, path: str, fd: int):
+    self.key, self.path, self.fd, self.count = key, path, fd, 1
 
   @classmethod
-  def open(cls, path: str, config: Mapping, new_run: bool = False,
-           log=None) -> "Workdir":
-    """Claims ``path`` for ``config``; on a mismatch refuses, or with ``new_run`` uses the
-    first free ``path-2``, ``path-3``, ... (logging which settings differed)."""
+  def acquire(cls, folder: str) -> "_Lock":
+    key = os.path.realpath(folder)
+    if key in cls.held:
+      cls.held[key].count += 1
+      return cls.held[key]
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise UserError(f"--workdir {folder} is a file, not a folder; choose another --workdir")
+    path = os.path.join(folder, LOCK_FILE)
+    while True:
+      try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+      except OSError as e:
+        raise UserError(f"cannot write in --workdir {folder} ({_reason(e)}); fix its "
+                        f"permissions or choose another --workdir") from None
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A holder that let go meanwhile removed the file we opened: then lock the new one.
+        same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
+      except OSError as e:
+        holder = _holder(fd) if isinstance(e, BlockingIOError) else None
+        os.close(fd)
+        if holder is None:
+          raise UserError(f"cannot lock {path} ({_reason(e)})") from None
+        raise UserError(f"{folder} is in use by another run ({holder}); wait for it to end "
+                        f"or choose another --workdir") from None
+      if same:
+        break
+      os.close(fd)
+    try:   # the holder's name is a courtesy: the lock holds without it
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": shlex.join(sys.argv)}).encode(),
+                0)
+    except OSError:
+      pass
+    cls.held[key] = lock = cls(key, os.path.abspath(path), fd)   # the same after a chdir
+    return lock
+
+  def release(self) -> None:
+    self.count -= 1
+    if self.count > 0 or self.fd is None:
+      return
+    self.held.pop(self.key, None)
+    try:
+      os.unlink(self.path)      # while still locked: a waiter re-checks the file it locked
+    except OSError:
+      pass
+    os.close(self.fd)
+    self.fd = None
+
+
+def _holder(fd: int) -> str:
+  """'pid N: command' of the lock's holder (written just after it takes the lock)."""
+  for _ in range(20):
+    try:
+      info = json.loads(os.pread(fd, 65536, 0) or b"null")
+      return f"pid {int(info['pid'])}: {info['command']}"
+    except (ValueError, TypeError, KeyError, OSError):
+      time.sleep(0.05)
+  return "a process that did not name itself"
+
+
+def _work_in(folder: str):
+  """What the folder holds besides its lock and the temporary files of interrupted writes."""
+  return sorted(f for f in os.listdir(folder) if f != LOCK_FILE and not f.startswith(".tmp-"))
+
+
+class Workdir:
+  """An experiment's output folder, held by this run and claimed by its whole configuration.
+
+  ``Workdir.open(path, config)`` locks the folder and writes ``config.json`` first (or checks
+  it on a restart); the experiment then writes everything through ``file``, ``write_json``,
+  ``write_npz`` and ``save_figure``, which are atomic. ``finish`` records the settings of a
+  completed run where they changed (see ``open``); ``close`` lets the folder go."""
+
+  def __init__(self, path: str, config: Mapping, resumed: bool, lock: Optional[_Lock] = None,
+               pending: bool = False, extended: Optional[Dict[str, Any]] = None):
+    self.path, self.config, self.resumed, self._lock = path, to_jsonable(config), resumed, lock
+    self.pending = pending            # config.json is written when the run completes
+    self._extended = extended or {}   # {dotted key: new value} to record then
+
+  @classmethod
+  def open(cls, path: str, config: Mapping, new_run: bool = False, log=None,
+           migrate: Migrate = None, extendable: Sequence[str] = ()) -> "Workdir":
+    """Locks ``path`` and claims it for ``config``; on a mismatch refuses, or with ``new_run``
+    uses the first free ``path-2``, ``path-3``, ... (logging which settings differed).
+
+    ``migrate`` maps the stored config.json to the current format before it is compared.
+    ``extendable`` names (dotted) settings that the experiment checks against its stored work
+    itself (fooling's ``generations``: more extends the run, fewer than it holds is refused);
+    config.json takes their new values when the run completes (``finish``). A folder holding
+    only a config.json of other settings (a start that stopped before any work) takes the new
+    one. A folder holding work but no config.json resumes: the work's own settings files
+    decide, and config.json is written only when the run completes, so that a start they
+    refuse leaves the folder as it was."""
     if not path:
       raise UserError("--workdir must name a folder")
     candidate, n = path, 1
     while True:
+      # Process 0 of a multi-process run locks and writes; asked without starting a backend
+      # (a refused start must not take memory on a GPU that the holder of the folder uses).
+      jax = sys.modules.get("jax")
+      writer = jax is None or not jax.distributed.is_initialized() or is_writer()
+      lock = _Lock.acquire(candidate) if writer else None
       try:
-        try:
-          resumed = claim(candidate, config, CONFIG_FILE)
-        except SettingsMismatch:
-          if not _holds_only_config(candidate):
-            raise
-          # A start that stopped before doing any work (e.g. at a bad model name) leaves only
-          # its config behind: nothing can be mislabelled, so the new settings take its place.
-          os.remove(os.path.join(candidate, CONFIG_FILE))
-          resumed = claim(candidate, config, CONFIG_FILE)
-        if candidate != path and log:
-          log(f"starting a new run in {candidate}")
-        return cls(candidate, config, resumed)
-      except SettingsMismatch as e:
+        wd = cls._claim(candidate, config, lock, writer, migrate, tuple(extendable), log)
+      except BaseException as e:
+        if lock:
+          lock.release()
+        if not isinstance(e, SettingsMismatch):
+          raise
         if not new_run:
           raise SettingsMismatch(f"{e}; pass --new_run to start a new run beside it, or "
                                  f"choose another --workdir") from None
@@ -249,33 +350,89 @@ class Workdir:
           log(f"{e}")
         n += 1
         candidate = f"{path}-{n}"
+        continue
+      if candidate != path and log and not wd.resumed:
+        log(f"starting a new run in {candidate}")
+      return wd
+
+  @classmethod
+  def _claim(cls, folder, config, lock, writer, migrate, extendable, log) -> "Workdir":
+    """``open``'s comparison, made while holding the folder's lock."""
+    config = to_jsonable(config)
+    path = os.path.join(folder, CONFIG_FILE)
+    if not os.path.exists(path):
+      if _work_in(folder):
+        if log:
+          log(f"{folder} holds work but no {CONFIG_FILE}: its own settings files are checked, "
+              f"and {CONFIG_FILE} is written when the run completes")
+        return cls(folder, config, True, lock, pending=True)
+      if writer:
+        write_json(path, config)
+      return cls(folder, config, False, lock)
+    try:
+      stored = _read_settings(path, migrate)
+    except UserError as e:   # corrupt: refused (or a new run beside it) with a way out
+      raise SettingsMismatch(str(e).replace("remove it or use another folder", (
+          f"to resume the run remove that file (the run's own settings files are then "
+          f"checked, and {CONFIG_FILE} is written again when it completes)"))) from None
+    diff = differences(stored, config, skip=UNCOMPARED)
+    extended = {k: b for k, (a, b) in diff.items() if k in extendable}
+    diff = {k: v for k, v in diff.items() if k not in extendable}
+    if not diff:
+      return cls(folder, config, True, lock, extended=extended)
+    if _work_in(folder) != [CONFIG_FILE]:
+      raise SettingsMismatch(f"{folder} holds work made with other settings ({describe(diff)})")
+    if writer:   # only a config, from a start that did no work: nothing can be mislabelled
+      write_json(path, config)
+    return cls(folder, config, False, lock)
+
+  def finish(self) -> None:
+    """The run completed: config.json now names the settings of the folder's work (written if
+    it was missing, updated where ``extendable`` settings changed; otherwise left as it is)."""
+    if self._lock is None or not (self.pending or self._extended):
+      return
+    stored = self.config if self.pending else read_json(self.file(CONFIG_FILE))
+    for key, value in self._extended.items():
+      *parents, last = key.split(".")
+      functools.reduce(lambda d, p: d.setdefault(p, {}), parents, stored)[last] = value
+    write_json(self.file(CONFIG_FILE), stored)
+    self.pending, self._extended = False, {}
+
+  def close(self) -> None:
+    """Lets the folder go (once; also when the object is dropped or the process exits)."""
+    lock, self._lock = getattr(self, "_lock", None), None
+    if lock is not None:
+      lock.release()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:   # at interpreter shutdown
+      pass
 
   def file(self, *parts: str) -> str:
     """The path of a file (or folder) inside the run's folder."""
     return os.path.join(self.path, *parts)
 
-  def write_json(self, name: str, obj: Any) -> str:
+  def _put(self, save, name: str, *args, **kwargs) -> str:
     if is_writer():
-      write_json(self.file(name), obj)
+      save(self.file(name), *args, **kwargs)
     return self.file(name)
+
+  def write_json(self, name: str, obj: Any) -> str:
+    return self._put(write_json, name, obj)
 
   def write_text(self, name: str, text: str) -> str:
-    if is_writer():
-      atomic_write(self.file(name), text.encode())
-    return self.file(name)
+    return self._put(atomic_write, name, text.encode())
 
   def write_npz(self, name: str, compressed: bool = False, **arrays) -> str:
-    if is_writer():
-      write_npz(self.file(name), compressed, **arrays)
-    return self.file(name)
+    return self._put(write_npz, name, compressed, **arrays)
 
   def save_figure(self, name: str, fig) -> str:
-    if is_writer():
-      save_figure(self.file(name), fig)
-    else:
+    if not is_writer():
       import matplotlib.pyplot as plt
       plt.close(fig)
-    return self.file(name)
+    return self._put(save_figure, name, fig)
 
 
 def is_writer() -> bool:
@@ -284,26 +441,8 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def _holds_only_config(folder: str) -> bool:
-  if not os.path.isdir(folder):
-    return False
-  return [f for f in os.listdir(folder) if not f.startswith(".tmp-")] == [CONFIG_FILE]
-
-
 def versions() -> Dict[str, Any]:
-  """Library versions and devices, written beside results (not compared on resume)."""
-  import importlib.metadata as md
-  import jax
-  out = {}
-  for pkg in ("pixeljax", "jax", "jaxlib", "flax", "numpy"):
-    try:
-      out[pkg] = md.version(pkg)
-    except md.PackageNotFoundError:
-      pass
-  out["backend"] = jax.default_backend()
-  out["devices"] = jax.device_count()
-  out["processes"] = jax.process_count()
-  out["xla_flags"] = os.environ.get("XLA_FLAGS", "")   # some change the float results
-  # The nets pin HIGHEST (PixelClassifier.logits); other products follow this global default.
-  out["matmul_precision"] = jax.config.jax_default_matmul_precision
-  return out
+  """Library versions, devices, the code's version and the command that ran, written beside
+  results (not compared on resume): ``pixeljax.cli.versions``."""
+  from pixeljax import cli
+  return cli.versions()

@@ -11,6 +11,10 @@ if os.environ.get("PIXELJAX_TEST_XLA_OPT", "0") != "default":
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_backend_optimization_level=0").strip()
 
+# One CPU device in the test process (pixeljax's import would split the CPU into one per core):
+# the tests that deal model calls to several devices ask for them, in their own processes.
+os.environ.setdefault("PIXELJAX_CPU_DEVICES", "1")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("PIXELJAX_SHARED", os.path.join(HERE, "..", "..", "shared"))
 

@@ -12,7 +12,8 @@ from pixeljax.sparse import campaign
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.workdir import SettingsMismatch
 
-SMALL = dict(popsize=24, generations=4, segment_iterations=2)
+SMALL = dict(popsize=24, generations=4)
+SEGMENT = dict(segment=2)     # steps between the runner's compactions (an execution choice)
 
 
 def _correct(clf, ds, n):
@@ -28,15 +29,17 @@ def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_sam
   idx = _correct(cifar_lenet, cifar_samples, 5)
   args = (cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
           PixelAttackConfig(pixels=1, **SMALL), 0)
-  full = campaign.run(*args, str(tmp_path / "a"), 10, attacks_per_call=2, progress=False)
+  full = campaign.run(*args, str(tmp_path / "a"), 10, attacks_per_call=2, progress=False,
+                      execution=SEGMENT)
   # "Kill" a run after its second chunk: keep only the first two chunk files, then rerun.
-  campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False)
+  campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False,
+               execution=SEGMENT)
   chunks = _chunks(tmp_path / "b")
   assert len(chunks) == 3
   os.remove(tmp_path / "b" / chunks[-1])
   logs = []
   resumed = campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False,
-                         log=logs.append)
+                         log=logs.append)      # the stored execution (segment 2) is reused
   assert any("4 attacks loaded" in line for line in logs)
   assert _chunks(tmp_path / "b") == chunks
   chex.assert_trees_all_equal(full, resumed)
@@ -129,29 +132,64 @@ def test_a_resumed_run_keeps_its_chunk_boundaries(cifar_lenet, cifar_samples, tm
   chex.assert_trees_all_equal(first, again)
 
 
-def test_chunks_made_before_a_legacy_setting_keep_their_names():
-  old = {"model": "m", "attack": {"pixels": 1, "eval_batch": 400}, "seed": 0}
-  new = {"model": "m", "attack": {"pixels": 1, "eval_batch": 400, "incremental": False,
-                                  "local_window": False, "eval_devices": 1}, "seed": 0}
+def test_format_1_settings_migrate_and_keep_their_chunk_names():
+  """A folder claimed before the redesign (format 1: execution switches inside ``attack``,
+  some absent because they did not exist yet) compares equal to today's settings for the
+  same work, and its chunk names are rebuilt from the stored dict as they were hashed."""
+  from pixeljax.sparse import formats
+  old = {"model": "m", "attack": {"pixels": 1, "method": "de", "eval_batch": 400,
+                                  "incremental": False, "segment_iterations": None},
+         "seed": 0}
+  new = formats.migrate(old)
+  assert new["attack"] == {"pixels": 1, "method": "de"}
+  assert new["execution"] == dict(call_size=400, incremental=False, window=False, devices=1,
+                                  segment=10)
+  assert new["attack_keys"] == "id_x1000" and new["format"] == 2
+  assert formats.migrate(new) == new
   ids, targets = np.arange(3), -np.ones(3)
-  assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(old, ids, targets)
-  new["attack"]["incremental"] = True
-  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
-  new["attack"].update(incremental=False, local_window=True)
-  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
-  new["attack"]["local_window"] = False
-  new["attack"]["eval_devices"] = 2
-  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(old, ids, targets)
-  assert workdir.differences(old, new) == {"attack.eval_devices": (1, 2)}
-  new["attack"]["eval_devices"] = 1
-  # Older still: made before eval_batch existed, i.e. every candidate in one call (0).
-  oldest = {"model": "m", "attack": {"pixels": 1}, "seed": 0}
-  new["attack"].update(incremental=False, eval_batch=0)
-  assert campaign.chunk_key(new, ids, targets) == campaign.chunk_key(oldest, ids, targets)
-  assert workdir.differences(oldest, new) == {}
-  new["attack"]["eval_batch"] = 400
-  assert campaign.chunk_key(new, ids, targets) != campaign.chunk_key(oldest, ids, targets)
-  assert workdir.differences(oldest, new) == {"attack.eval_batch": (0, 400)}
+  # Format 1 hashed the stored dict without keys at their legacy value (incremental False).
+  hashed_then = {"model": "m", "attack": {"pixels": 1, "method": "de", "eval_batch": 400,
+                                          "segment_iterations": None}, "seed": 0}
+  assert formats.chunk_key(formats.chunk_basis(new, old), ids, targets) == \
+      formats.chunk_key(hashed_then, ids, targets)
+  # Format 2 hashes today's settings.
+  assert formats.chunk_basis(new, new) == new and formats.chunk_basis(new, None) == new
+  # Older still: made before eval_batch existed, i.e. every candidate in one model call.
+  assert formats.migrate({"model": "m", "attack": {"pixels": 1, "method": "sparse_rs"},
+                          "seed": 0})["execution"] == dict(call_size=0, incremental=False,
+                                                           window=False, devices=1,
+                                                           segment=100)
+  # A one-pixel config.json of format 1 loses its execution switches (chosen by the engine).
+  cfg = {"model": "m", "attack": {"popsize": 4, "eval_batch": None, "local_window": None}}
+  assert formats.migrate_config(cfg) == {"model": "m", "attack": {"popsize": 4}}
+
+
+def test_a_resumed_format_1_folder_runs_its_stored_execution_and_keys(cifar_lenet,
+                                                                        cifar_samples,
+                                                                        tmp_path):
+  """A stored run resumes with the execution and the key derivation it was made with: its
+  recomputed chunk equals the chunk of a run made with them from the start."""
+  from pixeljax.sparse import formats
+  idx = _correct(cifar_lenet, cifar_samples, 2)
+  config = PixelAttackConfig(pixels=1, **SMALL)
+  args = (cifar_lenet, cifar_samples.images[idx], cifar_samples.labels[idx], idx, config, 0)
+  made = campaign.run(*args, str(tmp_path / "a"), 10, progress=False,
+                      execution=dict(call_size=0, incremental=False))
+  stored = formats.migrate(campaign.stored_settings(str(tmp_path / "a")))
+  assert stored["execution"]["incremental"] is False and stored["attack_keys"] == "per_attack"
+  # The same work claimed in format 1, with the old keys: resumed from its settings alone.
+  v1 = {"attack": {**stored["attack"], "eval_batch": 0, "segment_iterations": None},
+        "seed": 0, "num_classes": 10}
+  workdir.write_json(str(tmp_path / "b" / "settings.json"), v1)
+  resumed = campaign.run(*args, str(tmp_path / "b"), 10, progress=False)
+  again = formats.migrate(campaign.stored_settings(str(tmp_path / "b")))
+  assert again["execution"] == dict(call_size=0, incremental=False, window=False, devices=1,
+                                    segment=10) and again["attack_keys"] == "id_x1000"
+  from pixeljax.sparse.runner import attack
+  direct = attack(cifar_lenet, *args[1:3], jax.random.PRNGKey(0), config, image_ids=idx,
+                  execution=dict(call_size=0, incremental=False), attack_keys="id_x1000")
+  chex.assert_trees_all_equal(resumed, direct)
+  assert not np.array_equal(made.pixels, resumed.pixels)     # the key derivation matters
 
 
 def test_a_resume_against_other_weights_is_refused(cifar_lenet, cifar_samples, tmp_path):

@@ -3,9 +3,11 @@ import json
 import os
 import shutil
 
+import ml_collections
 import pytest
 
 from experiments import compare_methods, one_pixel
+from pixeljax import workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.workdir import Workdir
 
@@ -43,7 +45,7 @@ def test_methods_side_by_side(tmp_path):
     assert r["fooled_by_all"] <= round(r["success"] * r["attacks"])
   assert os.path.getsize(tmp_path / "cmp" / "success_vs_queries_1px.png") > 0
   assert "Sparse-RS" in compare_methods.report(res)
-  # table.md: README's table, runs in the order given, every budget and the shared cost.
+  # table.md: the results page's table, runs in the order given, every budget and the shared cost.
   table = (tmp_path / "cmp" / "table.md").read_text().splitlines()
   assert table[0].startswith("| method | k | budget | <= 100 |") and len(table) == 4
   # Each row names its own budget: DE's population x (generations + 1), Sparse-RS's cap.
@@ -127,12 +129,30 @@ def test_bad_budgets_are_refused(tmp_path, budgets):
 @pytest.mark.parametrize("run", ["lenet500", "lenet_targeted100",
                                  "cifar10_resnet20_akamaster_100",
                                  "cifar10_resnet32_hyperparticle_100"])
-def test_readme_shows_the_shipped_comparison_tables(run):
-  """README's comparison tables are the shipped ``compare/table.md`` files verbatim: a
-  regenerated comparison cannot leave README showing other numbers."""
+def test_results_page_shows_the_shipped_comparison_tables(run):
+  """The results page's comparison tables are the shipped ``compare/table.md`` files verbatim:
+  a regenerated comparison cannot leave it showing other numbers."""
   root = os.path.join(os.path.dirname(__file__), "..")
   with open(os.path.join(root, "results", "sparse", run, "compare", "table.md")) as f:
     table = f.read().strip()
-  with open(os.path.join(root, "README.md")) as f:
-    readme = f.read()
-  assert table.count("\n") >= 3 and table in readme, f"README lacks {run}'s table.md"
+  with open(os.path.join(root, "results", "README.md")) as f:
+    page = f.read()
+  assert table.count("\n") >= 3 and table in page, f"results/README.md lacks {run}'s table.md"
+
+
+@pytest.mark.parametrize("run", ["lenet500", "lenet_targeted100",
+                                 "cifar10_resnet20_akamaster_100",
+                                 "cifar10_resnet32_hyperparticle_100"])
+def test_the_shipped_comparison_tables_are_reproduced_from_the_stored_records(
+    run, tmp_path, monkeypatch):
+  """Runs stored in every settings format still load and compare: the comparison of the
+  stored records gives the shipped table.md again, character for character."""
+  root = os.path.join(os.path.dirname(__file__), "..")
+  monkeypatch.chdir(root)       # the stored config names its runs relative to the repository
+  folder = os.path.join("results", "sparse", run, "compare")
+  c = ml_collections.ConfigDict(workdir_lib.read_json(os.path.join(folder, "config.json")))
+  compare_methods.run(c, Workdir.open(str(tmp_path / "cmp"), c), log=lambda s: None)
+  with open(os.path.join(folder, "table.md")) as f:
+    shipped = f.read()
+  with open(tmp_path / "cmp" / "table.md") as f:
+    assert f.read() == shipped

@@ -38,14 +38,20 @@ def _check(ref, name, rec):
 def test_de_reproduces_the_records_of_the_engine_loop(cifar_lenet, cifar_samples, name):
   ref = np.load(REF)
   idx = np.array([0, 1, 3, 4, 5, 6])
+  # The records were made with the key derivation of their time (attack_keys="id_x1000").
   run = lambda **kw: attack(cifar_lenet.predict, cifar_samples.images[idx],
                            cifar_samples.labels[idx], jax.random.PRNGKey(0),
-                           PixelAttackConfig(segment_iterations=4, **CASES[name], **kw),
-                           image_ids=idx)
-  rec = run(eval_batch=0)     # every candidate of a call in one model call, as then
+                           PixelAttackConfig(**CASES[name]), image_ids=idx,
+                           attack_keys="id_x1000", execution=dict(segment=4, **kw))
+  rec = run(call_size=0)     # every candidate of a call in one model call, as then
   _check(ref, name, rec)
-  # The default: the same search; the final check is padded to a whole eval_batch call.
+  # The engine's choice for a black box on CPU: the same search; the final check is padded
+  # to a whole model call.
   _check(ref, name, run())
+  # The zoo model itself: the engine evaluates candidates incrementally, the same search.
+  _check(ref, name, attack(cifar_lenet, cifar_samples.images[idx], cifar_samples.labels[idx],
+                           jax.random.PRNGKey(0), PixelAttackConfig(**CASES[name]),
+                           image_ids=idx, attack_keys="id_x1000", execution=dict(segment=4)))
   if name == "rand1_1px_stop":
     assert np.any(rec.iterations < 30)       # the early stop really happened
 
@@ -56,7 +62,7 @@ def test_de_targeted_reproduces_the_engine_loop(cifar_lenet, cifar_samples):
   rows, targets = targets_for_all(cifar_samples.labels[idx], 10)
   rec = attack(cifar_lenet.predict, cifar_samples.images[idx][rows],
                cifar_samples.labels[idx][rows], jax.random.PRNGKey(1),
-               PixelAttackConfig(pixels=1, popsize=16, generations=4, targeted=True,
-                                 eval_batch=0),
-               targets=targets, image_ids=idx[rows])
+               PixelAttackConfig(pixels=1, popsize=16, generations=4, targeted=True),
+               targets=targets, image_ids=idx[rows], execution=dict(call_size=0),
+               attack_keys="id_x1000")
   _check(ref, "targeted_1px", rec)

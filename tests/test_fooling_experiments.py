@@ -37,8 +37,11 @@ TINY = dict(population=16, generations=6, segment=3)
 
 
 def _run(path, config):
-  wd = Workdir.open(str(path), config)
-  return fooling_exp.run(config, wd, QUIET)
+  wd = Workdir.open(str(path), config, extendable=fooling_exp.EXTENDABLE)
+  try:
+    return fooling_exp.run(config, wd, QUIET)
+  finally:
+    wd.close()     # let the folder go now, not when the garbage collector gets to it
 
 
 class Interrupted(Exception):
@@ -122,13 +125,13 @@ def test_a_restart_with_another_config_is_refused_or_starts_a_new_run(tmp_path):
   # work is done.
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "fooling.py"),
                          f"--workdir={tmp_path / 'run'}", "--config.population=16",
-                         "--config.segment=3", "--config.generations=30"],
+                         "--config.segment=3", "--config.generations=6", "--config.seed=1"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-  assert "generations: 6 -> 30" in lines[0] and "population" not in lines[0]
+  assert "seed: 0 -> 1" in lines[0] and "population" not in lines[0]
 
 
 def test_retraining_with_a_fooling_class(tmp_path):

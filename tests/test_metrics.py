@@ -5,13 +5,15 @@ from pixeljax.metrics import one_pixel as metrics
 from pixeljax.sparse.records import AttackRecords
 
 
-def _records(success, true, adv, target, probs_adv, image_id, queries):
+def _records(success, true, adv, target, probs_adv, image_id, queries, clean=None):
   n = len(success)
   probs = np.zeros((n, 3))
   probs[np.arange(n), adv] = probs_adv
+  prior = np.zeros((n, 3))     # the clean image's top class: its label unless told otherwise
+  prior[np.arange(n), np.array(true if clean is None else clean)] = 1.0
   return AttackRecords(image_id=np.array(image_id), true_class=np.array(true),
                        target_class=np.array(target), adversarial_class=np.array(adv),
-                       success=np.array(success), probs=probs, prior_probs=probs,
+                       success=np.array(success), probs=probs, prior_probs=prior,
                        pixels=np.zeros((n, 1, 5)), queries=np.array(queries),
                        success_query=np.where(success, queries, -1),
                        iterations=np.zeros(n, np.int32))
@@ -28,6 +30,19 @@ def test_untargeted_metrics():
   assert "target_classes_per_image" not in m
   lo, hi = m["success_rate_ci95"]
   assert lo < 0.75 < hi
+
+
+def test_already_misclassified_images_are_not_fooled_images():
+  """An attack on an image the net already misclassifies "succeeds" at its first query: it
+  is left out of every figure and counted apart."""
+  r = _records([True, False, True, True], [0, 1, 2, 0], [1, 1, 0, 2], [-1] * 4,
+               [0.9, 0.8, 0.6, 0.3], [0, 1, 2, 3], [1, 400, 200, 300], clean=[2, 1, 2, 0])
+  m = metrics.summary(r, 3)
+  assert m["excluded_misclassified"] == 1 and m["attacks"] == 3
+  assert m["success_rate"] == pytest.approx(2 / 3)
+  assert m["fooled_at_some_query_rate"] == pytest.approx(2 / 3)
+  assert m["queries_per_attack"] == 300
+  assert set(m["definitions"]) >= {"success_rate", "fooled_at_some_query_rate"}
 
 
 def test_wilson_interval_matches_the_textbook():

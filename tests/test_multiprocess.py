@@ -69,9 +69,10 @@ def _run_processes(tmp_path, num_processes: int, devices_per_process: int,
 def test_two_processes_match_one_process(tmp_path, cifar_lenet, cifar_samples):
   ds = cifar_samples
   ref = campaign.run(cifar_lenet.predict, ds.images[:8], ds.labels[:8], ds.index[:8],
-                     # eval_batch=0: what the workers' 4-device mesh resolves to
-                     PixelAttackConfig(pixels=1, popsize=40, generations=3, eval_batch=0), 0,
-                     str(tmp_path / "single"), 10, attacks_per_call=4, progress=False)
+                     PixelAttackConfig(pixels=1, popsize=40, generations=3), 0,
+                     str(tmp_path / "single"), 10, attacks_per_call=4, progress=False,
+                     # call_size 0: what the engine chooses on the workers' 4-device mesh
+                     execution=dict(call_size=0))
   ref = ref.as_dict()
   results, folder = _run_processes(tmp_path, num_processes=2, devices_per_process=2)
   for got in results:

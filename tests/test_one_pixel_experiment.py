@@ -109,18 +109,19 @@ def test_the_two_reported_mislabelled_runs_are_refused_or_moved(tmp_path):
 
 def test_cpu_devices_are_recorded_and_a_resume_on_other_ones_is_refused(tmp_path):
   """runtime.cpu_devices splits the CPU into devices that small model calls are dealt to;
-  XLA:CPU's float bits depend on it, so the resolved attack records it (eval_devices) and a
-  resume with another count does not mix its chunks with the old ones."""
+  XLA:CPU's float bits depend on it, so the run records it (execution.devices), a resume
+  reuses it, and a resume on fewer devices is refused instead of mixing its chunks."""
   w = str(tmp_path / "W")
   small = ["--config.num_images=4", "--config.pixels=1", "--config.attack.popsize=16",
-           "--config.attack.generations=2", "--config.attack.eval_batch=8",
+           "--config.attack.generations=2", "--config.runtime.execution.call_size=8",
            "--config.figures=False"]
   two = _cli(*small, "--config.runtime.cpu_devices=2", "--workdir", w)
   assert two.returncode == 0, two.stderr
   with open(w + "/results.json") as f:
-    assert json.load(f)["metrics"]["1px"]["attack"]["eval_devices"] == 2
+    assert json.load(f)["metrics"]["1px"]["execution"]["devices"] == 2
   one = _cli(*small, "--config.runtime.cpu_devices=1", "--workdir", w)
-  assert one.returncode == 2 and "attack.eval_devices: 2 -> 1" in one.stderr, one.stderr
+  assert one.returncode == 2 and (
+      "execution.devices=2, but this run has 1 CPU device" in one.stderr), one.stderr
   bad = _cli(*small, "--config.runtime.cpu_devices=0", "--workdir", str(tmp_path / "x"))
   assert bad.returncode == 2 and "runtime.cpu_devices must be >= 1" in bad.stderr
 

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixeljax import evaluate
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 from pixeljax.sparse import exhaustive, problem, runner
+from pixeljax.sparse.evaluator import CPU_CALL_SIZE, choose_execution, evaluator_for
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.sparse.runner import attack
 
-SMALL = dict(popsize=24, generations=4, segment_iterations=2)
+SMALL = dict(popsize=24, generations=4)
+SEGMENT = dict(segment=2)       # the runner compacts every 2 steps (Execution.segment)
 
 
 def test_perturb_writes_exactly_k_pixels():
@@ -63,8 +64,9 @@ def test_success_first_ranks_fooling_candidates_first():
   predict = lambda imgs: table[jnp.argmax(imgs[:, 0, :, 0], axis=-1)]
   pop = jnp.array([[0., 0., 1.], [1., 0., 1.], [2., 0., 1.]])
   image = jnp.zeros((1, 3, 1))
-  ev = lambda target, **kw: problem.evaluator(predict, image, 0, target, PixelAttackConfig(
-      targeted=target >= 0, **kw))(pop)
+  probs = predict(jax.vmap(problem.perturb, (None, 0))(image, pop))
+  ev = lambda target, **kw: problem.score(probs, 0, target, PixelAttackConfig(
+      targeted=target >= 0, **kw))
   paper, first = ev(-1), ev(-1, success_first=True)
   np.testing.assert_allclose(paper.loss, [0.40, 0.45, 0.02])
   np.testing.assert_allclose(first.loss, [0.40, -0.55, -0.98])
@@ -74,7 +76,7 @@ def test_success_first_ranks_fooling_candidates_first():
   np.testing.assert_allclose(targeted.loss, [0.65, -0.50, -0.90])
   # The paper's early stop is unchanged: p_true < 5% (or p_target > 50%) stops either way.
   for e in (paper, first, targeted):
-    np.testing.assert_array_equal(e.stop, [False, False, True])
+    np.testing.assert_array_equal(e.reached, [False, False, True])
   # The margin loss is the log-probability (logit) margin.
   margin = ev(-1, loss="margin").loss
   np.testing.assert_allclose(margin, np.log([0.40 / 0.35, 0.45 / 0.50, 0.02 / 0.90]),
@@ -100,7 +102,7 @@ def test_untargeted_attack_records_are_consistent(cifar_lenet, cifar_samples):
   idx = _correct(cifar_lenet, cifar_samples, 6)
   cfg = PixelAttackConfig(pixels=1, **SMALL)
   rec = attack(cifar_lenet.predict, cifar_samples.images[idx], cifar_samples.labels[idx],
-               jax.random.PRNGKey(0), cfg, image_ids=idx)
+               jax.random.PRNGKey(0), cfg, image_ids=idx, execution=SEGMENT)
   assert rec.pixels.shape == (6, 1, 5) and rec.probs.shape == (6, 10)
   np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
   assert np.all(rec.queries == 24 * (rec.iterations + 1))
@@ -118,7 +120,8 @@ def test_same_seed_same_result_and_batch_independence(cifar_lenet, cifar_samples
   idx = _correct(cifar_lenet, cifar_samples, 4)
   cfg = PixelAttackConfig(pixels=3, strategy="best1bin", **SMALL)
   run = lambda sel, key: attack(cifar_lenet.predict, cifar_samples.images[sel],
-                                cifar_samples.labels[sel], key, cfg, image_ids=sel)
+                                cifar_samples.labels[sel], key, cfg, image_ids=sel,
+                                execution=SEGMENT)
   a = run(idx, jax.random.PRNGKey(7))
   b = run(idx, jax.random.PRNGKey(7))
   chex.assert_trees_all_equal(a, b)
@@ -128,7 +131,9 @@ def test_same_seed_same_result_and_batch_independence(cifar_lenet, cifar_samples
   assert not np.array_equal(a.pixels, c.pixels)
 
 
-def test_micro_batched_model_sees_fixed_batches_and_returns_the_same_rows():
+def test_a_black_box_sees_fixed_calls_and_returns_the_same_rows():
+  """``Evaluator.candidates`` of a bare function (full net): however the attacks are vmapped,
+  their candidates are flattened into model calls of ``call_size``, inactive calls skipped."""
   seen, ran = [], []     # batch sizes traced (jax may reuse a trace) and executed
   w = jax.random.normal(jax.random.PRNGKey(0), (12, 5))
 
@@ -136,58 +141,88 @@ def test_micro_batched_model_sees_fixed_batches_and_returns_the_same_rows():
     seen.append(x.shape[0])                                     # at trace time
     jax.debug.callback(lambda n: ran.append(int(n)), x.shape[0] + 0 * x[0, 0, 0, 0])
     # float32 on every backend (a GPU's TF32 would round each batch size otherwise)
-    return jax.nn.softmax(jnp.dot(x.reshape(x.shape[0], -1), w, precision="highest"))
+    return jax.nn.softmax(jnp.dot(x.reshape(x.shape[0], -1) / 255., w, precision="highest"))
 
-  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 7, 2, 2, 3))  # 3 attacks x 7 candidates
-  want = np.asarray(jax.vmap(predict)(x))
-  f = evaluate.micro_batched(predict, 4)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (3, 2, 2, 3), maxval=255.)   # 3 attacks
+  cands = jax.random.uniform(jax.random.PRNGKey(2), (3, 7, 5), maxval=2.)   # x 7 candidates
+  cands = cands.at[..., 2:].multiply(127.)
+  per_attack = lambda im, c: predict(jax.vmap(problem.perturb, (None, 0))(im, c))
+  want = np.asarray(jax.vmap(per_attack)(images, cands))
+  ev = evaluator_for(predict, 1, execution=dict(call_size=4))
+  assert not ev.execution.incremental and ev.mesh is None
+  f = ev.candidates
   on = jnp.ones((3, 7), bool)
-  for name, fn, args in [("vmap", jax.vmap(f), (x, on)),
-                         ("nested vmap", jax.vmap(jax.vmap(f)), (x[None], on[None])),
-                         ("no vmap", f, (x.reshape(21, 2, 2, 3), on.reshape(21))),
-                         ("unbatched mask", jax.vmap(f, (0, None)), (x, on[0]))]:
+  for name, fn, args in [("vmap", jax.vmap(f), (images, cands, on)),
+                         ("nested vmap", jax.vmap(jax.vmap(f)),
+                          (images[None], cands[None], on[None])),
+                         ("unbatched mask", jax.vmap(f, (0, 0, None)), (images, cands, on[0]))]:
     seen.clear(), ran.clear()
     got = np.asarray(jax.jit(fn)(*args)).reshape(want.shape)
     assert set(seen) <= {4} and ran == [4] * 6, (name, seen, ran)   # 21 rows: 6 calls of 4
     np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
+  # No vmap: one attack's 21 candidates.
+  one = cands.reshape(21, 5)
+  want_one = np.asarray(per_attack(images[0], one))
+  seen.clear(), ran.clear()
+  np.testing.assert_allclose(jax.jit(f)(images[0], one, on.reshape(21)), want_one, rtol=1e-6)
+  assert set(seen) <= {4} and ran == [4] * 6, (seen, ran)
   seen.clear()
-  np.testing.assert_allclose(f(x[0, :3], on[0, :3]), want[0, :3], rtol=1e-6)   # < 4: one call
+  np.testing.assert_allclose(f(images[0], cands[0, :3], on[0, :3]), want[0, :3],
+                             rtol=1e-6)   # < 4: one call
   assert seen == [3]
   # Rows 8..15 inactive: the slices of rows 8-11 and 12-15 are skipped (zeros), the rest kept.
   active = (jnp.arange(21) < 8) | (jnp.arange(21) >= 16)
   ran.clear()
-  got = np.asarray(jax.jit(f)(x.reshape(21, 2, 2, 3), active))
+  got = np.asarray(jax.jit(f)(images[0], one, active))
   assert ran == [4] * 4
-  np.testing.assert_allclose(got[active], want.reshape(21, 5)[active], rtol=1e-6)
+  np.testing.assert_allclose(got[active], want_one[active], rtol=1e-6)
   assert not got[8:16].any()
 
 
-def test_eval_batch_resolves_per_backend_and_makes_attacks_independent_of_their_batch(
+class _Device:
+  def __init__(self, platform):
+    self.platform, self.process_index = platform, jax.process_index()
+
+
+class _Mesh:
+  """What ``sharding.mesh_modes`` reads of a mesh, for meshes this process lacks the devices
+  for: ``n`` accelerators the attacks are sharded over, or one host's ``n`` CPU devices."""
+
+  def __init__(self, n, platform):
+    self.size, self.devices = n, np.array([_Device(platform) for _ in range(n)], object)
+
+
+def test_call_size_is_chosen_per_backend_and_makes_attacks_independent_of_their_batch(
     cifar_lenet, cifar_samples):
-  assert PixelAttackConfig().resolved().eval_batch == (
-      evaluate.CPU_EVAL_BATCH if jax.default_backend() == "cpu" else 0)
-  assert PixelAttackConfig(eval_batch=0).resolved().eval_batch == 0
-  assert PixelAttackConfig().resolved(devices=4).eval_batch == 0   # off on a mesh
-  assert PixelAttackConfig(eval_batch=64).resolved(devices=4).eval_batch == 64
-  with pytest.raises(UserError, match="eval_batch"):
-    PixelAttackConfig(eval_batch=-1)
+  black_box = cifar_lenet.predict
+  cpu = jax.default_backend() == "cpu"
+  assert choose_execution(black_box, 1).call_size == (CPU_CALL_SIZE if cpu else 0)
+  assert choose_execution(black_box, 1, call_size=0).call_size == 0
+  sharded = _Mesh(4, "tpu")                                        # attacks over 4 devices
+  assert choose_execution(black_box, 1, mesh=sharded).call_size == 0   # off on a mesh
+  assert choose_execution(black_box, 1, mesh=sharded, call_size=64).call_size == 64
+  with pytest.raises(UserError, match="execution: call_size must be >= 0"):
+    choose_execution(black_box, 1, call_size=-1)
   # Model calls dealt to a host's CPU devices: by default only small ones.
-  assert PixelAttackConfig().resolved().eval_devices == 1
-  assert PixelAttackConfig(eval_batch=400).resolved(dealt=2).eval_devices == 1
-  assert PixelAttackConfig(eval_batch=50).resolved(dealt=2).eval_devices == 2
-  assert PixelAttackConfig(eval_batch=0).resolved(dealt=2).eval_devices == 1
-  assert PixelAttackConfig(eval_batch=400, eval_devices=2).resolved(dealt=2).eval_devices == 2
-  with pytest.raises(UserError, match="eval_devices=3, but this run has 2 CPU device"):
-    PixelAttackConfig(eval_devices=3).resolved(dealt=2)
-  with pytest.raises(UserError, match="eval_devices must be >= 1"):
-    PixelAttackConfig(eval_devices=0)
+  dealt = _Mesh(2, "cpu")
+  assert choose_execution(black_box, 1).devices == 1
+  assert choose_execution(black_box, 1, mesh=dealt, call_size=400).devices == 1
+  assert choose_execution(black_box, 1, mesh=dealt, call_size=50).devices == 2
+  assert choose_execution(black_box, 1, mesh=dealt, call_size=0).devices == 1
+  assert choose_execution(black_box, 1, mesh=dealt, call_size=400, devices=2).devices == 2
+  assert choose_execution(black_box, 1, mesh=sharded, call_size=50).devices == 1
+  with pytest.raises(UserError, match="execution.devices=3, but this run has 2 CPU device"):
+    choose_execution(black_box, 1, mesh=dealt, devices=3)
+  with pytest.raises(UserError, match="execution: devices must be >= 1"):
+    choose_execution(black_box, 1, devices=0)
   # One model call per attack's population, whether 1 or 5 attacks share an XLA call: the
   # records are bit for bit the same.
   idx = _correct(cifar_lenet, cifar_samples, 5)
-  cfg = PixelAttackConfig(pixels=1, eval_batch=SMALL["popsize"], **SMALL)
-  run = lambda per_call: attack(cifar_lenet.predict, cifar_samples.images[idx],
+  cfg = PixelAttackConfig(pixels=1, **SMALL)
+  run = lambda per_call: attack(black_box, cifar_samples.images[idx],
                                 cifar_samples.labels[idx], jax.random.PRNGKey(3), cfg,
-                                image_ids=idx, attacks_per_call=per_call)
+                                image_ids=idx, attacks_per_call=per_call,
+                                execution=dict(SEGMENT, call_size=SMALL["popsize"]))
   chex.assert_trees_all_equal(run(1), run(None))
 
 
@@ -198,7 +233,7 @@ def test_targeted_attack_for_all_targets(cifar_lenet, cifar_samples):
   cfg = PixelAttackConfig(pixels=1, targeted=True, **SMALL)
   rec = attack(cifar_lenet.predict, cifar_samples.images[idx][rows],
                cifar_samples.labels[idx][rows], jax.random.PRNGKey(0), cfg, targets=targets,
-               image_ids=idx[rows])
+               image_ids=idx[rows], execution=SEGMENT)
   np.testing.assert_array_equal(rec.success, rec.adversarial_class == rec.target_class)
   m = metrics.summary(rec, 10)
   assert len(m["target_classes_per_image"]) == 10
@@ -212,12 +247,15 @@ def test_bad_input_is_named(cifar_lenet, cifar_samples):
     PixelAttackConfig(pixels=0)
   with pytest.raises(UserError, match="exceeds the 1024 pixels"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(pixels=1025, **SMALL))
-  with pytest.raises(UserError, match="at most 1000 classes"):
+  with pytest.raises(UserError, match="at most 1000 classes"):     # the former key derivation
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(**SMALL),
-           num_classes=1001)
+           num_classes=1001, attack_keys="id_x1000")
+  with pytest.raises(UserError, match="unknown attack_keys"):
+    attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(**SMALL),
+           attack_keys="id_x2000")
   with pytest.raises(UserError, match="label out of range"):
     attack(cifar_lenet.predict, imgs, np.array([3, 10]), key, PixelAttackConfig(**SMALL))
-  with pytest.raises(UserError, match="images must be"):
+  with pytest.raises(UserError, match=r"expects images of shape \(N, H, W, C\)"):
     attack(cifar_lenet.predict, imgs[0], labels, key, PixelAttackConfig(**SMALL))
   with pytest.raises(UserError, match="differ from the true label"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(targeted=True, **SMALL),
@@ -225,8 +263,14 @@ def test_bad_input_is_named(cifar_lenet, cifar_samples):
   with pytest.raises(UserError, match="strategy"):
     PixelAttackConfig(strategy="nope")
   nan_model = lambda x: jnp.full((x.shape[0], 10), jnp.nan)
-  with pytest.raises(FloatingPointError, match="NaN"):
+  with pytest.raises(UserError, match="NaN"):          # on the clean images, before compiling
     attack(nan_model, imgs, labels, key, PixelAttackConfig(**SMALL))
+  # Finite on the clean images, NaN on every changed one: the attack refuses its NaNs.
+  grey = np.full((2, 4, 4, 3), 128., np.float32)
+  nan_on_change = lambda x: jnp.where(jnp.all(x == 128., axis=(1, 2, 3))[:, None],
+                                      jnp.full((x.shape[0], 10), 0.1), jnp.nan)
+  with pytest.raises(FloatingPointError, match="NaN"):
+    attack(nan_on_change, grey, labels, key, PixelAttackConfig(**SMALL))
 
 
 def test_exhaustive_baseline_matches_brute_force(cifar_lenet, cifar_samples):
@@ -256,31 +300,36 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
   population; 3 of the 12 per step on each), and so are ResNet-20's one-pixel candidates on
   windows (calls of 50: 4 per step, one on each device). XLA:CPU's rounding
   may differ by ~1 ulp between programs over 1 and 4 devices, so probabilities agree to 1e-6;
-  the searches are the same. And ``evaluate.in_fixed_batches`` dealt to the devices gives
-  what it gives on one, skipped (inactive) calls included."""
+  the searches are the same. And ``evaluate.in_fixed_batches`` dealt to the devices (inside
+  ``Evaluator.program``: ``Evaluator.images``) gives what it gives on one, skipped (inactive)
+  calls included."""
   script = textwrap.dedent("""
       import os, sys, numpy as np, jax, jax.numpy as jnp
       from pixeljax import data, evaluate, models, sharding
-      from pixeljax.sparse import PixelAttackConfig, attack
+      from pixeljax.sparse import PixelAttackConfig, attack, evaluator_for
       clf = models.load("cifar10_lenet_hyperparticle")
       ds = data.load("cifar10_samples")
       idx = np.array([0, 1, 3, 4, 5, 6])
       mesh = sharding.attack_mesh() if jax.device_count() > 1 else None
       out = dict(devices=jax.device_count())
+      cfg = PixelAttackConfig(pixels=1, popsize=16, generations=3)
       for name, size in (("big", None), ("small", 8)):
-        cfg = PixelAttackConfig(pixels=1, popsize=16, generations=3, eval_batch=size)
+        execution = dict(call_size=size)
         rec = attack(clf.predict, ds.images[idx], ds.labels[idx], jax.random.PRNGKey(0), cfg,
-                     image_ids=idx, mesh=mesh)
+                     image_ids=idx, mesh=mesh, execution=execution)
         out.update({f"{name}_{k}": getattr(rec, k) for k in ("pixels", "probs", "queries")})
-        out[f"{name}_eval_devices"] = cfg.resolved(**sharding.mesh_modes(mesh)).eval_devices
+        ev = evaluator_for(clf.predict, 1, "de", mesh, execution)
+        out[f"{name}_devices"] = ev.execution.devices
+        out[f"{name}_call_size"] = ev.execution.call_size
       # One-pixel candidates of ResNet-20 on windows: calls of 50 (its default), dealt.
-      net = models.load("cifar10_resnet20_akamaster").factored
+      net = models.load("cifar10_resnet20_akamaster")
       cfg = PixelAttackConfig(pixels=1, popsize=100, generations=2)
       rec = attack(net, ds.images[idx[:2]], ds.labels[idx[:2]], jax.random.PRNGKey(0), cfg,
                    image_ids=idx[:2], mesh=mesh)
       out.update({f"window_{k}": getattr(rec, k) for k in ("pixels", "probs", "queries")})
-      out["window_eval_devices"] = cfg.resolved(**sharding.mesh_modes(mesh), factored=True,
-                                                windowed=True).eval_devices
+      ex = evaluator_for(net, 1, "de", mesh).execution
+      assert ex.window and ex.call_size == 50, ex
+      out["window_devices"] = ex.devices
       x = jax.random.normal(jax.random.PRNGKey(1), (21, 3))
       active = jnp.arange(21) % 9 < 4          # calls of 3: the 2nd, 5th ... have none
       f = lambda v: jnp.tanh(v) * 2.0 + v.sum()
@@ -289,27 +338,67 @@ def test_one_and_four_devices_give_identical_results(tmp_path):
         run = sharding.on_every_device(
             lambda x, a: evaluate.in_fixed_batches(f, x, 3, a, mesh=mesh), mesh)
         np.testing.assert_array_equal(run(x, active), one)
-        np.testing.assert_array_equal(evaluate.dealt(f, 3, mesh)(x),
+        ev = evaluator_for(f, 1, "de", mesh, dict(call_size=3))
+        assert ev.execution.devices == 4 and ev.mesh.size == 4, ev
+        np.testing.assert_array_equal(ev.program(ev.images)(x),
                                       evaluate.in_fixed_batches(f, x, 3))
       np.savez(sys.argv[1], **out)
   """)
   outs = []
   for n in (1, 4):
     flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu",
+               PIXELJAX_CPU_DEVICES=str(n))
     path = str(tmp_path / f"d{n}.npz")
     subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
     outs.append(np.load(path))
   assert int(outs[1]["devices"]) == 4
-  assert [int(o["small_eval_devices"]) for o in outs] == [1, 4]
-  assert [int(o["big_eval_devices"]) for o in outs] == [1, 1]
-  assert [int(o["window_eval_devices"]) for o in outs] == [1, 4]
+  assert [int(o["small_devices"]) for o in outs] == [1, 4]
+  assert [int(o["big_devices"]) for o in outs] == [1, 1]
+  assert [int(o["big_call_size"]) for o in outs] == [400, 400]
+  assert [int(o["window_devices"]) for o in outs] == [1, 4]
   for name in ("big", "small", "window"):
     np.testing.assert_array_equal(outs[0][f"{name}_pixels"], outs[1][f"{name}_pixels"])
     np.testing.assert_array_equal(outs[0][f"{name}_queries"], outs[1][f"{name}_queries"])
     np.testing.assert_allclose(outs[0][f"{name}_probs"], outs[1][f"{name}_probs"], atol=1e-6)
 
 
+def test_each_attack_has_its_own_key_with_a_thousand_classes_and_large_ids():
+  """``per_attack`` keys fold in the image id (both 32-bit words), then target + 1: image i's
+  target 999 and image i + 1's untargeted attack (which ``id_x1000`` gave one key) differ, as
+  do ids 2**32 apart; ``id_x1000`` stays ``fold_in(key, id * 1000 + target + 1)`` for the
+  runs stored with it."""
+  key = jax.random.PRNGKey(5)
+  ids = np.repeat(np.arange(4, dtype=np.int64), 1001)
+  targets = np.tile(np.arange(-1, 1000), 4)                 # untargeted and 1,000 targets
+  ids = np.concatenate([ids, ids[:1001] + 2 ** 32, [2 ** 40 + 3, 2 ** 63 - 1]])
+  targets = np.concatenate([targets, targets[:1001], [999, 999]])
+  keys = runner.attack_keys_of(key, ids, targets)
+  assert keys.shape == (len(ids), 2)
+  assert len(np.unique(keys, axis=0)) == len(ids)           # every attack its own key
+  pair = runner.attack_keys_of(key, [0, 1], [999, -1])
+  assert not np.array_equal(pair[0], pair[1])
+  old = runner.attack_keys_of(key, [0, 1], [999, -1], "id_x1000")
+  np.testing.assert_array_equal(old[0], old[1])             # the collision it fixes
+  np.testing.assert_array_equal(
+      old[0], jax.random.key_data(jax.random.fold_in(key, 1000)))
+  # Fold-ins of the words: reproducible by hand, and independent of the batch.
+  want = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 1), 5), 1000)
+  np.testing.assert_array_equal(runner.attack_keys_of(key, [2 ** 32 + 5], [999])[0],
+                                jax.random.key_data(want))
+  np.testing.assert_array_equal(runner.attack_keys_of(key, ids[-2:], targets[-2:]), keys[-2:])
+  # The runner attacks 1,000-class rows with ids past 2**32 (a black box on 4x4 images): ids
+  # 2**32 apart draw other searches, and the records keep the ids.
+  w = jax.random.normal(jax.random.PRNGKey(0), (48, 1000)) / 100.
+  predict = lambda x: jax.nn.softmax(jnp.dot(x.reshape(x.shape[0], -1), w,
+                                             precision="highest"))
+  images = np.full((2, 4, 4, 3), 128., np.float32)
+  ids = np.array([3, 2 ** 32 + 3])
+  rec = attack(predict, images, [0, 0], key, PixelAttackConfig(
+      targeted=True, popsize=8, generations=1), targets=[999, 999], image_ids=ids)
+  np.testing.assert_array_equal(rec.image_id, ids)
+  assert rec.probs.shape == (2, 1000)
+  assert not np.array_equal(rec.pixels[0], rec.pixels[1])
 
 
 def test_colour_grid():
@@ -340,20 +429,23 @@ def test_de_initialises_inside_its_first_loop(cifar_lenet, cifar_samples):
   init program and a loop): with no generations too, and padding rows neither start nor
   step; the records are those of attacks run one at a time."""
   shape, k = (32, 32, 3), 10
-  cfg = PixelAttackConfig(popsize=16, generations=0, eval_batch=16)
-  assert runner._Engine(cifar_lenet.predict, shape, cfg, k).starts_in_run
-  assert not runner._Engine(cifar_lenet.predict, shape, PixelAttackConfig(
+  cfg = PixelAttackConfig(popsize=16, generations=0)
+  calls = dict(call_size=16)
+  black_box = cifar_lenet.predict
+  assert runner._Engine(evaluator_for(black_box, 1, "de", execution=calls), shape, cfg,
+                        k).starts_in_run
+  assert not runner._Engine(evaluator_for(black_box, 1, "sparse_rs"), shape, PixelAttackConfig(
       method="sparse_rs"), k).starts_in_run          # its first batch is not a step's
   x, y = cifar_samples.images[:3], cifar_samples.labels[:3]
   key = jax.random.PRNGKey(4)
-  rec = attack(cifar_lenet.predict, x, y, key, cfg)
+  rec = attack(black_box, x, y, key, cfg, execution=calls)
   np.testing.assert_array_equal(rec.queries, 16)
   np.testing.assert_array_equal(rec.iterations, 0)
-  cfg = PixelAttackConfig(popsize=16, generations=3, eval_batch=16)
-  padded = attack(cifar_lenet.predict, x, y, key, cfg, attacks_per_call=4)
+  cfg = PixelAttackConfig(popsize=16, generations=3)
+  padded = attack(black_box, x, y, key, cfg, attacks_per_call=4, execution=calls)
   np.testing.assert_array_equal(padded.queries, 64)
   for i in range(3):
-    one = attack(cifar_lenet.predict, x[i:i + 1], y[i:i + 1], key, cfg, image_ids=[i])
+    one = attack(black_box, x[i:i + 1], y[i:i + 1], key, cfg, image_ids=[i], execution=calls)
     for field in ("pixels", "queries", "success", "probs", "iterations"):
       np.testing.assert_array_equal(getattr(one, field)[0], getattr(padded, field)[i],
                                     err_msg=field)

@@ -31,15 +31,16 @@ def _images(n):
   return rng.integers(60, 200, (n, H, W, 3)).astype(np.uint8)   # never a cube corner
 
 
-def _run(predict, n, key=0, **kw):
+def _run(predict, n, key=0, segment=None, **kw):
   return attack(predict, _images(n), np.zeros(n, np.int32), jax.random.PRNGKey(key),
-                PixelAttackConfig(**kw), image_ids=np.arange(n))
+                PixelAttackConfig(**kw), image_ids=np.arange(n),
+                execution=dict(segment=segment))
 
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_sparse_rs_finds_the_one_pixel_that_fools(k):
   rec = _run(needle_model(NEEDLES[:1]), 3, method="sparse_rs", pixels=k, loss="margin",
-             max_queries=3000, segment_iterations=200)
+             max_queries=3000, segment=200)
   assert rec.success.all()
   x, y, c = NEEDLES[0]
   for px in rec.pixels:
@@ -94,17 +95,17 @@ def test_budgets_are_never_exceeded(method, kw, spent):
 @pytest.mark.parametrize("method", ["sparse_rs", "corner_search"])
 def test_same_seed_same_result_and_batch_independence(method):
   predict = needle_model(NEEDLES)
-  kw = dict(method=method, pixels=2, max_queries=1500, proposals_per_step=16,
-            segment_iterations=7)
-  together = _run(predict, 4, **kw)
-  chex.assert_trees_all_equal(together, _run(predict, 4, **kw))
+  kw = dict(method=method, pixels=2, max_queries=1500, proposals_per_step=16)
+  together = _run(predict, 4, segment=7, **kw)
+  chex.assert_trees_all_equal(together, _run(predict, 4, segment=7, **kw))
   images = _images(4)
   for i in range(4):     # each attack alone gives its row of the batch
     alone = attack(predict, images[i:i + 1], np.zeros(1, np.int32), jax.random.PRNGKey(0),
-                   PixelAttackConfig(**kw), image_ids=np.array([i]))
+                   PixelAttackConfig(**kw), image_ids=np.array([i]),
+                   execution=dict(segment=7))
     for f in ("pixels", "queries", "success_query", "success"):
       np.testing.assert_array_equal(getattr(alone, f)[0], getattr(together, f)[i])
-  assert not np.array_equal(_run(predict, 4, key=1, **kw).pixels, together.pixels)
+  assert not np.array_equal(_run(predict, 4, key=1, segment=7, **kw).pixels, together.pixels)
 
 
 def test_stopping_rules():
@@ -229,7 +230,7 @@ def test_one_moved_pixel_never_takes_the_image_colour():
 
 
 def _fake_eval(candidates):
-  from pixeljax.sparse.problem import Evaluation
+  from pixeljax.sparse.problem import Scores
   b = candidates.shape[0]
-  return Evaluation(loss=jnp.zeros(b), fooled=jnp.zeros(b, bool), stop=jnp.zeros(b, bool),
-                    probs=jnp.tile(jnp.array([1.0, 0.0, 0.0]), (b, 1)))
+  return Scores(loss=jnp.zeros(b), fooled=jnp.zeros(b, bool), reached=jnp.zeros(b, bool),
+                probs=jnp.tile(jnp.array([1.0, 0.0, 0.0]), (b, 1)))

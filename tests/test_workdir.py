@@ -71,3 +71,40 @@ def test_corrupt_files_are_named(tmp_path):
   (tmp_path / "config.json").write_text("{")
   with pytest.raises(UserError, match="config.json is corrupt"):
     workdir.Workdir.open(str(tmp_path), {"a": 1})
+
+
+def test_a_stored_older_format_is_migrated_before_it_is_compared_and_kept(tmp_path):
+  """The folder module knows no attack settings: the caller's ``migrate`` maps what an older
+  version stored (here: before ``eval_batch`` existed, i.e. 0) to today's format."""
+  assert not hasattr(workdir, "LEGACY") and not hasattr(workdir, "without_legacy")
+  old = {"attack": {"pixels": 1}, "seed": 0}
+  now = {"attack": {"pixels": 1, "eval_batch": 0}, "seed": 0}
+  assert list(workdir.differences(old, now)) == ["attack.eval_batch"]   # no legacy defaults
+
+  def migrate(stored):
+    stored["attack"].setdefault("eval_batch", 0)
+    return stored
+  folder = tmp_path / "chunks"
+  folder.mkdir()
+  (folder / "settings.json").write_text(json.dumps(old))
+  raw = (folder / "settings.json").read_bytes()
+  with pytest.raises(workdir.SettingsMismatch, match=r"attack.eval_batch: \(unset\) -> 0"):
+    workdir.claim(str(folder), now)
+  assert workdir.claim(str(folder), now, migrate=migrate) is True
+  with pytest.raises(workdir.SettingsMismatch, match="attack.eval_batch: 0 -> 400"):
+    workdir.claim(str(folder), {"attack": {"pixels": 1, "eval_batch": 400}, "seed": 0},
+                  migrate=migrate)
+  assert (folder / "settings.json").read_bytes() == raw      # the stored file as it was
+  # The same for a run's config.json.
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps(old))
+  (run / "results.json").write_text("{}")
+  raw = (run / "config.json").read_bytes()
+  with pytest.raises(workdir.SettingsMismatch):
+    workdir.Workdir.open(str(run), now)
+  wd = workdir.Workdir.open(str(run), now, migrate=migrate)
+  assert wd.resumed
+  wd.finish()
+  wd.close()
+  assert (run / "config.json").read_bytes() == raw

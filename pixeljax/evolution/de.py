@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from pixeljax.evolution.sampling import distinct
+
 STRATEGIES = ("rand1", "best1bin")
 
 
@@ -59,7 +61,6 @@ class DEState:
   best_member: jax.Array    # (D,)
   best_fitness: jax.Array   # ()
   generation: jax.Array     # () int32, generations completed after initialisation
-  evaluations: jax.Array    # () int32, fitness evaluations (model queries) so far
   done: jax.Array           # () bool, best_fitness < stop_fitness
   key: jax.Array
 
@@ -72,22 +73,7 @@ def init(key, population: jax.Array, fitness_fn: FitnessFn, config: DEConfig) ->
   best = jnp.argmin(fitness)
   return DEState(population=population, fitness=fitness, best_member=population[best],
                  best_fitness=fitness[best], generation=jnp.zeros((), jnp.int32),
-                 evaluations=jnp.asarray(population.shape[0], jnp.int32),
                  done=fitness[best] < config.stop_fitness, key=key)
-
-
-def _distinct_indices(key, popsize: int, count: int) -> jax.Array:
-  """(P, count) indices, distinct within each row and different from the row's own index.
-
-  Draws r_j uniformly from the P - 1 - j values not yet taken by mapping a uniform integer onto
-  the complement of the (sorted) exclusions: O(P * count^2), no permutations."""
-  taken = jnp.arange(popsize)[:, None]
-  for j in range(count):
-    r = jax.random.randint(jax.random.fold_in(key, j), (popsize,), 0, popsize - 1 - j)
-    for e in jnp.sort(taken, axis=1).T:
-      r = r + (r >= e)
-    taken = jnp.concatenate([taken, r[:, None]], axis=1)
-  return taken[:, 1:]
 
 
 def _mutants(key, state: DEState, config: DEConfig) -> jax.Array:
@@ -99,10 +85,10 @@ def _mutants(key, state: DEState, config: DEConfig) -> jax.Array:
   else:
     f = config.mutation
   if config.strategy == "rand1":
-    r = _distinct_indices(k_idx, p, 3)
+    r = distinct(k_idx, p, 3, exclude=jnp.arange(p)[:, None])
     mutant = pop[r[:, 0]] + f * (pop[r[:, 1]] - pop[r[:, 2]])
   else:  # best1bin
-    r = _distinct_indices(k_idx, p, 2)
+    r = distinct(k_idx, p, 2, exclude=jnp.arange(p)[:, None])
     mutant = state.best_member[None] + f * (pop[r[:, 0]] - pop[r[:, 1]])
   if config.recombination is not None:
     cross = jax.random.uniform(k_cr, (p, d)) < config.recombination
@@ -135,7 +121,6 @@ def tell(state: DEState, trial: jax.Array, trial_fitness: jax.Array,
   best = jnp.argmin(fitness)
   return DEState(population=population, fitness=fitness, best_member=population[best],
                  best_fitness=fitness[best], generation=state.generation + 1,
-                 evaluations=state.evaluations + trial.shape[0],
                  done=fitness[best] < config.stop_fitness, key=state.key)
 
 

@@ -132,7 +132,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
            config: EvolutionConfig = EvolutionConfig(), *, state_dir: Optional[str] = None,
            scorer: Optional[str] = None, inputs: Optional[dict] = None,
            log: Optional[Callable[[str], None]] = None,
-           progress_interval: float = 5.0, show_progress: bool = True):
+           progress_interval: float = 5.0, show_progress: bool = True,
+           on_save: Optional[Callable[[int], None]] = None):
   """MAP-Elites for ``config.generations``; returns (archive, images, stats).
 
   ``predict(images) -> (B, num_classes)`` scores rendered images (e.g. a classifier's
@@ -141,8 +142,12 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
   folder is claimed by every setting that determines the trajectory -- encoding and its
   settings, population, seed, segment, classes, image shape and ``scorer``, a name for
   ``predict`` that the caller chooses -- but not by ``generations``, so a finished run can
-  be extended. A folder claimed by other settings raises ``workdir.SettingsMismatch``, and so
-  does one bound to other ``inputs`` (e.g. the scorer's weights' SHA-256, ``workdir.bind``)."""
+  be extended: the stored generations are reused as they are, and the run continues from the
+  last one, bit for bit as a run asked for the longer length from the start would. A folder
+  claimed by other settings raises ``workdir.SettingsMismatch``, and so does one bound to
+  other ``inputs`` (e.g. the scorer's weights' SHA-256, ``workdir.bind``). ``on_save(g)`` is
+  called whenever generation ``g`` is saved (and with the generation a resume starts from),
+  so a caller can say what an interruption keeps."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   if config.population < 1 or config.generations < 0 or config.segment < 1:
     raise UserError(f"population and segment must be >= 1 and generations >= 0, got "
@@ -173,6 +178,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
                         f"{config.generations} asked for; ask for at least {done} or use "
                         f"another folder")
       log(f"resumed at generation {done}")
+      if on_save:
+        on_save(done)
   if archive is None:
     archive = init(key)
   start = int(archive.generation)
@@ -187,6 +194,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
         gen = int(archive.generation)
         if state_path:
           workdir_lib.write_npz(state_path, **_state_arrays(archive, stats))
+          if on_save:
+            on_save(gen)
         bar.update(gen, generation=f"{gen}/{config.generations}",
                    filled=f"{int(stats['filled'][-1])}/{num_classes}",
                    median=f"{stats['median'][-1]:.6f}", minimum=f"{stats['minimum'][-1]:.6f}",

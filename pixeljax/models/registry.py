@@ -179,21 +179,27 @@ class Classifier:
     return self._jit_predict(check_images(images, self.spec.input_shape, self.name))
 
 
-def check_images(images, input_shape, who="model"):
-  """Validates a batch of pixel images for a model; returns it as float32."""
+def check_images(images, input_shape=None, who="model"):
+  """Validates a batch of pixel images for a model (``input_shape`` (H, W, C); None: any);
+  returns it as float32."""
   shape = np.shape(images)
+  if len(shape) == 4 and input_shape is None:
+    input_shape = shape[1:]          # a black box: any image size
   if len(shape) != 4 or tuple(shape[1:]) != tuple(input_shape):
-    raise UserError(f"{who} expects images of shape (N, {', '.join(map(str, input_shape))}) "
+    want = ", ".join(map(str, input_shape)) if input_shape is not None else "H, W, C"
+    raise UserError(f"{who} expects images of shape (N, {want}) "
                      f"(NHWC), got {tuple(shape)}")
   dtype = np.dtype(getattr(images, "dtype", np.float32))
   if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
     raise UserError(f"{who} expects uint8 or float pixel images, got dtype {dtype}")
   if not isinstance(images, jax.core.Tracer) and np.issubdtype(dtype, np.floating):
     arr = np.asarray(images)
-    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255):
+    if arr.size and not np.all(np.isfinite(arr)):
+      raise UserError(f"{who} expects pixels in [0, 255]; the images hold NaN or infinite "
+                      f"values")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
       raise UserError(f"{who} expects pixels in [0, 255]; got values in "
-                       f"[{np.nanmin(arr)}, {np.nanmax(arr)}] (NaN/inf present: "
-                       f"{not np.all(np.isfinite(arr))})")
+                      f"[{arr.min()}, {arr.max()}]")
   return jnp.asarray(images, jnp.float32)
 
 

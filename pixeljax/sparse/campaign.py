@@ -3,15 +3,15 @@
 A campaign attacks many (image, target) rows in *chunks* -- groups of rows attacked in one
 call of the batched runner and saved together to ``<folder>/chunk_NNNNN_<key>.npz`` before the
 next starts, so a killed run restarts where it stopped. The folder is claimed by the
-campaign's settings (``workdir.claim``): a restart with other settings is refused. Each chunk
-file name carries a key hashed from those settings and from the image ids and targets of its
-rows, and the file stores them; a chunk is reused only if all of them match. Every attack's
-randomness depends only on the seed, its image id and its target, so a resumed run gives
-exactly the records of an uninterrupted one.
+campaign's settings (``workdir.claim``; format: ``pixeljax.sparse.formats``): what is attacked,
+the evaluator's ``Execution`` and the attack key derivation. A restart with other settings is
+refused; a restart that leaves the execution to the engine gets the stored one, so its new
+chunks are computed exactly as its old ones. Each chunk file name carries a key hashed from
+the settings and from the image ids and targets of its rows, and the file stores them; a chunk
+is reused only if all of them match. Every attack's randomness depends only on the seed, its
+image id and its target, so a resumed run gives exactly the records of an uninterrupted one.
 """
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from typing import Callable, Mapping, Optional
@@ -20,19 +20,22 @@ import jax
 import numpy as np
 
 from pixeljax import sharding, workdir
-from pixeljax.evaluate import predict_in_batches
 from pixeljax.progress import Progress
+from pixeljax.sparse import door, formats
 from pixeljax.sparse import records as records_lib
-from pixeljax.sparse.incremental import modes
+from pixeljax.sparse.evaluator import evaluator_for
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.sparse.records import AttackRecords
 from pixeljax.sparse.runner import attack, make_method, targets_for_all
 
 
-def select_images(predict, images, labels, num_images: int, seed: int) -> np.ndarray:
+def select_images(model, images, labels, num_images: int, seed: int, mesh=None) -> np.ndarray:
   """Indices of ``num_images`` correctly classified images, drawn at random with ``seed``
-  (all of them, in random order, if fewer are correct)."""
-  probs = predict_in_batches(predict, images)
+  (all of them, in random order, if fewer are correct). ``model`` as ``attack`` takes it."""
+  mesh = sharding.default_mesh() if mesh is None else mesh
+  images = door.images_for(model, images)
+  probs = door.probabilities(evaluator_for(model, mesh=mesh).probabilities(images),
+                             door.model_name(model))
   correct = np.nonzero(probs.argmax(-1) == np.asarray(labels))[0]
   rng = np.random.default_rng(seed)
   return rng.choice(correct, size=min(num_images, len(correct)), replace=False)
@@ -44,16 +47,6 @@ def attack_rows(labels, num_classes: int, targeted: bool):
   if targeted:
     return targets_for_all(labels, num_classes)
   return np.arange(len(labels)), np.full(len(labels), -1, np.int32)
-
-
-def chunk_key(settings: Mapping, image_ids, targets) -> str:
-  """A short hash of everything that determines a chunk's records."""
-  # Settings added later, at the value older work was made with, are left out, so that a
-  # resumed older run finds its chunks (``workdir.LEGACY``).
-  h = hashlib.sha256(json.dumps(workdir.without_legacy(settings), sort_keys=True).encode())
-  h.update(np.asarray(image_ids, np.int64).tobytes())
-  h.update(np.asarray(targets, np.int64).tobytes())
-  return h.hexdigest()[:16]
 
 
 def chunk_size(predict, image_shape, rows: int, popsize: int,
@@ -72,38 +65,56 @@ def chunk_size(predict, image_shape, rows: int, popsize: int,
   return size
 
 
-def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int,
+def stored_settings(folder: str) -> Optional[dict]:
+  """The settings a chunk folder was claimed with, as stored (any format), or None."""
+  path = os.path.join(folder, workdir.SETTINGS_FILE)
+  return workdir.read_json(path) if os.path.exists(path) else None
+
+
+def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
         folder: str, num_classes: int, *, identity: Optional[Mapping] = None,
         inputs: Optional[Mapping] = None, attacks_per_call: Optional[int] = None, mesh=None,
-        desc: str = "attack", progress: bool = True,
-        log: Callable[[str], None] = None) -> AttackRecords:
+        execution: Optional[Mapping] = None, desc: str = "attack", progress: bool = True,
+        log: Callable[[str], None] = None,
+        on_saved: Optional[Callable[[int, int], None]] = None) -> AttackRecords:
   """Attacks the given images (all K-1 targets of each when ``config.targeted``), chunk by
-  chunk, saving each chunk in ``folder``; returns the records of the whole campaign.
+  chunk, saving each chunk in ``folder``; returns the records of the whole campaign (the
+  settings that made them: ``stored_settings(folder)``).
 
   ``identity`` names what the caller attacks (model, data set); it joins the settings that
   claim ``folder``, so chunks made against another model are never reused. ``inputs`` (e.g.
   the weights' SHA-256) binds the folder to the exact inputs behind those names
-  (``workdir.bind``): a resume against retrained weights of the same model is refused."""
+  (``workdir.bind``): a resume against retrained weights of the same model is refused.
+  ``execution``: ``Execution`` fields to insist on (else the stored run's, else the engine's
+  choice). ``on_saved(attacks saved, attacks in all)``: called as chunks are saved."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
-  config = config.resolved(**sharding.mesh_modes(mesh), **modes(predict))
+  mesh = sharding.default_mesh() if mesh is None else mesh
+  stored = stored_settings(folder)
+  before = formats.migrate(stored) if stored else {}
+  insist = {**before.get("execution", {}),
+            **{k: v for k, v in (execution or {}).items() if v is not None}}
+  ev = evaluator_for(model, config.pixels, config.method, mesh, insist)
+  keys = before.get("attack_keys", "per_attack")
   rows, targets = attack_rows(labels, num_classes, config.targeted)
-  settings = dict(identity or {}, attack=dataclasses.asdict(config), seed=seed,
+  settings = dict(format=formats.FORMAT, **(identity or {}), attack=dataclasses.asdict(config),
+                  execution=dataclasses.asdict(ev.execution), attack_keys=keys, seed=seed,
                   num_classes=num_classes)
-  workdir.claim(folder, settings)
+  workdir.claim(folder, settings, migrate=formats.migrate)
   if inputs:
     workdir.bind(folder, inputs)
+  basis = formats.chunk_basis(settings, stored)
   first = _first_chunk_rows(folder)
   if first:    # a resumed run keeps its chunk boundaries, however they were sized
     attacks_per_call = first
   else:
-    attacks_per_call = chunk_size(predict, images.shape[1:], len(rows), config.popsize,
+    attacks_per_call = chunk_size(ev.full, images.shape[1:], len(rows), config.popsize,
                                   attacks_per_call, mesh)
   key = jax.random.PRNGKey(seed)
   starts = range(0, len(rows), attacks_per_call)
   paths, done_parts = [], {}
   for c, start in enumerate(starts):
     sl = slice(start, start + attacks_per_call)
-    k = chunk_key(settings, image_ids[rows[sl]], targets[sl])
+    k = formats.chunk_key(basis, image_ids[rows[sl]], targets[sl])
     path = os.path.join(folder, f"chunk_{c:05d}_{k}.npz")
     paths.append((sl, path))
     if os.path.exists(path):
@@ -113,27 +124,33 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
         raise workdir.UserError(f"{path} holds other attacks than its name says; remove it")
       done_parts[c] = rec
 
-  gens = max(make_method(config, images.shape[1:], num_classes).max_iterations, 1)
+  limit = make_method(config, images.shape[1:], num_classes).max_iterations
+  gens = max(limit, 1)
   total = len(rows) * gens
   loaded = sum(len(r) for r in done_parts.values())
   bar = Progress(total, desc, initial=loaded * gens, enabled=progress)
-  state = dict(attacks=loaded, evaluations=0,
-               successes=sum(int(np.sum(r.success)) for r in done_parts.values()))
+  early = lambda rec: int(np.sum(np.asarray(rec.iterations) < limit))
+  state = dict(attacks=loaded, queries=0,
+               successes=sum(int(np.sum(r.success)) for r in done_parts.values()),
+               stopped=sum(early(r) for r in done_parts.values()))
 
   def report(p=None):
-    """``p``: the runner's progress within the chunk being attacked."""
-    evals = state["evaluations"] + (p["evaluations"] if p else 0)
-    stats = {"attacks done": f"{state['attacks'] + (p['finished'] if p else 0)}/{len(rows)}"}
-    if p:
-      stats["stopped early"] = p["stopped"]
+    """``p``: the runner's progress within the chunk being attacked. Counters are the whole
+    campaign's (finished chunks plus this one); queries/s counts this start's queries."""
+    queries = state["queries"] + (p["queries"] if p else 0)
+    stats = {"attacks done": f"{state['attacks'] + (p['finished'] if p else 0)}/{len(rows)}",
+             "stopped early": state["stopped"] + (p["stopped"] if p else 0)}
     if state["attacks"]:
+      # As the final line and success_rate count it: the returned candidate fools.
       stats["success"] = f"{100 * state['successes'] / state['attacks']:.1f}%"
-    stats["evals/s"] = evals / max(1e-9, time.time() - bar.start)
+    stats["queries/s"] = queries / max(1e-9, time.time() - bar.start)
     bar.update(state["attacks"] * gens + (p["work"] if p else 0), stats)
 
   try:
     if loaded:
       log and log(f"[{desc}] {loaded} attacks loaded from finished chunks in {folder}")
+      if on_saved is not None:
+        on_saved(loaded, len(rows))
     parts = []
     for c, (sl, path) in enumerate(paths):
       if c in done_parts:
@@ -141,17 +158,19 @@ def run(predict, images, labels, image_ids, config: PixelAttackConfig, seed: int
         continue
       r = rows[sl]
       t0 = time.time()
-      rec = attack(predict, images[r], labels[r], key, config, targets=targets[sl],
+      rec = attack(ev, images[r], labels[r], key, config, targets=targets[sl],
                    image_ids=image_ids[r], num_classes=num_classes, mesh=mesh,
-                   attacks_per_call=attacks_per_call,
-                   progress=report)
+                   attacks_per_call=attacks_per_call, progress=report, attack_keys=keys)
       if workdir.is_writer():
         records_lib.save(path, rec, seconds=np.float64(time.time() - t0))
       parts.append(rec)
       state["attacks"] += len(rec)
       state["successes"] += int(np.sum(rec.success))
-      state["evaluations"] += int(np.sum(rec.queries))
+      state["queries"] += int(np.sum(rec.queries))
+      state["stopped"] += early(rec)
       report()
+      if on_saved is not None:
+        on_saved(state["attacks"], len(rows))
   finally:
     bar.close()
   return records_lib.concat(parts) if parts else None

@@ -14,15 +14,12 @@ with P(r) decreasing linearly (the authors' N - floor(sqrt(U[0, N^2))) - 1). The
 is exhaustive for k = 1, so then there is no second stage.
 """
 import dataclasses
-from typing import Tuple
-
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from pixeljax.sparse import method
-from pixeljax.sparse.problem import PixelAttackConfig
-from pixeljax.sparse.sparse_rs import corners
+from pixeljax.sparse.problem import corners
 
 
 @struct.dataclass
@@ -34,10 +31,8 @@ class State:
 
 
 @dataclasses.dataclass(frozen=True)
-class CornerSearch:
-  config: PixelAttackConfig
-  image_shape: Tuple[int, int, int]
-  num_classes: int
+class CornerSearch(method.Method):
+  num_classes: int = 10
 
   @property
   def changes(self) -> int:
@@ -98,18 +93,20 @@ class CornerSearch:
     neg, pos = jax.lax.top_k(-all_scores, n)
     return jnp.take_along_axis(all_idx, pos, 1), -neg
 
-  def init(self, key, problem: method.Problem) -> State:
-    cands, idx, valid = self._sweep_block(0)
-    ev = problem.evaluate(cands)
-    ev = _mask(ev, valid)
+  def first(self, key, problem=None):
+    return self._sweep_block(0)[0]
+
+  def begin(self, key, cands, scores, problem: method.Problem) -> State:
+    _, idx, valid = self._sweep_block(0)
+    scores = _mask(scores, valid)
     n, k = self.config.top_candidates, self.num_classes
     top, score = self._merge(jnp.zeros((k, n), jnp.int32), jnp.full((k, n), jnp.inf), idx,
-                             self._scores(ev, problem.label, problem.target), valid)
-    tracker = method.start(self.config, cands, ev, jnp.argmin(ev.loss),
+                             self._scores(scores, problem.label, problem.target), valid)
+    tracker = method.start(self.config, cands, scores, jnp.argmin(scores.loss),
                            spent=jnp.sum(valid))
     return State(top=top, top_score=score, key=key, tracker=tracker)
 
-  def step(self, state: State, problem: method.Problem) -> State:
+  def ask(self, state: State, problem=None):
     cfg = self.config
     block = state.tracker.iteration + 1
     in_sweep = block < self.sweep_steps
@@ -130,23 +127,27 @@ class CornerSearch:
     chosen = state.top[column][jnp.clip(rank, 0, n - 1)]                 # (B, k)
     sample_cands = jax.vmap(jax.vmap(self.change))(chosen).reshape(cfg.proposals, -1)
     cands = jnp.where(in_sweep, sweep_cands, sample_cands)
-    ev = problem.evaluate(cands)
-    ev = _mask(ev, jnp.where(in_sweep, valid, True))
+    return cands, (state.replace(key=key), idx, valid, in_sweep)
+
+  def tell(self, pending, cands, scores, problem: method.Problem) -> State:
+    cfg = self.config
+    state, idx, valid, in_sweep = pending
+    scores = _mask(scores, jnp.where(in_sweep, valid, True))
     top, score = jax.lax.cond(
         in_sweep,
         lambda: self._merge(state.top, state.top_score, idx,
-                            self._scores(ev, problem.label, problem.target), valid),
+                            self._scores(scores, problem.label, problem.target), valid),
         lambda: (state.top, state.top_score))
-    b = jnp.argmin(ev.loss)
-    better = ev.loss[b] < state.tracker.best_loss
-    tracker = method.update(cfg, state.tracker, cands, ev, replace=better, best=cands[b],
-                            best_loss=ev.loss[b], best_probs=ev.probs[b],
-                            best_stop=ev.stop[b],
+    b = jnp.argmin(scores.loss)
+    better = scores.loss[b] < state.tracker.best_loss
+    tracker = method.update(cfg, state.tracker, cands, scores, replace=better, best=cands[b],
+                            best_loss=scores.loss[b], best_probs=scores.probs[b],
+                            best_reached=scores.reached[b],
                             spent=jnp.where(in_sweep, jnp.sum(valid), cfg.proposals))
-    return State(top=top, top_score=score, key=key, tracker=tracker)
+    return State(top=top, top_score=score, key=state.key, tracker=tracker)
 
 
 def _mask(ev, valid):
   """Padding candidates of the sweep's last block neither fool nor win."""
   return ev.replace(loss=jnp.where(valid, ev.loss, jnp.inf), fooled=ev.fooled & valid,
-                    stop=ev.stop & valid)
+                    reached=ev.reached & valid)

@@ -1,7 +1,9 @@
 """The exhaustive one-pixel baseline: every position x every colour of a grid, in blocks.
 
 It bounds what any one-pixel method can find with those colours on an image, and (with the
-8 RGB-cube corners) is the first stage of CornerSearch.
+8 RGB-cube corners) is the first stage of CornerSearch. Its candidates reach the model through
+the model's ``Evaluator``, as an attack's do (incremental, on windows, dealt to the cores:
+whatever is fastest and exact for that model here).
 """
 import functools
 from typing import Sequence
@@ -11,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixeljax.errors import UserError
-from pixeljax.sparse.problem import Predict, perturb
+from pixeljax.sparse import door
+from pixeljax.sparse.evaluator import Evaluator, evaluator_for
+from pixeljax.sparse.problem import corners
 
 
 def colour_grid(levels: Sequence[float], channels: int = 3) -> np.ndarray:
@@ -24,12 +28,13 @@ def colour_grid(levels: Sequence[float], channels: int = 3) -> np.ndarray:
 
 
 def rgb_cube_corners(channels: int = 3) -> np.ndarray:
-  """The default colour set: the 2^C corners of the colour cube (8 for RGB, 2 for gray)."""
-  return colour_grid((0.0, 255.0), channels)
+  """The default colour set: the 2^C corners of the colour cube (8 for RGB, 2 for gray), in
+  the order CornerSearch and Sparse-RS number them (``problem.corners``)."""
+  return np.asarray(corners(channels))
 
 
 @functools.lru_cache(maxsize=8)
-def _exhaustive_fn(predict, image_shape, num_colours, block):
+def _sweep(ev: Evaluator, image_shape, num_colours, block):
   h, w, c = image_shape
   total = h * w * num_colours
 
@@ -44,7 +49,7 @@ def _exhaustive_fn(predict, image_shape, num_colours, block):
 
     def body(carry, block):
       block, ok = block
-      probs = predict(jax.vmap(perturb, (None, 0))(image, block))
+      probs = ev.candidates(image, block, ok)
       fooled = (jnp.argmax(probs, -1) != label) & ok
       p_true = jnp.where(ok, probs[:, label], 2.0)
       best = jnp.argmin(p_true)
@@ -58,23 +63,32 @@ def _exhaustive_fn(predict, image_shape, num_colours, block):
     blocks = (cands.reshape(-1, block, 2 + c), valid.reshape(-1, block))
     return jax.lax.scan(body, init, blocks)[0]
 
-  return jax.jit(jax.vmap(one, (0, 0, None)))
+  return ev.program(jax.vmap(one, (0, 0, None)))
 
 
-def exhaustive_one_pixel(predict: Predict, images, labels, colours=None,
-                         candidates_per_call: int = 1024, images_per_call: int = 8):
+def exhaustive_one_pixel(model, images, labels, colours=None,
+                         candidates_per_call: int = 1024, images_per_call: int = 8,
+                         mesh=None, execution=None):
   """For each image: is there any single pixel set to a colour of ``colours`` (default the
   cube's corners) that changes the top-1 class? Also the lowest true-class probability found,
   its candidate and how many of the H*W*len(colours) changes fool the net.
 
-  Returns a dict of numpy arrays; ``queries`` = H * W * len(colours) per image."""
-  images = np.asarray(images, np.float32)
+  ``model``: as ``pixeljax.attack`` takes it (a zoo model, an ``Evaluator`` or a black-box
+  function); ``mesh`` and ``execution`` as there. Returns a dict of numpy arrays;
+  ``queries`` = H * W * len(colours) per image."""
+  from pixeljax import sharding
+  images = door.images_for(model, images)
   labels = np.asarray(labels, np.int32)
+  if labels.shape != images.shape[:1]:
+    raise UserError(f"labels must have shape ({len(images)},), got {labels.shape}")
   h, w, c = images.shape[1:]
   colours = rgb_cube_corners(c) if colours is None else np.asarray(colours, np.float32)
+  mesh = sharding.default_mesh() if mesh is None else mesh
+  ev = model if isinstance(model, Evaluator) else evaluator_for(model, 1, "de", mesh, execution)
+  door.probabilities(ev.probabilities(images[:256]), door.model_name(model))
   total = h * w * len(colours)
   block = min(candidates_per_call, total)
-  fn = _exhaustive_fn(predict, (h, w, c), len(colours), block)
+  fn = _sweep(ev, (h, w, c), len(colours), block)
   outs = []
   for start in range(0, len(images), images_per_call):
     sl = slice(start, start + images_per_call)

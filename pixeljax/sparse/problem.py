@@ -19,7 +19,8 @@ lower-p_true candidate that is still classified correctly over one that was misc
 Stopping rules: ``paper`` -- untargeted once the true class falls below 5%, targeted once the
 target rises above 50% (``stop_probability``); ``first_success`` -- at the first candidate that
 fools the net, as torchattacks and Sparse-RS do. The batched runner
-(``pixeljax.sparse.runner``) vmaps a method over (image, target) rows.
+(``pixeljax.sparse.runner``) vmaps a method over (image, target) rows; how candidates reach
+the model is the evaluator's business (``pixeljax.sparse.evaluator``), never the problem's.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -30,7 +31,6 @@ import jax.numpy as jnp
 from flax import struct
 
 from pixeljax.errors import UserError
-from pixeljax.evaluate import CPU_DEALT_EVAL_BATCH, CPU_EVAL_BATCH, CPU_WINDOW_EVAL_BATCH
 from pixeljax.evolution import de
 
 Predict = Callable[[jax.Array], jax.Array]
@@ -64,24 +64,6 @@ class PixelAttackConfig:
   #                                 the authors' 0.3 untargeted, 0.1 targeted
   proposals_per_step: Optional[int] = None   # None: Sparse-RS 1 (the paper), CornerSearch 512
   top_candidates: int = 100       # CornerSearch: sample among the N best one-pixel changes
-  segment_iterations: Optional[int] = None   # steps between compactions / progress reports;
-  #                                            None: DE 10, Sparse-RS 100, CornerSearch 20
-  eval_batch: Optional[int] = None   # images per model call (0: all of a call's candidates
-  #   at once); None: evaluate.CPU_EVAL_BATCH on one CPU device (CPU_WINDOW_EVAL_BATCH with
-  #   ``local_window``), else 0 -- fixed by
-  #   ``resolved()`` when a run starts, and recorded: XLA:CPU's float bits depend on the batch
-  incremental: Optional[bool] = None   # evaluate a candidate as stem(image) + the windows
-  #   its pixels change, then the rest of the net (``pixeljax.models.stem``; needs a
-  #   ``Factored`` model); None: on CPU when the model factors -- fixed by ``resolved()``.
-  #   Same model outputs up to float rounding (~1e-7); the final check runs the full net
-  local_window: Optional[bool] = None  # incremental one-pixel candidates also run the net's
-  #   local prefix on a window around their pixel (``pixeljax.models.window``; needs a
-  #   ``Factored`` model with a ``window``); None: whenever that applies -- fixed by
-  #   ``resolved()``. Same outputs up to float rounding (ResNet-20: within 1.2e-7)
-  eval_devices: Optional[int] = None   # CPU devices (a host's cores) the model calls are
-  #   dealt to (``sharding.deals_model_calls``); None: all of a CPU mesh's when calls are
-  #   small (eval_batch <= evaluate.CPU_DEALT_EVAL_BATCH), else 1 -- fixed by
-  #   ``resolved()``, and recorded: XLA:CPU's float bits depend on the devices in a program
 
   def __post_init__(self):
     checks = [
@@ -116,55 +98,10 @@ class PixelAttackConfig:
          f"stop_probability must be in [0, 1], got {self.stop_probability}"),
         (0 <= self.recombination <= 1,
          f"recombination must be in [0, 1], got {self.recombination}"),
-        (self.segment_iterations is None or self.segment_iterations >= 1,
-         f"segment_iterations must be >= 1, got {self.segment_iterations}"),
-        (self.eval_batch is None or self.eval_batch >= 0,
-         f"eval_batch must be >= 0, got {self.eval_batch}"),
-        (self.eval_devices is None or self.eval_devices >= 1,
-         f"eval_devices must be >= 1, got {self.eval_devices}"),
     ]
     for ok, message in checks:
       if not ok:
         raise UserError(message)
-
-  def resolved(self, devices: int = 1, factored: bool = False, windowed: bool = False,
-               dealt: int = 1) -> "PixelAttackConfig":
-    """This config with its backend-dependent defaults (``eval_batch``, ``incremental``,
-    ``local_window``, ``eval_devices``) fixed for the backend this process runs on, the
-    number of devices its attacks are sharded over (``devices``) or its model calls dealt to
-    (``dealt``; ``sharding.mesh_modes``) and whether the model is ``factored`` (and
-    ``windowed``: it has a local prefix), so the settings that claim a run are the ones that
-    made it.
-    Micro-batching is a single-device CPU default: on a mesh its contiguous slices would make
-    every device compute every slice (the attack axis is all-gathered).
-    Incremental evaluation is a CPU default (measured there; its gathers are untested on
-    accelerators)."""
-    cpu = jax.default_backend() == "cpu"
-    out = self
-    if out.incremental is None:
-      out = dataclasses.replace(out, incremental=bool(cpu and factored))
-    if out.incremental and not factored:
-      raise UserError("incremental=True needs a model split at its first convolution (pass "
-                      "Classifier.factored); this model is not factored")
-    if out.local_window is None:
-      out = dataclasses.replace(out, local_window=bool(
-          out.incremental and windowed and out.pixels == 1))
-    if out.local_window and not (out.incremental and windowed and out.pixels == 1):
-      raise UserError(f"local_window=True needs incremental evaluation, pixels=1 and a model "
-                      f"with a local prefix (Classifier.factored.window); got "
-                      f"incremental={out.incremental}, pixels={out.pixels}, "
-                      f"window={'yes' if windowed else 'none'}")
-    if out.eval_batch is None:
-      size = CPU_WINDOW_EVAL_BATCH if out.local_window else CPU_EVAL_BATCH
-      out = dataclasses.replace(out, eval_batch=size if cpu and devices == 1 else 0)
-    if out.eval_devices is None:
-      small = 0 < out.eval_batch <= CPU_DEALT_EVAL_BATCH
-      out = dataclasses.replace(out, eval_devices=dealt if small else 1)
-    if out.eval_devices > dealt:
-      raise UserError(f"eval_devices={out.eval_devices}, but this run has {dealt} CPU device(s) "
-                      f"to deal its model calls to: start it with more (runtime.cpu_devices), "
-                      f"or leave eval_devices unset")
-    return out
 
   @property
   def threshold(self) -> float:
@@ -182,7 +119,7 @@ class PixelAttackConfig:
 
   @property
   def budget(self) -> int:
-    """The most queries (model evaluations) one attack may spend."""
+    """The most queries (candidates scored by the model) one attack may spend."""
     if self.max_queries is not None:
       return self.max_queries
     if self.method == "de":
@@ -200,12 +137,6 @@ class PixelAttackConfig:
     if self.proposals_per_step is not None:
       return self.proposals_per_step
     return 512 if self.method == "corner_search" else 1
-
-  @property
-  def segment(self) -> int:
-    if self.segment_iterations is not None:
-      return self.segment_iterations
-    return {"de": 10, "sparse_rs": 100, "corner_search": 20}[self.method]
 
   def describe(self) -> str:
     """The method and its main settings, as figures, tables and logs name them."""
@@ -231,6 +162,13 @@ def bounds(image_shape, pixels: int):
   hi = jnp.tile(jnp.concatenate([jnp.array([w, h], jnp.float32), jnp.full((c,), 255.)]),
                 pixels)
   return lo, hi
+
+
+def corners(channels: int) -> jax.Array:
+  """The 2^C corners of the colour cube, (2^C, C) in {0, 255}, channel 0 the lowest bit: the
+  colours of Sparse-RS, CornerSearch and the exhaustive one-pixel sweep."""
+  idx = jnp.arange(2 ** channels)
+  return jnp.stack([(idx >> c) & 1 for c in range(channels)], -1).astype(jnp.float32) * 255.
 
 
 def initial_population(key, image_shape, pixels: int, popsize: int) -> jax.Array:
@@ -272,34 +210,24 @@ def last_writes(x, y):
 
 
 @struct.dataclass
-class Evaluation:
-  """What the model says about a batch of candidates of one attack."""
+class Scores:
+  """What the model says about a batch of one attack's candidates."""
   loss: jax.Array      # (B,) lower is better (success_first shift included)
   fooled: jax.Array    # (B,) top-1 != true (untargeted) or top-1 == target (targeted)
-  stop: jax.Array      # (B,) meets the paper's stopping rule
+  reached: jax.Array   # (B,) the paper's stopping threshold is reached (p_true < 5%, ...)
   probs: jax.Array     # (B, K)
 
 
-def evaluator(predict: Predict, image, label, target, config: PixelAttackConfig):
-  """The black box of one attack: candidates (B, D) -> ``Evaluation``, one model call."""
-
-  def evaluate(candidates) -> Evaluation:
-    chex.assert_rank(candidates, 2)
-    return evaluation(predict(jax.vmap(perturb, (None, 0))(image, candidates)), label, target,
-                      config)
-  return evaluate
-
-
-def evaluation(probs, label, target, config: PixelAttackConfig) -> Evaluation:
-  """Losses, success and the stopping rule of one attack's candidates, from their
+def score(probs, label, target, config: PixelAttackConfig) -> Scores:
+  """Losses, success and the stopping threshold of one attack's candidates, from their
   probabilities (B, K)."""
   top1 = jnp.argmax(probs, axis=-1)
   goal = target if config.targeted else label
   p_goal = probs[:, goal]
   if config.targeted:
-    fooled, stop = top1 == target, p_goal > config.threshold
+    fooled, reached = top1 == target, p_goal > config.threshold
   else:
-    fooled, stop = top1 != label, p_goal < config.threshold
+    fooled, reached = top1 != label, p_goal < config.threshold
   if config.loss_name == "probability":
     loss = 1.0 - p_goal if config.targeted else p_goal
   else:
@@ -311,4 +239,4 @@ def evaluation(probs, label, target, config: PixelAttackConfig) -> Evaluation:
       loss = other - logp[:, goal] if config.targeted else logp[:, goal] - other
   if config.success_first:
     loss = loss - fooled.astype(loss.dtype)
-  return Evaluation(loss=loss, fooled=fooled, stop=stop, probs=probs)
+  return Scores(loss=loss, fooled=fooled, reached=reached, probs=probs)

@@ -23,7 +23,7 @@ class AttackRecords:
   probs: np.ndarray               # (A, K) probabilities of the perturbed image
   prior_probs: np.ndarray         # (A, K) probabilities of the clean image
   pixels: np.ndarray              # (A, k, 2 + C) decoded (x, y, colour...)
-  queries: np.ndarray             # (A,) model evaluations used
+  queries: np.ndarray             # (A,) candidates scored by the model (queries)
   success_query: np.ndarray       # (A,) query at which a candidate first fooled; -1: never
   #   (set whenever ``success``: in the rare near-tie where only the full net's final check says
   #   the reported candidate fools, the attack's last query, an upper bound)

@@ -14,14 +14,14 @@ The state holds a permutation of the H*W pixel positions: its first k are the pe
 pixels, the rest the candidates to move to (the authors' ``b_all`` / ``be_all``).
 """
 import dataclasses
-from typing import Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from pixeljax.evolution.sampling import distinct
 from pixeljax.sparse import method
-from pixeljax.sparse.problem import PixelAttackConfig
+from pixeljax.sparse.problem import corners
 
 # The authors' L0 schedule: alpha = p_init / divisor once the (rescaled) step passes each bound.
 _BOUNDS = (0, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -50,25 +50,6 @@ def alpha(step, p_init: float, budget: int):
   return p_init / divisor
 
 
-def corners(channels: int) -> jax.Array:
-  """The 2^C corners of the colour cube, (2^C, C) in {0, 255}."""
-  idx = jnp.arange(2 ** channels)
-  return jnp.stack([(idx >> c) & 1 for c in range(channels)], -1).astype(jnp.float32) * 255.
-
-
-def distinct(key, n: int, count: int) -> jax.Array:
-  """``count`` distinct integers drawn uniformly from [0, n), in random order: the first
-  ``count`` of a random permutation, in O(count^2) work instead of sorting all n."""
-  taken = jnp.zeros((0,), jnp.int32)
-  for j in range(count):
-    r = jax.random.randint(jax.random.fold_in(key, j), (), 0, n - j)
-    ascending = jnp.sort(taken)
-    for e in range(j):        # step over the values already taken, smallest first
-      r = r + (r >= ascending[e])
-    taken = jnp.concatenate([taken, r[None].astype(jnp.int32)])
-  return taken
-
-
 @struct.dataclass
 class State:
   order: jax.Array     # (H*W,) int32 positions; the first k are perturbed
@@ -78,9 +59,7 @@ class State:
 
 
 @dataclasses.dataclass(frozen=True)
-class SparseRS:
-  config: PixelAttackConfig
-  image_shape: Tuple[int, int, int]
+class SparseRS(method.Method):
 
   @property
   def queries_per_step(self) -> int:
@@ -101,16 +80,23 @@ class SparseRS:
     xy = jnp.stack([pos % w, pos // w], -1).astype(jnp.float32)
     return jnp.concatenate([xy, colours], -1).reshape(-1)
 
-  def init(self, key, problem: method.Problem) -> State:
+  def _start(self, key):
+    """The first k pixels (a random order of all positions) and their corner colours."""
     h, w, c = self.image_shape
     k_order, k_col, key = jax.random.split(key, 3)
     order = jax.random.permutation(k_order, h * w).astype(jnp.int32)
     cube = corners(c)
     colours = cube[jax.random.randint(k_col, (self.config.pixels,), 0, len(cube))]
-    cand = self.candidate(order, colours)[None]
-    ev = problem.evaluate(cand)
+    return order, colours, key
+
+  def first(self, key, problem=None):
+    order, colours, _ = self._start(key)
+    return self.candidate(order, colours)[None]
+
+  def begin(self, key, candidates, scores, problem=None) -> State:
+    order, colours, key = self._start(key)
     return State(order=order, colours=colours, key=key,
-                 tracker=method.start(self.config, cand, ev, 0))
+                 tracker=method.start(self.config, candidates, scores, 0))
 
   def _propose(self, key, state: State, image, moved):
     """One proposal: ``moved`` of the k pixels go to new positions with new colours."""
@@ -136,7 +122,7 @@ class SparseRS:
     colours = state.colours.at[slot].set(cube[pick], mode="drop")
     return order, colours
 
-  def step(self, state: State, problem: method.Problem) -> State:
+  def ask(self, state: State, problem: method.Problem):
     cfg = self.config
     key, k_prop = jax.random.split(state.key)
     # The authors' step index is the queries spent so far (= step number with one proposal).
@@ -144,13 +130,16 @@ class SparseRS:
     moved = jnp.maximum(jnp.floor(a * cfg.pixels), 1).astype(jnp.int32)
     orders, colours = jax.vmap(lambda kk: self._propose(kk, state, problem.image, moved))(
         jax.random.split(k_prop, cfg.proposals))
-    cands = jax.vmap(self.candidate)(orders, colours)
-    ev = problem.evaluate(cands)
-    b = jnp.argmin(ev.loss)
-    accept = (ev.loss[b] < state.tracker.best_loss) | ev.fooled[b]
-    tracker = method.update(cfg, state.tracker, cands, ev, replace=accept, best=cands[b],
-                            best_loss=jnp.minimum(ev.loss[b], state.tracker.best_loss),
-                            best_probs=ev.probs[b], best_stop=ev.stop[b])
+    return jax.vmap(self.candidate)(orders, colours), (state.replace(key=key), orders, colours)
+
+  def tell(self, pending, cands, scores, problem=None) -> State:
+    cfg = self.config
+    state, orders, colours = pending
+    b = jnp.argmin(scores.loss)
+    accept = (scores.loss[b] < state.tracker.best_loss) | scores.fooled[b]
+    tracker = method.update(cfg, state.tracker, cands, scores, replace=accept, best=cands[b],
+                            best_loss=jnp.minimum(scores.loss[b], state.tracker.best_loss),
+                            best_probs=scores.probs[b], best_reached=scores.reached[b])
     return State(order=jnp.where(accept, orders[b], state.order),
-                 colours=jnp.where(accept, colours[b], state.colours), key=key,
+                 colours=jnp.where(accept, colours[b], state.colours), key=state.key,
                  tracker=tracker)

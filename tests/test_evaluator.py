@@ -1,4 +1,8 @@
-"""The split at the first convolution (models.stem) and incremental candidate evaluation."""
+"""The split at the first convolution (models.stem), windows (models.window), and the evaluator's
+incremental and windowed candidate evaluation (``pixeljax.sparse.evaluator``)."""
+import functools
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,9 +13,14 @@ from pixeljax import models, workdir
 from pixeljax.errors import UserError
 from pixeljax.models import layers, stem, window
 from pixeljax.models.registry import PixelClassifier
-from pixeljax.sparse import incremental, problem, runner
+from pixeljax.sparse import formats, problem, runner
+from pixeljax.sparse.evaluator import CPU_CALL_SIZE, CPU_WINDOW_CALL_SIZE, choose_execution, \
+    evaluator_for
 from pixeljax.sparse.problem import PixelAttackConfig
 from pixeljax.sparse.runner import attack
+
+# One ResNet-20 per module (its split and windows are built once per loaded object).
+_load = functools.lru_cache(maxsize=None)(models.load)
 
 
 def test_shipped_nets_factor_at_their_first_convolution(cifar_lenet):
@@ -19,7 +28,7 @@ def test_shipped_nets_factor_at_their_first_convolution(cifar_lenet):
   assert f is not None and f is cifar_lenet.factored      # built once, reused
   assert f.response.shape == (5, 5, 3, 6) and f.offset == (-4, -4)
   assert f.stem_shape == (28, 28, 6)                      # VALID 5x5 on 32x32
-  r20 = models.load("cifar10_resnet20_akamaster").factored
+  r20 = _load("cifar10_resnet20_akamaster").factored
   assert r20.response.shape == (3, 3, 3, 16) and r20.offset == (-1, -1)   # SAME 3x3
   # The response is the kernel over the input normalisation's std, flipped into place.
   kernel = np.asarray(cifar_lenet.variables["params"]["backbone"]["conv2d_1"]["kernel"])
@@ -86,11 +95,12 @@ _LENET, _R20 = "cifar10_lenet_hyperparticle", "cifar10_resnet20_akamaster"   # V
                                           (_R20, 1, True)])     # on windows (models.window)
 @pytest.mark.parametrize("size", [0, 16])
 def test_incremental_probabilities_match_the_full_net(cifar_samples, net, k, window, size):
-  clf = models.load(net)
-  f = clf.factored
+  clf = _load(net)
   images = jnp.asarray(cifar_samples.images[:3], jnp.float32)
   cands = _candidates(np.random.default_rng(k), 48, k)          # corners included
-  g = incremental.candidate_probs(f, size, window)
+  ev = evaluator_for(clf, k, execution=dict(call_size=size, incremental=True, window=window))
+  assert (ev.execution.incremental, ev.execution.window) == (True, window)
+  g = ev.candidates
   # vmapped over attacks, as the runner calls it; rows 16..31 (one whole slice) inactive
   active = (jnp.arange(48) < 16) | (jnp.arange(48) >= 32)
   got = np.asarray(jax.jit(jax.vmap(lambda im, c: g(im, c, active), (0, None)))(images, cands))
@@ -104,10 +114,9 @@ def test_incremental_probabilities_match_the_full_net(cifar_samples, net, k, win
 
 def test_nested_vmaps_keep_each_row_with_its_own_image(cifar_lenet, cifar_samples):
   """Images x targets, as a targeted campaign's rows: the flattening rule's owner indices."""
-  f = cifar_lenet.factored
   images = jnp.asarray(cifar_samples.images[:2], jnp.float32)
   cands = jnp.stack([_candidates(np.random.default_rng(t), 20, 2) for t in range(3)])
-  g = incremental.candidate_probs(f, 8)
+  g = evaluator_for(cifar_lenet, 2, execution=dict(call_size=8, incremental=True)).candidates
   on = jnp.ones(20, bool)
   got = jax.jit(jax.vmap(jax.vmap(lambda im, c: g(im, c, on), (None, 0)), (0, None)))(
       images, cands)
@@ -118,61 +127,75 @@ def test_nested_vmaps_keep_each_row_with_its_own_image(cifar_lenet, cifar_sample
       np.testing.assert_allclose(np.asarray(got[i, t]), np.asarray(want), atol=2e-6)
 
 
-def test_config_resolves_incremental_only_for_factored_models_on_cpu():
+def test_incremental_is_chosen_only_for_factored_models_on_cpu(cifar_lenet):
   cpu = jax.default_backend() == "cpu"
-  assert PixelAttackConfig().resolved(factored=True).incremental == cpu
-  assert PixelAttackConfig().resolved(factored=False).incremental is False
-  assert PixelAttackConfig(incremental=False).resolved(factored=True).incremental is False
-  with pytest.raises(UserError, match="not factored"):
-    PixelAttackConfig(incremental=True).resolved(factored=False)
+  assert choose_execution(cifar_lenet, 1).incremental == cpu
+  assert choose_execution(cifar_lenet.factored, 1).incremental == cpu
+  assert choose_execution(cifar_lenet.predict, 1).incremental is False     # a black box
+  assert choose_execution(cifar_lenet, 1, incremental=False).incremental is False
+  with pytest.raises(UserError, match="execution.incremental needs"):
+    choose_execution(cifar_lenet.predict, 1, incremental=True)
 
 
 def test_attack_on_the_split_net_finds_what_the_full_net_finds(cifar_lenet, cifar_samples):
   """Same searches (probabilities agree to ~1e-7, which decides nothing here); the records'
   probabilities come from the full net either way."""
   x, y = cifar_samples.images[:4], cifar_samples.labels[:4]
-  cfg = dict(pixels=1, popsize=40, generations=4, segment_iterations=2, eval_batch=40)
+  cfg = PixelAttackConfig(pixels=1, popsize=40, generations=4)
+  run = dict(call_size=40, segment=2)
   key = jax.random.PRNGKey(3)
-  full = attack(cifar_lenet.predict, x, y, key, PixelAttackConfig(**cfg))
-  inc = attack(cifar_lenet.factored, x, y, key, PixelAttackConfig(**cfg, incremental=True))
+  full = attack(cifar_lenet.predict, x, y, key, cfg, execution=run)       # a black box
+  inc = attack(cifar_lenet, x, y, key, cfg, execution=dict(run, incremental=True))
   for field in ("success", "pixels", "queries", "success_query", "adversarial_class"):
     np.testing.assert_array_equal(getattr(inc, field), getattr(full, field), err_msg=field)
   np.testing.assert_array_equal(inc.probs, full.probs)        # the final check: the full net
 
 
 def test_de_keeps_one_batch_shape_when_its_population_fills_model_calls(cifar_lenet):
-  f = cifar_lenet.factored
   shape, k = (32, 32, 3), 10
-  de = runner._Engine(f, shape, PixelAttackConfig(popsize=40, eval_batch=40).resolved(
-      factored=True), k)
-  srs = runner._Engine(f, shape, PixelAttackConfig(method="sparse_rs", eval_batch=40).resolved(
-      factored=True), k)
+  ev = lambda method: evaluator_for(cifar_lenet, 1, method, execution=dict(call_size=40,
+                                                                           incremental=True))
+  de = runner._Engine(ev("de"), shape, PixelAttackConfig(popsize=40), k)
+  srs = runner._Engine(ev("sparse_rs"), shape, PixelAttackConfig(method="sparse_rs"), k)
   assert not de.compacts and srs.compacts
 
 
-def test_claims_made_before_incremental_resume_only_with_it_off():
+def test_claims_made_before_incremental_resume_only_with_it_off(tmp_path):
+  """A chunk folder claimed by format 1 (``formats``) before incremental evaluation, windows
+  or dealing existed lacks those switches: it was made with them off, so it resumes only with
+  them off, and its chunk files keep the names they had."""
   old = {"attack": {"pixels": 1, "eval_batch": 400}}
-  now = lambda **kw: {"attack": {"pixels": 1, "eval_batch": 400, "incremental": False,
-                                 "local_window": False, "eval_devices": 1, **kw}}
-  assert not workdir.differences(old, now())
-  assert workdir.differences(old, now(incremental=True)) == {
-      "attack.incremental": (False, True)}
-  # A run's config leaves them unset (None: resolved at start), which an older claim
-  # matches; the resolved values are what each chunk folder's claim compares (as above).
-  assert not workdir.differences(old, now(incremental=None, local_window=None,
-                                          eval_devices=None))
-  assert workdir.differences(old, now(eval_devices=2)) == {"attack.eval_devices": (1, 2)}
-  assert workdir.differences(old, now(incremental=True, local_window=True)) == {
-      "attack.incremental": (False, True), "attack.local_window": (False, True)}
+  now = lambda **kw: {"format": 2, "attack": {"pixels": 1}, "attack_keys": "id_x1000",
+                      "execution": {"call_size": 400, "incremental": False, "window": False,
+                                    "devices": 1, "segment": 10, **kw}}
+  assert formats.migrate(old) == now()
+  folder = tmp_path / "chunks"
+  folder.mkdir()
+  (folder / workdir.SETTINGS_FILE).write_text(json.dumps(old))
+  assert workdir.claim(str(folder), now(), migrate=formats.migrate) is True       # a resume
+  for kw, diff in [(dict(incremental=True), {"execution.incremental": (False, True)}),
+                   (dict(devices=2), {"execution.devices": (1, 2)}),
+                   (dict(incremental=True, window=True),
+                    {"execution.incremental": (False, True), "execution.window": (False, True)})]:
+    assert workdir.differences(formats.migrate(old), now(**kw)) == diff
+    with pytest.raises(workdir.SettingsMismatch, match="execution.incremental|execution.devices"):
+      workdir.claim(str(folder), now(**kw), migrate=formats.migrate)
+  # An experiment's config.json left the switches unset (None: chosen at start); today's has
+  # none, and an older one without them matches it.
+  unset = {"attack": {"pixels": 1, "eval_batch": 400, "incremental": None,
+                      "local_window": None, "eval_devices": None}}
+  assert formats.migrate_config(unset) == formats.migrate_config(old) == {"attack": {"pixels": 1}}
   # Chunks made before local_window existed keep their names when it is off.
-  assert workdir.without_legacy(now(incremental=True)) == {
+  made = {"attack": {"pixels": 1, "eval_batch": 400, "incremental": True,
+                     "local_window": False, "eval_devices": 1}}
+  assert formats.chunk_basis(formats.migrate(made), made) == {
       "attack": {"pixels": 1, "eval_batch": 400, "incremental": True}}
 
 
 # --- one-pixel candidates on windows (models.window) ----------------------------------------
 
 def test_resnet20_has_a_local_prefix_and_the_lenet_none(cifar_lenet):
-  f = models.load("cifar10_resnet20_akamaster").factored
+  f = _load("cifar10_resnet20_akamaster").factored
   # The stem and the first stage: 7 stride-1 3x3 convolutions, a 15x15 window.
   assert f.window is not None and (f.window.radius, f.window.size) == (7, 15)
   assert cifar_lenet.factored.window is None       # no window_end: pooling after one conv
@@ -217,31 +240,33 @@ def test_localize_checks_the_prefix_it_is_given(backbone, end, local):
     assert (got.radius, got.size) == (2, 5)
 
 
-def test_config_resolves_local_window_for_one_pixel_incremental_attacks():
+def test_windows_are_chosen_for_one_pixel_incremental_attacks(cifar_lenet):
   cpu = jax.default_backend() == "cpu"
-  on = dict(factored=True, windowed=True)
-  assert PixelAttackConfig(pixels=1).resolved(**on).local_window == cpu
-  assert PixelAttackConfig(pixels=3).resolved(**on).local_window is False
-  assert PixelAttackConfig(pixels=1).resolved(factored=True).local_window is False
-  assert PixelAttackConfig(incremental=False).resolved(**on).local_window is False
-  # Its own model-call size on CPU (evaluate.CPU_WINDOW_EVAL_BATCH); the others keep theirs.
+  r20 = _load("cifar10_resnet20_akamaster")
+  assert choose_execution(r20, 1).window == cpu
+  assert choose_execution(r20, 3).window is False
+  assert choose_execution(cifar_lenet, 1).window is False          # no local prefix
+  assert choose_execution(r20, 1, incremental=False).window is False
+  # Its own model-call size on CPU (evaluator.CPU_WINDOW_CALL_SIZE); the others keep theirs.
   if cpu:
-    assert PixelAttackConfig(pixels=1).resolved(**on).eval_batch == 50
-    assert PixelAttackConfig(pixels=3).resolved(**on).eval_batch == 400
-    assert PixelAttackConfig(pixels=1, eval_batch=400).resolved(**on).eval_batch == 400
-  for bad in (dict(pixels=3), dict(incremental=False)):
-    with pytest.raises(UserError, match="local_window=True needs"):
-      PixelAttackConfig(local_window=True, **bad).resolved(**on)
+    assert choose_execution(r20, 1).call_size == CPU_WINDOW_CALL_SIZE == 50
+    assert choose_execution(r20, 3).call_size == CPU_CALL_SIZE == 400
+    assert choose_execution(r20, 1, call_size=400).call_size == 400
+  for pixels, bad in ((3, {}), (1, dict(incremental=False))):
+    with pytest.raises(UserError, match="execution.window needs"):
+      choose_execution(r20, pixels, window=True, **bad)
+  with pytest.raises(UserError, match="execution.window needs"):
+    choose_execution(cifar_lenet, 1, window=True)
 
 
 def test_attack_on_windows_finds_what_the_split_net_finds(cifar_samples):
-  clf = models.load("cifar10_resnet20_akamaster")
+  clf = _load("cifar10_resnet20_akamaster")
   x, y = cifar_samples.images[:3], cifar_samples.labels[:3]
-  cfg = dict(pixels=1, popsize=40, generations=3, segment_iterations=3, eval_batch=40,
-             incremental=True, stop="first_success")
+  cfg = PixelAttackConfig(pixels=1, popsize=40, generations=3, stop="first_success")
+  run = dict(call_size=40, segment=3, incremental=True)
   key = jax.random.PRNGKey(0)
-  stem_only = attack(clf.factored, x, y, key, PixelAttackConfig(**cfg, local_window=False))
-  windows = attack(clf.factored, x, y, key, PixelAttackConfig(**cfg))
+  stem_only = attack(clf, x, y, key, cfg, execution=dict(run, window=False))
+  windows = attack(clf, x, y, key, cfg, execution=dict(run, window=True))
   for field in ("success", "pixels", "queries", "success_query", "adversarial_class"):
     np.testing.assert_array_equal(getattr(windows, field), getattr(stem_only, field),
                                   err_msg=field)
