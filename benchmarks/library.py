@@ -110,7 +110,8 @@ WORKERS = dict(library=worker_library, cli=worker_cli, sweep=worker_sweep)
 def _spawn(args, worker):
   with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
     out = f.name
-  argv = [a for a in sys.argv[1:] if not a.startswith("--out")]
+  argv = [f"--{k}={v}" for k, v in vars(args).items()
+          if v is not None and k not in ("out", "worker", "worker_out")]
   subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker", worker,
                   "--worker_out", out], check=True, cwd=ROOT)
   with open(out) as f:

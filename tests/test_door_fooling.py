@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import fooling as fooling_exp
+from tests.test_fooling_experiments import assert_same_run
 from pixeljax.errors import UserError
 from pixeljax.workdir import SettingsMismatch, Workdir
 
@@ -40,14 +41,8 @@ def test_a_finished_fooling_run_extends_to_the_records_of_a_longer_run(tmp_path)
   straight = _run(tmp_path / "straight", _config(generations=6))
   _run(tmp_path / "extended", _config(generations=4))   # ends mid-segment (3 + 1)
   extended = _run(tmp_path / "extended", _config(generations=6))
-  a = dict(np.load(tmp_path / "straight" / "archive.npz"))
-  b = dict(np.load(tmp_path / "extended" / "archive.npz"))
-  assert sorted(a) == sorted(b) and len(b["stats_median"]) == 6
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  timing = ("seconds", "versions", "resumed")
-  assert ({k: v for k, v in straight.items() if k not in timing} ==
-          {k: v for k, v in extended.items() if k not in timing})
+  assert_same_run(tmp_path / "straight", straight, tmp_path / "extended", extended,
+                  generations=6)
   with open(tmp_path / "extended" / "config.json") as f:
     assert json.load(f)["generations"] == 6     # config.json tells what the work is now
   # Fewer generations than saved: refused by the run, and nothing is rewritten.

@@ -95,14 +95,7 @@ def test_an_interrupted_fooling_run_resumes_to_identical_records(tmp_path, monke
   assert not os.path.exists(tmp_path / "cut" / "results.json")
   monkeypatch.undo()
   resumed = _run(tmp_path / "cut", config)
-  a = dict(np.load(tmp_path / "whole" / "archive.npz"))
-  b = dict(np.load(tmp_path / "cut" / "archive.npz"))
-  assert sorted(a) == sorted(b) and len(a["stats_median"]) == 6
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  timing = ("seconds", "versions", "resumed")
-  assert ({k: v for k, v in whole.items() if k not in timing} ==
-          {k: v for k, v in resumed.items() if k not in timing})
+  assert_same_run(tmp_path / "whole", whole, tmp_path / "cut", resumed, generations=6)
 
 
 def test_a_restart_with_another_config_is_refused_or_starts_a_new_run(tmp_path):
@@ -192,3 +185,16 @@ def test_gradient_ascent_settings_are_checked():
     with pytest.raises(UserError, match=f"gradient ascent: {next(iter(bad))} must be"):
       GradientAscentConfig(**bad)
   GradientAscentConfig(steps=0, blur_every=0)
+
+
+def assert_same_run(folder_a, results_a, folder_b, results_b, generations: int):
+  """Two fooling runs made the same archive, bit for bit, and the same results (timing and
+  versions aside)."""
+  a = dict(np.load(folder_a / "archive.npz"))
+  b = dict(np.load(folder_b / "archive.npz"))
+  assert sorted(a) == sorted(b) and len(a["stats_median"]) == generations
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  timing = ("seconds", "versions", "resumed")
+  assert ({k: v for k, v in results_a.items() if k not in timing} ==
+          {k: v for k, v in results_b.items() if k not in timing})
