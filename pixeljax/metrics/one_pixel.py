@@ -118,17 +118,11 @@ DEFINITIONS = {
 }
 
 
-def clean_correct(records) -> np.ndarray:
-  """Per attack: whether the net classified the clean image correctly (``prior_probs``)."""
-  prior = np.asarray(records.prior_probs)
-  return prior.argmax(-1) == np.asarray(records.true_class) if len(prior) else np.zeros(0, bool)
-
-
 def summary(records, num_classes: int) -> Dict:
   """All metrics as a JSON-ready dict (undefined values, e.g. the confidence of zero
   successes, are None). Attacks on images the net already misclassifies are left out and
   counted (``excluded_misclassified``): they are not fooled images."""
-  keep = clean_correct(records)
+  keep = ~records.already_misclassified
   excluded = int(np.sum(~keep))
   if excluded:
     records = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], records)

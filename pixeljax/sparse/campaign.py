@@ -21,7 +21,8 @@ import numpy as np
 
 from pixeljax import sharding, workdir
 from pixeljax.progress import Progress
-from pixeljax.sparse import door, formats
+from pixeljax import door
+from pixeljax.sparse import formats
 from pixeljax.sparse import records as records_lib
 from pixeljax.sparse.evaluator import evaluator_for
 from pixeljax.sparse.problem import PixelAttackConfig

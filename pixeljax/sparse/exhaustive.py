@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixeljax.errors import UserError
-from pixeljax.sparse import door
+from pixeljax import door
 from pixeljax.sparse.evaluator import Evaluator, evaluator_for
 from pixeljax.sparse.problem import corners
 

@@ -32,6 +32,15 @@ class AttackRecords:
   def __len__(self) -> int:
     return len(self.image_id)
 
+  @property
+  def already_misclassified(self) -> np.ndarray:
+    """Per attack: the net misclassified the clean image (``prior_probs``), so there was
+    nothing to fool; the metrics leave these attacks out and count them."""
+    prior = np.asarray(self.prior_probs)
+    if not len(prior):
+      return np.zeros(0, bool)
+    return prior.argmax(-1) != np.asarray(self.true_class)
+
   def as_dict(self) -> dict:
     return {name: getattr(self, name) for name in self.__dataclass_fields__}
 

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from pixeljax import sharding as sharding_lib
 from pixeljax.errors import UserError
-from pixeljax.sparse import door
+from pixeljax import door
 from pixeljax.sparse import method as method_lib
 from pixeljax.sparse.corner_search import CornerSearch
 from pixeljax.sparse.differential_evolution import DifferentialEvolution

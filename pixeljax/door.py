@@ -1,4 +1,4 @@
-"""The door of the few-pixel attacks: what comes in is checked once, in one line each.
+"""The door: what comes into an attack is checked once, in one line each.
 
 Every public entry that attacks images (``attack``, ``exhaustive_one_pixel``,
 ``select_images``) passes its images through ``images_for`` and the model's first outputs
@@ -69,3 +69,4 @@ def probabilities(probs, who: str = "the model") -> np.ndarray:
   raise UserError(f"{who} returns logits, not probabilities (values in [{probs.min():.3g}, "
                   f"{probs.max():.3g}], rows summing to {sums.min():.3g}..{sums.max():.3g}): "
                   f"wrap it as lambda x: jax.nn.softmax(predict(x))")
+
