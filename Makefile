@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
+
+# The one-pixel programme of issue 26 (train the paper's nets, the paper's attacks, the Keras
+# reimplementation's twelve cells, summary.md): hours on a CPU, resumable -- rerun to continue.
+reproduce: $(STAMP)
+	$(PY) experiments/reproduce.py --workdir runs/reproduce
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --out runs/throughput.json

@@ -1,0 +1,53 @@
+r"""The whole one-pixel programme of issue 26 as one resumable command.
+
+  python experiments/reproduce.py --workdir runs/reproduce          # everything, in order
+  python experiments/reproduce.py --config.runtime.steps=reimplementation --workdir runs/reproduce
+
+Steps (``runtime.steps``, in this order, never compared on resume; each is a run of an existing experiment script in its own
+folder under --workdir, resumable, skipped once its results.json exists):
+  * ``train``: the one-pixel paper's nets (All-CNN-C, NiN, VGG16) on the CIFAR-10 JPEG copy,
+    each recipe below; a net whose checkpoint is in ``checkpoints/`` is not retrained;
+  * ``paper``: the paper's experiment on each trained net -- DE/rand/1, population 400, 100
+    generations, the paper's stopping rule, 1 / 3 / 5 pixels, untargeted on
+    ``paper_images`` correctly classified exact test images, targeted on
+    ``paper_targeted_images`` x 9 targets;
+  * ``reimplementation``: the Keras reimplementation's twelve cells on the shipped
+    Hyperparticle LeNet and ResNet-32 -- SciPy's best1bin, population 400, 75 generations,
+    first success, 1 / 3 / 5 pixels, ``reimplementation_images`` images, untargeted and
+    targeted (every image x 9 targets);
+  * ``tables``: ``summary.md`` in --workdir, every finished run beside the published figure.
+
+On a GPU or TPU host the same command runs there (JAX picks the accelerator); on a CPU it
+runs for many hours: start it in the background, and rerun the same command to resume.
+"""
+from ml_collections import ConfigDict
+
+STEPS = ("train", "paper", "reimplementation", "tables")
+PAPER_NETS = ("cifar10_allcnn", "cifar10_nin", "cifar10_vgg16")
+REIMPLEMENTATION_NETS = ("cifar10_lenet_hyperparticle", "cifar10_resnet32_hyperparticle")
+
+
+def get_config(arg=None):
+  c = ConfigDict()
+  c.paper_nets = ",".join(PAPER_NETS)
+  c.reimplementation_nets = ",".join(REIMPLEMENTATION_NETS)
+  # Training recipes: configs/train.py's defaults (SGD 0.05, Nesterov, cosine, crop + flip,
+  # batch 128) with these epochs; checkpoints stored in bfloat16 (a few MB each).
+  c.train_epochs = ConfigDict(dict(cifar10_allcnn=15, cifar10_nin=15, cifar10_vgg16=15))
+  c.paper_images = 100
+  c.paper_targeted_images = 30
+  c.reimplementation_images = 100
+  c.pixels = (1, 3, 5)
+  c.seed = 0
+  # Extra flags for every attack run (e.g. "--config.runtime.attacks_per_call=50").
+  c.attack_flags = ""
+  c.runtime = ConfigDict(dict(steps=",".join(STEPS)))
+  if arg == "smoke":        # seconds, for the tests: tiny budgets, two images, LeNet only
+    c.runtime.steps = "reimplementation,tables"
+    c.reimplementation_nets = "cifar10_lenet_hyperparticle"
+    c.reimplementation_images = 2
+    c.pixels = (1,)
+    c.attack_flags = "--config.attack.popsize=8 --config.attack.generations=1"
+  elif arg:
+    raise ValueError(f"unknown named config {arg!r} for configs/reproduce.py; known: smoke")
+  return c

@@ -1,0 +1,219 @@
+"""Models a researcher already holds, as pixeljax models: ``from_keras`` (and, later,
+``from_torch``).
+
+What they return is the same kind of object ``models.load`` returns, as far as the engine and
+the door need: ``predict`` (NHWC pixels in [0, 255], float32 -> probabilities; a pure JAX
+function, traceable under jit and vmap), ``factored``, ``name``, ``num_classes``,
+``input_shape`` (H, W, C) and ``metadata``; calling the object itself validates the images
+first, like a zoo ``Classifier``.
+
+Keras 3 runs on JAX when ``KERAS_BACKEND=jax`` is set before ``keras`` is first imported:
+``from_keras`` sets it (``os.environ.setdefault``) before importing keras, and raises a
+``UserError`` if keras was already imported with another backend. The model is called through
+``model.stateless_call(trainable, non_trainable, x, training=False)`` on copies of its weight
+arrays (Keras' own ``model.predict`` frees the arrays it was given afterwards), so inference
+mode is enforced (batch norm's moving statistics, dropout off) and the weights are part of
+the traced program as constants of the closure.
+
+Preprocessing is the user's: ``preprocess=dict(scale=..., mean=(...), std=(...))`` computes
+``(x * scale - mean) / std`` per channel in JAX before the model (``layers.Normalize``), or any
+JAX function of the pixels. A model that ends in logits (or log-probabilities) gets a softmax:
+with ``softmax="auto"`` the model is run once on a few deterministic random images and the
+softmax is added unless every row is already a probability vector (values in [0, 1] summing
+to 1 within 1e-3); the decision is recorded in ``metadata["softmax_added"]``.
+
+``factored`` is None for now: attacks evaluate an imported net whole on every query (the
+zoo's incremental and windowed paths need the net split at its first convolution, which
+``models.stem`` does for Flax modules only).
+"""
+import dataclasses
+import functools
+import hashlib
+import os
+import sys
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pixeljax.errors import UserError
+from pixeljax.models import layers
+from pixeljax.models.registry import check_images
+
+# Rows that sum to 1 within this are taken as probabilities by ``softmax="auto"``.
+_PROBABILITY_TOLERANCE = 1e-3
+# The probe ``softmax="auto"`` runs: a few uniform-random images from a fixed seed.
+_PROBE_IMAGES = 4
+_PROBE_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImportedModel:
+  """A model from another framework, wrapped: pixels in [0, 255] (NHWC) -> probabilities.
+
+  ``predict`` validates nothing (it is traced inside the attacks' jit and vmap); calling the
+  object validates shape, dtype and range first. ``factored`` is None: the full net is
+  evaluated on every query."""
+  name: str
+  predict: Callable[[jax.Array], jax.Array]
+  input_shape: Tuple[int, int, int]
+  num_classes: int
+  metadata: Dict[str, Any]
+  factored: Any = None
+
+  @functools.cached_property
+  def _jit_predict(self):
+    return jax.jit(self.predict)
+
+  def __call__(self, images):
+    return self._jit_predict(check_images(images, self.input_shape, self.name))
+
+
+def _preprocessor(preprocess) -> Tuple[Callable[[jax.Array], jax.Array], Any]:
+  """(function of float32 pixels, what ``metadata["preprocess"]`` records)."""
+  if preprocess is None:
+    return (lambda x: x), None
+  if callable(preprocess):
+    return preprocess, getattr(preprocess, "__name__", type(preprocess).__name__)
+  if isinstance(preprocess, dict):
+    unknown = set(preprocess) - {"scale", "mean", "std"}
+    if unknown:
+      raise UserError(f"preprocess takes scale, mean and std; got unknown key(s) "
+                      f"{sorted(unknown)}")
+    norm = layers.Normalize(**preprocess)
+    record = {"scale": float(norm.scale), "mean": [float(m) for m in np.ravel(norm.mean)],
+              "std": [float(s) for s in np.ravel(norm.std)]}
+    return norm.__call__, record
+  raise UserError(f"preprocess must be None, a dict(scale=, mean=, std=) or a function of the "
+                  f"pixels, got {type(preprocess).__name__}")
+
+
+def _weights_sha256(arrays) -> str:
+  """SHA-256 over the weight arrays in the model's order: each one's dtype, shape and
+  C-order bytes (names left out, so renaming layers keeps the hash)."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(np.asarray(a))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _are_probabilities(out) -> bool:
+  out = np.asarray(out, np.float64)
+  return bool(np.all(np.isfinite(out)) and out.min() >= 0.0 and out.max() <= 1.0
+              and np.all(np.abs(out.sum(-1) - 1.0) <= _PROBABILITY_TOLERANCE))
+
+
+def _probe_images(input_shape) -> np.ndarray:
+  rng = np.random.default_rng(_PROBE_SEED)
+  return rng.uniform(0.0, 255.0, (_PROBE_IMAGES,) + tuple(input_shape)).astype(np.float32)
+
+
+def _with_softmax(net, input_shape, softmax) -> Tuple[Callable, bool]:
+  """``net`` (pixels -> outputs) ending in probabilities, and whether a softmax was added."""
+  if softmax not in ("auto", True, False):
+    raise UserError(f"softmax must be 'auto', True or False, got {softmax!r}")
+  if softmax == "auto":
+    softmax = not _are_probabilities(jax.jit(net)(_probe_images(input_shape)))
+  if softmax:
+    return (lambda x: jax.nn.softmax(net(x).astype(jnp.float32), axis=-1)), True
+  return (lambda x: net(x).astype(jnp.float32)), False
+
+
+def _import_keras():
+  """keras, on the JAX backend (KERAS_BACKEND set to jax unless keras is already loaded)."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  if "keras" not in sys.modules and os.environ["KERAS_BACKEND"] != "jax":
+    raise UserError(f"from_keras needs Keras' JAX backend; KERAS_BACKEND is "
+                    f"{os.environ['KERAS_BACKEND']!r}: set KERAS_BACKEND=jax before running")
+  try:
+    import keras
+  except ImportError:
+    raise UserError("from_keras needs Keras 3: pip install 'pixeljax[keras]'") from None
+  backend = keras.backend.backend()
+  if backend != "jax":
+    raise UserError(f"from_keras needs Keras' JAX backend, but keras was imported with the "
+                    f"{backend!r} backend: set KERAS_BACKEND=jax before importing keras")
+  return keras
+
+
+def _keras_input_shape(model, input_shape, layout):
+  """(H, W, C) pixels and the layout the model takes ("NHWC" or "NCHW")."""
+  try:
+    declared = tuple(model.input_shape)
+  except (AttributeError, ValueError):
+    declared = None
+  if isinstance(declared, tuple) and declared and isinstance(declared[0], (tuple, list)):
+    raise UserError("from_keras takes a model with one image input; this one has "
+                    f"{len(declared)} inputs")
+  if layout not in (None, "NHWC", "NCHW"):
+    raise UserError(f"layout must be None, 'NHWC' or 'NCHW', got {layout!r}")
+  model_shape = declared[1:] if declared is not None else None
+  if layout is None:
+    fmt = None
+    for layer in getattr(model, "layers", []):
+      fmt = getattr(layer, "data_format", None)
+      if fmt is not None:
+        break
+    layout = "NCHW" if fmt == "channels_first" else "NHWC"
+  if input_shape is not None:
+    shape = tuple(int(s) for s in input_shape)
+  elif model_shape is not None and len(model_shape) == 3 and None not in model_shape:
+    shape = (tuple(model_shape[1:]) + tuple(model_shape[:1]) if layout == "NCHW"
+             else tuple(model_shape))
+  else:
+    raise UserError(f"the Keras model declares input shape {declared}: pass "
+                    f"input_shape=(H, W, C)")
+  if len(shape) != 3:
+    raise UserError(f"input_shape must be (H, W, C), got {shape}")
+  return tuple(int(s) for s in shape), layout
+
+
+def from_keras(model, *, preprocess: Union[None, dict, Callable] = None,
+               name: Optional[str] = None, softmax: Union[str, bool] = "auto",
+               input_shape: Optional[Tuple[int, int, int]] = None,
+               layout: Optional[str] = None) -> ImportedModel:
+  """A Keras 3 model (JAX backend) as a pixeljax model.
+
+  ``preprocess``: None (the model takes pixels in [0, 255]), ``dict(scale=, mean=, std=)``
+  (``(x * scale - mean) / std`` per channel) or a JAX function of the float32 pixels.
+  ``softmax``: "auto" (added if the model's outputs on a probe are not probabilities), True
+  or False. ``input_shape``: (H, W, C) for a model that does not declare its own. ``layout``:
+  "NCHW" for a channels-first model (the images are transposed in JAX); None: read from the
+  model's first layer with a data format."""
+  keras = _import_keras()
+  if not isinstance(model, keras.Model):
+    raise UserError(f"from_keras takes a keras.Model, got {type(model).__name__}")
+  if not model.built:
+    raise UserError("the Keras model is not built: call it once or give it an Input")
+  shape, layout = _keras_input_shape(model, input_shape, layout)
+  # Copies: the model's own variables may be freed (model.predict) or reassigned later.
+  trainable = [jnp.array(np.array(v.value), copy=True) for v in model.trainable_variables]
+  non_trainable = [jnp.array(np.array(v.value), copy=True)
+                   for v in model.non_trainable_variables]
+  digest = _weights_sha256(list(trainable) + list(non_trainable))
+  pre, pre_record = _preprocessor(preprocess)
+
+  def net(images):
+    x = pre(jnp.asarray(images, jnp.float32))
+    if layout == "NCHW":
+      x = jnp.transpose(x, (0, 3, 1, 2))
+    # The backend's most exact products (as the zoo's ports: registry.PixelClassifier).
+    with jax.default_matmul_precision("highest"):
+      out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+    return out
+
+  out_shape = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+  if len(out_shape) != 2:
+    raise UserError(f"the Keras model must output (N, classes); it outputs {out_shape}")
+  predict, added = _with_softmax(net, shape, softmax)
+  name = name or f"keras:{model.name}"
+  metadata = {"source": "keras", "keras_version": keras.__version__, "name": name,
+              "model_name": model.name, "input_shape": list(shape), "layout": layout,
+              "num_classes": int(out_shape[-1]), "preprocess": pre_record,
+              "softmax_added": added, "softmax": softmax, "sha256": digest,
+              "parameters": int(sum(np.size(a) for a in trainable + non_trainable))}
+  return ImportedModel(name=name, predict=predict, input_shape=shape,
+                       num_classes=int(out_shape[-1]), metadata=metadata)

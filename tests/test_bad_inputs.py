@@ -1,0 +1,271 @@
+"""The bad-input table (issue 24, item 8): every mistake a user can make at a public entry of
+the library or on the command line is one line that names it -- a ``UserError`` whose message
+has no newline, or, from ``experiments/one_pixel.py``, exit 2 with a single ``error:`` line on
+stderr and no traceback.
+
+Library cases go through ``pixeljax.attack``, ``pixeljax.exhaustive_one_pixel``,
+``pixeljax.select_images``, ``pixeljax.PixelAttackConfig``, ``pixeljax.Execution``,
+``pixeljax.models.load`` and ``pixeljax.data.load`` on the bundled CIFAR-10 samples and the
+shipped LeNet. CLI cases fail before any attack compiles (each costs one interpreter start).
+"""
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pixeljax
+from pixeljax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "one_pixel.py")
+KEY = jax.random.PRNGKey(0)
+
+
+def cfg(**over):
+  return pixeljax.PixelAttackConfig(**{"popsize": 16, "generations": 2, **over})
+
+
+def _two(d):
+  """Two correctly classified bundled images (pixels in [0, 255], uint8) and labels."""
+  return d.images[:2], d.labels[:2]
+
+
+def _attack(m, d, images=None, labels=None, model=None, config=None, **kwargs):
+  imgs, labs = _two(d)
+  return pixeljax.attack(m if model is None else model, imgs if images is None else images,
+                         labs if labels is None else labels, KEY,
+                         cfg() if config is None else config, **kwargs)
+
+
+def _logits(m):
+  return lambda x: m.module.apply(m.variables, x, method="logits")
+
+
+def _corrupt_npz(tmp):
+  path = tmp / "corrupt.npz"
+  path.write_bytes(b"PK\x03\x04 this is not a zip archive")
+  return pixeljax.data.load(str(path))
+
+
+def _devices_beyond(m, d):
+  # One CPU device in the test process (conftest); ask for two more than there are.
+  return _attack(m, d, execution=dict(devices=len(jax.devices()) + 2))
+
+
+# (id, call(model, samples, tmp_path), message regex): each raises one UserError line.
+LIBRARY = [
+    ("attack: images scaled to [0, 1]",
+     lambda m, d, t: _attack(m, d, images=_two(d)[0] / 255.),
+     r"^the images look scaled to \[0, 1\] \(largest value 1\); pixeljax takes pixels in "
+     r"\[0, 255\]: pass images \* 255$"),
+    ("attack: NCHW images",
+     lambda m, d, t: _attack(m, d, images=_two(d)[0].transpose(0, 3, 1, 2)),
+     r"^images of shape \(2, 3, 32, 32\) look like NCHW; pixeljax takes NHWC \(N, H, W, C\): "
+     r"pass images\.transpose\(0, 2, 3, 1\)$"),
+    ("attack: 28x28x1 images on the 32x32x3 net",
+     lambda m, d, t: _attack(m, d, images=np.zeros((2, 28, 28, 1), np.uint8)),
+     r"^cifar10_lenet_hyperparticle expects images of shape \(N, 32, 32, 3\) \(NHWC\), "
+     r"got \(2, 28, 28, 1\)$"),
+    ("attack: an empty batch",
+     lambda m, d, t: _attack(m, d, images=d.images[:0], labels=d.labels[:0]),
+     r"^no images to attack: the batch is empty$"),
+    ("attack: NaN pixels",
+     lambda m, d, t: _attack(m, d, images=np.where(np.arange(32)[:, None, None] == 5, np.nan,
+                                                   _two(d)[0].astype(np.float32))),
+     r"^cifar10_lenet_hyperparticle expects pixels in \[0, 255\]; the images hold NaN or "
+     r"infinite values$"),
+    ("attack: pixels > 255",
+     lambda m, d, t: _attack(m, d, images=_two(d)[0] * np.float32(1.5)),
+     r"^cifar10_lenet_hyperparticle expects pixels in \[0, 255\]; got values in "
+     r"\[[0-9.]+, 382\.5\]$"),
+    ("attack: int64 images",
+     lambda m, d, t: _attack(m, d, images=_two(d)[0].astype(np.int64)),
+     r"^cifar10_lenet_hyperparticle expects uint8 or float pixel images, got dtype int64$"),
+    ("attack: a predict returning logits",
+     lambda m, d, t: _attack(m, d, model=_logits(m)),
+     r"^the model returns logits, not probabilities \(values in \[-?[0-9.e+-]+, [0-9.e+-]+\], "
+     r"rows summing to .*\): wrap it as lambda x: jax\.nn\.softmax\(predict\(x\)\)$"),
+    ("attack: a predict returning log-probabilities",
+     lambda m, d, t: _attack(m, d, model=lambda x: jax.nn.log_softmax(_logits(m)(x))),
+     r"^the model returns log-probabilities \(rows of exp sum to 1\), not probabilities: "
+     r"wrap it as lambda x: jnp\.exp\(predict\(x\)\)$"),
+    ("attack: a predict returning NaN",
+     lambda m, d, t: _attack(m, d, model=lambda x: jnp.full((x.shape[0], 10), jnp.nan)),
+     r"^the model returned NaN or infinite outputs; check its weights and preprocessing$"),
+    ("attack: labels of the wrong shape",
+     lambda m, d, t: _attack(m, d, labels=_two(d)[1][:, None]),
+     r"^labels and targets must have shape \(2,\), got \(2, 1\) and \(2,\)$"),
+    ("attack: a label out of range",
+     lambda m, d, t: _attack(m, d, labels=np.array([3, 10])),
+     r"^label out of range \[0, 10\): found 3\.\.10$"),
+    ("attack: targeted without targets",
+     lambda m, d, t: _attack(m, d, config=cfg(targeted=True)),
+     r"^targeted attack needs targets$"),
+    ("attack: a target equal to the label",
+     lambda m, d, t: _attack(m, d, config=cfg(targeted=True), targets=_two(d)[1]),
+     r"^targeted attack: every target must differ from the true label$"),
+    ("attack: more pixels than the image has",
+     lambda m, d, t: _attack(m, d, config=cfg(pixels=1025)),
+     r"^pixels=1025 exceeds the 1024 pixels of a 32x32 image$"),
+    ("attack: max_queries below the first step",
+     lambda m, d, t: _attack(m, d, config=cfg(max_queries=10)),
+     r"^max_queries=10 is below the 16 queries of de's first step$"),
+    ("attack: unknown attack_keys",
+     lambda m, d, t: _attack(m, d, attack_keys="id_x2000"),
+     r"^unknown attack_keys 'id_x2000'; known: \('per_attack', 'id_x1000'\)$"),
+    ("attack: execution incremental on a black box",
+     lambda m, d, t: _attack(m, d, model=lambda x: m.predict(x),
+                             execution=dict(incremental=True)),
+     r"^execution\.incremental needs a net split at its first convolution \(a zoo model whose "
+     r"first layer is a convolution\); this model is a black box$"),
+    ("attack: execution devices beyond the CPU devices",
+     lambda m, d, t: _devices_beyond(m, d),
+     r"^execution\.devices=\d+, but this run has \d+ CPU device\(s\) to deal its model calls "
+     r"to: start it with more \(runtime\.cpu_devices\), or leave devices unset$"),
+    ("attack: an unknown execution setting",
+     lambda m, d, t: _attack(m, d, execution=dict(threads=4)),
+     r"^unknown execution setting\(s\) \['threads'\]; known: \['call_size', 'incremental', "
+     r"'window', 'devices', 'segment'\]$"),
+    ("attack: a model that is not callable",
+     lambda m, d, t: _attack(m, d, model=42),
+     r"^a model must be a pixeljax model \(models\.load\) or a function images -> "
+     r"probabilities, got int$"),
+    ("exhaustive_one_pixel: images scaled to [0, 1]",
+     lambda m, d, t: pixeljax.exhaustive_one_pixel(m, _two(d)[0] / 255., _two(d)[1]),
+     r"^the images look scaled to \[0, 1\]"),
+    ("exhaustive_one_pixel: labels of the wrong shape",
+     lambda m, d, t: pixeljax.exhaustive_one_pixel(m, _two(d)[0], _two(d)[1][:1]),
+     r"^labels must have shape \(2,\), got \(1,\)$"),
+    ("select_images: NCHW images",
+     lambda m, d, t: pixeljax.select_images(m, d.images[:4].transpose(0, 3, 1, 2),
+                                            d.labels[:4], 2, 0),
+     r"^images of shape \(4, 3, 32, 32\) look like NCHW"),
+    ("select_images: a predict returning logits",
+     lambda m, d, t: pixeljax.select_images(_logits(m), d.images[:4], d.labels[:4], 2, 0),
+     r"^the model returns logits, not probabilities .*jax\.nn\.softmax\(predict\(x\)\)$"),
+    ("PixelAttackConfig: unknown method",
+     lambda m, d, t: pixeljax.PixelAttackConfig(method="cmaes"),
+     r"^unknown method 'cmaes'; known: \('de', 'sparse_rs', 'corner_search'\)$"),
+    ("PixelAttackConfig: unknown loss",
+     lambda m, d, t: pixeljax.PixelAttackConfig(loss="hinge"),
+     r"^unknown loss 'hinge'; known: \('probability', 'margin', 'ce'\)$"),
+    ("PixelAttackConfig: popsize 3",
+     lambda m, d, t: pixeljax.PixelAttackConfig(popsize=3),
+     r"^popsize must be >= 4 for DE, got 3$"),
+    ("PixelAttackConfig: pixels 0",
+     lambda m, d, t: pixeljax.PixelAttackConfig(pixels=0),
+     r"^pixels must be >= 1, got 0$"),
+    ("PixelAttackConfig: success_first with the ce loss",
+     lambda m, d, t: pixeljax.PixelAttackConfig(success_first=True, loss="ce"),
+     r"^success_first needs the probability or margin loss, not ce"),
+    ("Execution: devices 0",
+     lambda m, d, t: pixeljax.Execution(devices=0),
+     r"^execution: devices must be >= 1, got 0$"),
+    ("models.load: an unknown model name",
+     lambda m, d, t: pixeljax.models.load("resnet_nope"),
+     r"^unknown model 'resnet_nope'; known models: .*cifar10_lenet_hyperparticle"),
+    ("models.load: no checkpoint in the folder",
+     lambda m, d, t: pixeljax.models.load("cifar10_lenet_hyperparticle", directory=str(t)),
+     r"^no checkpoint for model 'cifar10_lenet_hyperparticle' at .*/cifar10_lenet_hyperparticle"
+     r"\.msgpack; train it with experiments/train\.py or point PIXELJAX_CHECKPOINT_DIR at your "
+     r"checkpoints$"),
+    ("data.load: a data file that does not exist",
+     lambda m, d, t: pixeljax.data.load("/no/such/file.npz"),
+     r"^data file /no/such/file\.npz does not exist$"),
+    ("data.load: a corrupt .npz",
+     lambda m, d, t: _corrupt_npz(t),
+     r"^.*/corrupt\.npz is corrupt or not an \.npz data file \(BadZipFile: .*\)$"),
+    ("data.load: an unknown data set",
+     lambda m, d, t: pixeljax.data.load("cifar11"),
+     r"^unknown data set 'cifar11'; known: "),
+]
+
+
+@pytest.mark.parametrize("call, message", [pytest.param(c, m, id=i) for i, c, m in LIBRARY])
+def test_library_mistake_is_one_line(call, message, cifar_lenet, cifar_samples, tmp_path):
+  with pytest.raises(UserError) as e:
+    call(cifar_lenet, cifar_samples, tmp_path)
+  text = str(e.value)
+  assert "\n" not in text, text
+  assert re.search(message, text), text
+
+
+# CLI cases: (id, args or setup(tmp_path) -> args, message regex of the one stderr line).
+def _file_workdir(tmp):
+  (tmp / "file").write_text("")
+  return ["--workdir", str(tmp / "file")]
+
+
+SMALL = ["--config.num_images=2", "--config.pixels=1", "--config.attack.popsize=16",
+         "--config.attack.generations=2", "--config.figures=False"]
+
+
+def _resume_other_settings(tmp):
+  """A workdir that holds work made with seed 0, rerun with seed 3 (made in-process, without
+  attacking: only what the CLI compares is needed)."""
+  from configs.one_pixel import get_config
+  config = get_config("paper")
+  config.update_from_flattened_dict({"num_images": 2, "pixels": (1,), "attack.popsize": 16,
+                                     "attack.generations": 2, "figures": False})
+  wd = pixeljax.Workdir.open(str(tmp / "w"), config)
+  wd.write_json("results.json", {"metrics": {}})
+  wd.close()
+  return SMALL + ["--config.seed=3", "--workdir", str(tmp / "w")]
+
+
+def _corrupt_config(tmp):
+  (tmp / "w").mkdir()
+  (tmp / "w" / "config.json").write_text('{"model": "cifar10_lenet_hyper')
+  return SMALL + ["--workdir", str(tmp / "w")]
+
+
+def _w(*args):
+  return lambda tmp: [*args, "--workdir", str(tmp / "w")]
+
+
+CLI = [
+    ("cli: unknown config key", _w("--config.attack.nope=3"),
+     r"^error: --config\.attack\.nope names no setting of the config \(AttributeError: nope\)$"),
+    ("cli: bad model", _w("--config.model=resnet_nope"),
+     r"^error: unknown model 'resnet_nope'; known models: "),
+    ("cli: missing data file", _w("--config.data=/no/such/file.npz"),
+     r"^error: data file /no/such/file\.npz does not exist$"),
+    ("cli: --workdir that is a file", _file_workdir,
+     r"^error: --workdir .*/file is a file, not a folder; choose another --workdir$"),
+    ("cli: num_images 0", _w("--config.num_images=0"),
+     r"^error: num_images must be >= 1, got 0$"),
+    ("cli: pixels 0", _w("--config.pixels=0"),
+     r"^error: pixels must be >= 1, got 0$"),
+    ("cli: runtime.cpu_devices=0", _w("--config.runtime.cpu_devices=0"),
+     r"^error: runtime\.cpu_devices must be >= 1 \(or None: one per core\), got 0$"),
+    ("cli: a resume with other settings", _resume_other_settings,
+     r"^error: .*/w holds work made with other settings \(seed: 0 -> 3\); pass --new_run to "
+     r"start a new run beside it, or choose another --workdir$"),
+    ("cli: a corrupt config.json in the workdir", _corrupt_config,
+     r"^error: .*/w/config\.json is corrupt \(.*\); to resume the run remove that file \(the "
+     r"run's own settings files are then checked, and config\.json is written again when it "
+     r"completes\)"),
+]
+
+
+@pytest.mark.parametrize("setup, message", [pytest.param(s, m, id=i) for i, s, m in CLI])
+def test_cli_mistake_is_one_line_and_exit_2(setup, message, tmp_path):
+  args = setup(tmp_path)
+  out = subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr
+  assert "Traceback" not in out.stderr, out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1, out.stderr            # nothing but the error line
+  assert re.search(message, lines[0]), lines[0]
+  assert out.stdout == ""
+
+
+def test_the_table_has_at_least_25_cases():
+  assert len(LIBRARY) + len(CLI) >= 25
+  assert len({i for i, _, _ in LIBRARY + CLI}) == len(LIBRARY) + len(CLI)

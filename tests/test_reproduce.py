@@ -1,0 +1,43 @@
+"""The one-command programme (experiments/reproduce.py): its plan, and a smoke run end to end."""
+import json
+import os
+import subprocess
+import sys
+
+from configs.reproduce import get_config
+from experiments import reproduce
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path):
+  steps, runs = reproduce.plan(get_config(), str(tmp_path))
+  assert steps == ["train", "paper", "reimplementation", "tables"]
+  names = [os.path.basename(folder) for _, folder, _ in runs]
+  trained = [n for n in names if n.startswith("train_")]
+  assert trained == [f"train_{n}" for n in ("cifar10_allcnn", "cifar10_nin", "cifar10_vgg16")
+                     if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{n}.msgpack"))]
+  assert len([n for n in names if n.startswith("paper_")]) == 6
+  cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
+  assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
+  cmd = " ".join(cells["reimplementation_targeted_cifar10_resnet32_hyperparticle"])
+  for flag in ("configs/one_pixel.py:best1bin", "--config.attack.generations=75",
+               "--config.attack.stop=first_success", "--config.attack.targeted=True",
+               "--config.num_images=100", "--config.pixels=(1,3,5,)"):
+    assert flag in cmd
+
+
+def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"),
+         "--config=configs/reproduce.py:smoke", "--workdir", str(tmp_path / "r")]
+  first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(tmp_path / "r" / "results.json") as f:
+    rows = json.load(f)["rows"]
+  assert [(r["mode"], r["pixels"]) for r in rows] == [("untargeted", 1), ("targeted", 1)]
+  assert rows[0]["published"] == 0.63 and rows[1]["published"] == 0.344
+  assert rows[1]["any_misclassification"] >= rows[1]["success"]
+  assert "| reimplementation | cifar10_lenet_hyperparticle | targeted | 1 |" in (
+      tmp_path / "r" / "summary.md").read_text()
+  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  assert again.returncode == 0 and again.stderr.count(": done") == 2, again.stderr[-3000:]
