@@ -5,7 +5,7 @@ r"""Do net A's fooling images fool net B? ``source`` is a finished fooling run's
   python experiments/transfer.py --config.source=runs/my_fooling_run \
       --config.model_b=mnist_lenet --workdir runs/transfer_mine
 
-Named settings are the rows of the README's transfer table; each expects the fooling run of
+Named settings are the rows of results/README.md's transfer table; each expects the fooling run of
 the same name (``configs/fooling.py:<name>``) in ``runs/fooling_<name>``.
 """
 from ml_collections import ConfigDict

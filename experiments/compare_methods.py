@@ -135,7 +135,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
 
 
 def markdown(results: dict) -> str:
-  """The comparison as README's table: runs in the order given, then k."""
+  """The comparison as results/README.md's table: runs in the order given, then k."""
   budgets = list(results["rows"][0]["success_within"]) if results["rows"] else []
   order = {r: i for i, r in enumerate(dict.fromkeys(row["run"] for row in results["rows"]))}
   fmt = lambda v: "-" if v is None else f"{v:,.0f}"

@@ -54,7 +54,7 @@ def _each(predict, xs, act):
 
 def _dealt(predict, xs, act, mesh):
   """``_each`` with call i on device i mod D of the mesh's D: a step's calls (a DE
-  population: eval_batch-sized slices of each attack's candidates) spread evenly over the
+  population: call_size-sized slices of each attack's candidates) spread evenly over the
   devices whichever attacks are still running. Runs inside a ``shard_map`` over ``mesh``
   (every device holding all of ``xs``: ``Evaluator.program``); the devices' results are
   all-gathered. Each call has the shape and program it has on one device, but XLA:CPU's
