@@ -16,7 +16,7 @@ from jax import lax
 
 # XLA:CPU vectorises a convolution over its output channels in groups of 8 float32 lanes
 # (AVX2); a layer with fewer (the CIFAR LeNet's 3 -> 6 first conv) runs far below speed.
-# Measured on this project's 2-core CPU (benchmarks/xla_cpu_options.py; the notes in docs/history.md;
+# Measured on this project's 2-core CPU (benchmarks/xla_cpu_options.py, docs/history.md;
 # batch 400, that 5x5 conv): 33.7 ms as is, 16.7 ms with its output channels padded to 8, and
 # the LeNet's outputs stay bit-identical (each output channel is computed on its own). Padding
 # counts above 8 too (the MNIST LeNet's 20 and 50 to 24 and 56) changed its outputs by ~1e-9
