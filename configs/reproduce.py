@@ -4,8 +4,8 @@ r"""The whole one-pixel programme of issue 26 as one resumable command.
   python experiments/reproduce.py --config.runtime.steps=reimplementation --workdir runs/reproduce
 
 Steps (``runtime.steps``, in this order, never compared on resume; each is a run of an
-existing experiment script in its own
-folder under --workdir, resumable, skipped once its results.json exists):
+existing experiment script in its own folder under --workdir, resumable, skipped once its
+results.json exists):
   * ``train``: the one-pixel paper's nets (All-CNN-C, NiN, VGG16) on the CIFAR-10 JPEG copy,
     each recipe below; a net whose checkpoint is in ``checkpoints/`` is not retrained;
   * ``paper``: the paper's experiment on each trained net -- DE/rand/1, population 400, 100
