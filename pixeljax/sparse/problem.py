@@ -23,7 +23,7 @@ fools the net, as torchattacks and Sparse-RS do. The batched runner
 the model is the evaluator's business (``pixeljax.sparse.evaluator``), never the problem's.
 """
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
 import chex
 import jax
@@ -33,7 +33,6 @@ from flax import struct
 from pixeljax.errors import UserError
 from pixeljax.evolution import de
 
-Predict = Callable[[jax.Array], jax.Array]
 METHODS = ("de", "sparse_rs", "corner_search")
 LOSSES = ("probability", "margin", "ce")
 STOP_RULES = ("paper", "first_success")

@@ -197,7 +197,7 @@ def _padded_batches(rows: np.ndarray, cap: int, devices: int):
     yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])
 
 
-def validate_inputs(model, images, labels, targets, num_classes: int,
+def _validate_inputs(model, images, labels, targets, num_classes: int,
                     config: PixelAttackConfig):
   """The door of ``attack``: one ``UserError`` line for what cannot be attacked."""
   images = door.images_for(model, images)
@@ -254,8 +254,8 @@ def attack(model, images, labels, key, config: PixelAttackConfig, targets=None,
   if num_classes is None:
     num_classes = int(jax.eval_shape(ev.full, jax.ShapeDtypeStruct(
         (1,) + np.shape(images)[1:], jnp.float32)).shape[-1])
-  images, labels, targets = validate_inputs(model, images, labels, targets, num_classes,
-                                            config)
+  images, labels, targets = _validate_inputs(model, images, labels, targets, num_classes,
+                                             config)
   # The model's first outputs, before anything is compiled: probabilities, or one clear line.
   door.probabilities(ev.probabilities(images), door.model_name(model))
   if attack_keys == "id_x1000" and num_classes > 1000:
