@@ -32,6 +32,31 @@ def input_shape(model):
   return tuple(shape) if shape is not None else None
 
 
+def labels_for(labels, n: int, num_classes: int = None, what: str = "labels") -> np.ndarray:
+  """``labels`` as int32 of shape (n,), in [0, num_classes) when that is known."""
+  labels = np.asarray(labels)
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"{what} must be integers of shape ({n},), one per image, got "
+                    f"{labels.dtype} {labels.shape}")
+  if num_classes is not None and labels.size and (labels.min() < 0
+                                                  or labels.max() >= num_classes):
+    raise UserError(f"label out of range [0, {num_classes}): found "
+                    f"{labels.min()}..{labels.max()}")
+  return labels.astype(np.int32)
+
+
+def colours_for(colours, channels: int) -> np.ndarray:
+  """A colour list of shape (n, channels) with values in [0, 255]."""
+  colours = np.asarray(colours, np.float32)
+  if colours.ndim != 2 or colours.shape[1] != channels or not len(colours):
+    raise UserError(f"colours must have shape (n, {channels}) for {channels}-channel images, "
+                    f"got {colours.shape}")
+  if not np.all(np.isfinite(colours)) or colours.min() < 0 or colours.max() > 255:
+    raise UserError(f"colours must be in [0, 255], got values in "
+                    f"[{colours.min()}, {colours.max()}]")
+  return colours
+
+
 def images_for(model, images) -> np.ndarray:
   """``images`` as float32 NHWC pixels in [0, 255] for ``model``, or one clear error."""
   who = model_name(model)
@@ -51,12 +76,14 @@ def images_for(model, images) -> np.ndarray:
   return images
 
 
-def probabilities(probs, who: str = "the model") -> np.ndarray:
-  """``probs`` (N, K), checked to be probabilities: rows in [0, 1] summing to 1 (1e-3)."""
+def probabilities(probs, who: str = "the model", rows: int = None) -> np.ndarray:
+  """``probs`` (N, K), checked to be probabilities: rows in [0, 1] summing to 1 (1e-3);
+  ``rows``: the N it must have (one per image)."""
   probs = np.asarray(probs, np.float64)
-  if probs.ndim != 2 or probs.shape[1] < 2:
-    raise UserError(f"{who} returned outputs of shape {probs.shape}; it must return "
-                    f"probabilities of shape (N, classes)")
+  if probs.ndim != 2 or probs.shape[1] < 2 or (rows is not None and len(probs) != rows):
+    raise UserError(f"{who} returned outputs of shape {probs.shape} for "
+                    f"{'a batch' if rows is None else f'{rows} images'}; it must return "
+                    f"probabilities of shape (N images, classes)")
   if not np.all(np.isfinite(probs)):
     raise UserError(f"{who} returned NaN or infinite outputs; check its weights and "
                     f"preprocessing")

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +36,10 @@ def _two(d):
   return d.images[:2], d.labels[:2]
 
 
-def _attack(m, d, images=None, labels=None, model=None, config=None, **kwargs):
+def _attack(m, d, images=None, labels=None, model=None, config=None, key=KEY, **kwargs):
   imgs, labs = _two(d)
   return pixeljax.attack(m if model is None else model, imgs if images is None else images,
-                         labs if labels is None else labels, KEY,
+                         labs if labels is None else labels, key,
                          cfg() if config is None else config, **kwargs)
 
 
@@ -140,7 +141,7 @@ LIBRARY = [
      r"^the images look scaled to \[0, 1\]"),
     ("exhaustive_one_pixel: labels of the wrong shape",
      lambda m, d, t: pixeljax.exhaustive_one_pixel(m, _two(d)[0], _two(d)[1][:1]),
-     r"^labels must have shape \(2,\), got \(1,\)$"),
+     r"^labels must be integers of shape \(2,\), one per image, got int32 \(1,\)$"),
     ("select_images: NCHW images",
      lambda m, d, t: pixeljax.select_images(m, d.images[:4].transpose(0, 3, 1, 2),
                                             d.labels[:4], 2, 0),
@@ -186,7 +187,80 @@ LIBRARY = [
 ]
 
 
-@pytest.mark.parametrize("call, message", [pytest.param(c, m, id=i) for i, c, m in LIBRARY])
+
+def _endless_batches(m, d, t):
+  """attacks_per_call=-1: the runner's batch split (``_split``) never ends, its list growing
+  until memory runs out. A guard stops it here instead of hanging the suite."""
+  from pixeljax.sparse import runner
+  real = runner._sizes
+
+  def guarded(cap, devices):
+    if cap < 1:
+      raise AssertionError(f"batches of {cap} attacks: runner._split would loop forever")
+    return real(cap, devices)
+  with mock.patch.object(runner, "_sizes", guarded):
+    return _attack(m, d, attacks_per_call=-1)
+
+
+def _one_black_colour(m, d, images=None, labels=None, colours=((0., 0., 0.),)):
+  return pixeljax.exhaustive_one_pixel(m, d.images[:1] if images is None else images,
+                                       d.labels[:1] if labels is None else labels,
+                                       np.asarray(colours, np.float32))
+
+
+# Mistakes this table found that were not one line (issue 24), and what they did before the
+# door learnt them. (id, call, message regex, what happened)
+FIXED = [
+    ("attack: image_ids of the wrong length",
+     lambda m, d, t: _attack(m, d, image_ids=[7]),
+     r"image_ids",
+     "a 3-line ValueError from jax.vmap ('vmap got inconsistent sizes for array axes...')"),
+    ("attack: an int for the key",
+     lambda m, d, t: _attack(m, d, key=0),
+     r"key",
+     "TypeError: JAX encountered invalid PRNG key data: expected key_data to have ndim, shape, "
+     "and dtype attributes. Got 0"),
+    ("attack: attacks_per_call=-1",
+     _endless_batches,
+     r"attacks_per_call",
+     "never returns: runner._split appends -1-row calls forever (memory grows without bound)"),
+    ("attack: a predict that ignores the batch size",
+     lambda m, d, t: _attack(m, d, model=lambda x: jnp.full((1, 10), .1)),
+     r"\(1, 10\)",
+     "TypeError: cannot reshape array of shape (1, 10) (size 10) into shape (2, -1, 10) ..."),
+    ("attack: a fractional pixel count",
+     lambda m, d, t: _attack(m, d, config=cfg(pixels=1.5)),
+     r"pixels",
+     "PixelAttackConfig(pixels=1.5) is accepted; attack raises TypeError: Shapes must be 1D "
+     "sequences of concrete values of integer type, got (16, 1.5, 1)."),
+    ("exhaustive_one_pixel: colours of the wrong length",
+     lambda m, d, t: _one_black_colour(m, d, colours=((0., 0.),)),
+     r"colours",
+     "TypeError: cannot reshape array of shape (1024, 4) (size 4096) into shape (-1, 1024, 5) "
+     "..."),
+    ("exhaustive_one_pixel: a colour above 255",
+     lambda m, d, t: _one_black_colour(m, d, colours=((300., 0., 0.),)),
+     r"255",
+     "no error: the sweep writes 300 into the image and reports it (sample 0: fooled=True, "
+     "1 fooling change)"),
+    ("exhaustive_one_pixel: a label out of range",
+     lambda m, d, t: _one_black_colour(m, d, labels=np.array([10])),
+     r"label",
+     "no error: every change 'fools' label 10 (num_fooling_changes=1024 of 1024) and "
+     "lowest_true_prob is class 9's (JAX clamps the index)"),
+    ("select_images: labels of the wrong shape",
+     lambda m, d, t: pixeljax.select_images(m, d.images[:2], d.labels[:1], 1, 0),
+     r"labels",
+     "no error: 1 label for 2 images is broadcast against both predictions (returns [0])"),
+    ("select_images: num_images -1",
+     lambda m, d, t: pixeljax.select_images(m, d.images[:2], d.labels[:2], -1, 0),
+     r"num_images",
+     "ValueError: negative dimensions are not allowed (from numpy's rng.choice)"),
+]
+
+
+@pytest.mark.parametrize("call, message", [pytest.param(c, m, id=i) for i, c, m in LIBRARY] + [
+    pytest.param(c, m, id=i) for i, c, m, _ in FIXED])
 def test_library_mistake_is_one_line(call, message, cifar_lenet, cifar_samples, tmp_path):
   with pytest.raises(UserError) as e:
     call(cifar_lenet, cifar_samples, tmp_path)

@@ -19,9 +19,9 @@ from typing import Callable, Mapping, Optional
 import jax
 import numpy as np
 
-from pixeljax import sharding, workdir
+from pixeljax import door, sharding, workdir
+from pixeljax.errors import UserError
 from pixeljax.progress import Progress
-from pixeljax import door
 from pixeljax.sparse import formats
 from pixeljax.sparse import records as records_lib
 from pixeljax.sparse.evaluator import evaluator_for
@@ -35,8 +35,11 @@ def select_images(model, images, labels, num_images: int, seed: int, mesh=None) 
   (all of them, in random order, if fewer are correct). ``model`` as ``attack`` takes it."""
   mesh = sharding.default_mesh() if mesh is None else mesh
   images = door.images_for(model, images)
+  labels = door.labels_for(labels, len(images))
+  if int(num_images) < 1:
+    raise UserError(f"num_images must be >= 1, got {num_images}")
   probs = door.probabilities(evaluator_for(model, mesh=mesh).probabilities(images),
-                             door.model_name(model))
+                             door.model_name(model), rows=len(images))
   correct = np.nonzero(probs.argmax(-1) == np.asarray(labels))[0]
   rng = np.random.default_rng(seed)
   return rng.choice(correct, size=min(num_images, len(correct)), replace=False)

@@ -78,14 +78,13 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
   ``queries`` = H * W * len(colours) per image."""
   from pixeljax import sharding
   images = door.images_for(model, images)
-  labels = np.asarray(labels, np.int32)
-  if labels.shape != images.shape[:1]:
-    raise UserError(f"labels must have shape ({len(images)},), got {labels.shape}")
   h, w, c = images.shape[1:]
-  colours = rgb_cube_corners(c) if colours is None else np.asarray(colours, np.float32)
+  colours = rgb_cube_corners(c) if colours is None else door.colours_for(colours, c)
   mesh = sharding.default_mesh() if mesh is None else mesh
   ev = model if isinstance(model, Evaluator) else evaluator_for(model, 1, "de", mesh, execution)
-  door.probabilities(ev.probabilities(images[:256]), door.model_name(model))
+  probs = door.probabilities(ev.probabilities(images[:256]), door.model_name(model),
+                             rows=len(images[:256]))
+  labels = door.labels_for(labels, len(images), probs.shape[1])
   total = h * w * len(colours)
   block = min(candidates_per_call, total)
   fn = _sweep(ev, (h, w, c), len(colours), block)

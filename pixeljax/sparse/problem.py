@@ -28,6 +28,7 @@ from typing import Optional
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from pixeljax.errors import UserError
@@ -65,7 +66,11 @@ class PixelAttackConfig:
   top_candidates: int = 100       # CornerSearch: sample among the N best one-pixel changes
 
   def __post_init__(self):
+    whole = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     checks = [
+        (whole(self.pixels) and whole(self.popsize) and whole(self.generations),
+         f"pixels, popsize and generations must be whole numbers, got {self.pixels!r}, "
+         f"{self.popsize!r} and {self.generations!r}"),
         (self.pixels >= 1, f"pixels must be >= 1, got {self.pixels}"),
         (self.method in METHODS, f"unknown method {self.method!r}; known: {METHODS}"),
         (self.loss is None or self.loss in LOSSES,

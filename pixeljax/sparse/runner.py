@@ -251,13 +251,21 @@ def attack(model, images, labels, key, config: PixelAttackConfig, targets=None,
       raise UserError("targeted attack needs targets")
     targets = np.full((n,), -1, np.int32)
   image_ids = np.arange(n) if image_ids is None else np.asarray(image_ids, np.int64)
+  if image_ids.shape != (n,):
+    raise UserError(f"image_ids must have shape ({n},), one per image, got {image_ids.shape}")
+  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
+    raise UserError(f"key must be a JAX random key (jax.random.PRNGKey(seed) or "
+                    f"jax.random.key(seed)), got {type(key).__name__} {key!r}")
+  if attacks_per_call is not None and attacks_per_call < 1:
+    raise UserError(f"attacks_per_call must be >= 1 (or None: all at once), got "
+                    f"{attacks_per_call}")
   if num_classes is None:
     num_classes = int(jax.eval_shape(ev.full, jax.ShapeDtypeStruct(
         (1,) + np.shape(images)[1:], jnp.float32)).shape[-1])
   images, labels, targets = _validate_inputs(model, images, labels, targets, num_classes,
                                              config)
   # The model's first outputs, before anything is compiled: probabilities, or one clear line.
-  door.probabilities(ev.probabilities(images), door.model_name(model))
+  door.probabilities(ev.probabilities(images), door.model_name(model), rows=len(images))
   if attack_keys == "id_x1000" and num_classes > 1000:
     raise UserError(f"attack_keys='id_x1000' supports at most 1000 classes, the model has "
                     f"{num_classes}")
