@@ -214,3 +214,18 @@ def test_a_resume_against_other_weights_is_refused(cifar_lenet, cifar_samples, t
   assert workdir.read_json(str(tmp_path / workdir.INPUTS_FILE)) == both
   with pytest.raises(workdir.SettingsMismatch, match="images_sha256"):
     campaign.run(*args, inputs={**both, "images_sha256": "y"}, progress=False)
+
+
+def test_progress_counts_the_whole_campaign(cifar_lenet, cifar_samples, tmp_path, capsys):
+  """The progress line's counters are the campaign's, not the current chunk's, and its
+  success is the final success rate (the returned candidate fools)."""
+  idx = _correct(cifar_lenet, cifar_samples, 4)
+  rec = campaign.run(cifar_lenet, cifar_samples.images[idx], cifar_samples.labels[idx], idx,
+                     PixelAttackConfig(pixels=1, popsize=24, generations=4,
+                                       stop_probability=0.6), 0, str(tmp_path), 10,
+                     attacks_per_call=2, progress=True, desc="p")
+  last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[p]")][-1]
+  early = int(np.sum(rec.iterations < 4))
+  assert early >= 1 and len(_chunks(tmp_path)) == 2
+  assert f"stopped early {early}" in last and "attacks done 4/4" in last, last
+  assert f"success {100 * np.mean(rec.success):.1f}%" in last, last
