@@ -7,15 +7,18 @@ import numpy as np
 from jax import lax
 
 
-def predict_in_batches(predict, images, batch_size: int = 256) -> np.ndarray:
+def predict_in_batches(predict, images, batch_size: int = 256,
+                       always_pad: bool = False) -> np.ndarray:
   """Probabilities for all ``images``; pads the last batch so ``predict`` compiles once (as
-  one program: run eagerly, a net's every layer would compile on its own)."""
+  one program: run eagerly, a net's every layer would compile on its own). ``always_pad``:
+  pad a batch of fewer than ``batch_size`` images too, so every call of one model, whatever
+  its image count, runs the same compiled program."""
   predict = jax.jit(predict)
   n = len(images)
   out = []
   for start in range(0, n, batch_size):
     batch = np.asarray(images[start:start + batch_size], np.float32)
-    pad = batch_size - len(batch) if n > batch_size else 0
+    pad = batch_size - len(batch) if (n > batch_size or always_pad) else 0
     if pad:
       batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
     out.append(np.asarray(predict(batch))[:batch_size - pad])

@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 
 from pixeljax import sharding
 from pixeljax.errors import UserError
-from pixeljax.evaluate import in_fixed_batches
+from pixeljax.evaluate import in_fixed_batches, predict_in_batches
 from pixeljax.models.stem import Factored
 from pixeljax.sparse.problem import decode, last_writes, perturb
 
@@ -185,14 +185,7 @@ class Evaluator:
     """Probabilities of ``images`` on the host, in batches of ``batch_size`` (the last one
     padded), so every call of one model runs one compiled program (image selection, the
     door's check, transfer)."""
-    predict = _jitted(self.full)
-    images = np.asarray(images, np.float32)
-    out = []
-    for start in range(0, len(images), batch_size):
-      batch = images[start:start + batch_size]
-      pad = np.zeros((batch_size - len(batch),) + batch.shape[1:], batch.dtype)
-      out.append(np.asarray(predict(np.concatenate([batch, pad])))[:len(batch)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return predict_in_batches(_jitted(self.full), images, batch_size, always_pad=True)
 
   @functools.cached_property
   def candidates(self):
@@ -259,6 +252,8 @@ class Evaluator:
 
 @functools.lru_cache(maxsize=32)
 def _jitted(full):
+  """One jitted function per model (``model.predict`` is a new bound method at each access):
+  selection, the door and a sweep of one model share its compiled programs."""
   return jax.jit(full)
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixeljax.errors import UserError
-from pixeljax import door
+from pixeljax import door, sharding
 from pixeljax.sparse.evaluator import Evaluator, evaluator_for
 from pixeljax.sparse.problem import corners
 
@@ -76,7 +76,6 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
   ``model``: as ``pixeljax.attack`` takes it (a zoo model, an ``Evaluator`` or a black-box
   function); ``mesh`` and ``execution`` as there. Returns a dict of numpy arrays;
   ``queries`` = H * W * len(colours) per image."""
-  from pixeljax import sharding
   images = door.images_for(model, images)
   h, w, c = images.shape[1:]
   colours = rgb_cube_corners(c) if colours is None else door.colours_for(colours, c)

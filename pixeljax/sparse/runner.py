@@ -199,8 +199,8 @@ def _padded_batches(rows: np.ndarray, cap: int, devices: int):
 
 def _validate_inputs(model, images, labels, targets, num_classes: int,
                     config: PixelAttackConfig):
-  """The door of ``attack``: one ``UserError`` line for what cannot be attacked."""
-  images = door.images_for(model, images)
+  """The rest of ``attack``'s door (``images``: already through ``door.images_for``): one
+  ``UserError`` line for what cannot be attacked."""
   n, h, w, _ = images.shape
   pixels = config.pixels
   if pixels > h * w:
@@ -239,7 +239,8 @@ def attack(model, images, labels, key, config: PixelAttackConfig, targets=None,
   if isinstance(model, Evaluator) and execution is not None:
     raise UserError("an Evaluator has its execution already: pass execution to "
                     "evaluator_for, not to attack")
-  n = len(door.images_for(model, images))
+  images = door.images_for(model, images)
+  n = len(images)
   mesh = sharding_lib.default_mesh() if mesh is None else mesh
   ev = (model if isinstance(model, Evaluator)
         else evaluator_for(model, config.pixels, config.method, mesh, execution))
@@ -261,11 +262,13 @@ def attack(model, images, labels, key, config: PixelAttackConfig, targets=None,
                     f"{attacks_per_call}")
   if num_classes is None:
     num_classes = int(jax.eval_shape(ev.full, jax.ShapeDtypeStruct(
-        (1,) + np.shape(images)[1:], jnp.float32)).shape[-1])
+        (1,) + images.shape[1:], jnp.float32)).shape[-1])
   images, labels, targets = _validate_inputs(model, images, labels, targets, num_classes,
                                              config)
-  # The model's first outputs, before anything is compiled: probabilities, or one clear line.
-  door.probabilities(ev.probabilities(images), door.model_name(model), rows=len(images))
+  # The model's first outputs, before anything is compiled: probabilities, or one clear line
+  # (a first call's worth of images; the final check computes every clean image's anyway).
+  door.probabilities(ev.probabilities(images[:256]), door.model_name(model),
+                     rows=len(images[:256]))
   if attack_keys == "id_x1000" and num_classes > 1000:
     raise UserError(f"attack_keys='id_x1000' supports at most 1000 classes, the model has "
                     f"{num_classes}")
