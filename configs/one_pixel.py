@@ -4,6 +4,10 @@ r"""One-pixel / few-pixel attack (Su, Vargas & Sakurai): the run's one source of
   python experiments/one_pixel.py --config=configs/one_pixel.py:paper_targeted --workdir ...
   python experiments/one_pixel.py --config.model=cifar10_resnet32_hyperparticle \
       --config.attack.strategy=best1bin --config.pixels=3 --workdir runs/y
+  python experiments/one_pixel.py --config.model=my_net.keras \
+      --config.model_preprocess.mean="(125.3,123.0,113.9)" --workdir runs/mine
+  python experiments/one_pixel.py --config.model=torch:my_nets:resnet20 \
+      --config.model_preprocess.scale=0.00392156862745098 --workdir runs/torch
 
 Named settings (``:name``): ``paper`` (default: 500 correctly classified images, 1/3/5 pixels,
 DE/rand/1, population 400, 100 generations, untargeted), ``paper_targeted``, ``best1bin``
@@ -24,6 +28,7 @@ import typing
 
 from ml_collections import ConfigDict, config_dict
 
+from pixeljax.models import files
 from pixeljax.sparse.problem import PixelAttackConfig
 
 # Relative paths that do not exist from the current directory are read relative to the
@@ -46,7 +51,13 @@ def attack_defaults() -> ConfigDict:
 
 def get_config(arg: str = "paper") -> ConfigDict:
   c = ConfigDict()
+  # A zoo name, a saved Keras model (.keras, .h5) or torch:module:function (a function
+  # returning a torch.nn.Module; also torch:path/to/file.py:function, keras:module:function).
   c.model = "cifar10_lenet_hyperparticle"
+  # An imported model's options (a zoo model has its own): model_preprocess.scale/mean/std
+  # ((x * scale - mean) / std per channel, pixels in [0, 255]), model_softmax (auto / True /
+  # False), model_input_shape (H, W, C; unset: the data's), model_layout (NCHW / NHWC).
+  c.update(files.config_settings())
   c.data = "cifar10_samples"          # a data set name or an .npz path (pixeljax.data)
   c.split = "test"
   c.data_dir = config_dict.placeholder(str)   # TFDS data_dir, for tfds data sets

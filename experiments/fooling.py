@@ -94,4 +94,5 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "fooling.py", report=report, extendable=EXTENDABLE)
+  cli.main(run, "fooling.py", report=report, migrate=driver.migrate_config,
+           extendable=EXTENDABLE)

@@ -1,10 +1,13 @@
-r"""One-pixel / few-pixel attack of Su, Vargas & Sakurai on a zoo model.
+r"""One-pixel / few-pixel attack of Su, Vargas & Sakurai on a zoo model or your own.
 
   python experiments/one_pixel.py --workdir runs/lenet               # configs/one_pixel.py
   python experiments/one_pixel.py --config=configs/one_pixel.py:lenet_best1bin \
       --workdir runs/lenet_best1bin
   python experiments/one_pixel.py --config.model=cifar10_resnet32_hyperparticle \
       --config.data=../shared/data/cifar10_test_exact1017.npz --config.pixels=3 --workdir runs/r
+  python experiments/one_pixel.py --config.model=path/to/net.keras --workdir runs/mine
+  python experiments/one_pixel.py --config.model=torch:my_nets:make \
+      --config.model_preprocess.scale=0.00392156862745098 --workdir runs/torch
 
 The config (``configs/one_pixel.py``) is the run's one source of settings. Writes to
 --workdir: config.json (first), results.json (config, versions, metrics), records_*.npz (one row
@@ -17,7 +20,7 @@ import time
 
 import numpy as np
 
-from pixeljax import cli, compilation, data, models, plots, sharding, workdir as workdir_lib
+from pixeljax import cli, compilation, data, door, models, plots, sharding, workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 from pixeljax.models import check_images
@@ -33,6 +36,12 @@ REFERENCE = {
     "cifar10_resnet32_hyperparticle": {"untargeted": {1: .34, 3: .79, 5: .79},
                                        "targeted": {1: .144, 3: .211, 5: .222}},
 }
+
+
+# What results.json records of an imported model (a Keras file, torch:module:function) beside
+# the zoo's fields: where it came from and what was put around it.
+IMPORTED_METADATA = ("path", "factory", "input_shape", "layout", "preprocess", "softmax_added",
+                     "parameters", "keras_version", "torch_version", "torchax_version")
 
 
 # Per-pixel-count fields of results.json that describe a start's time, not the attack: a
@@ -67,9 +76,11 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   if config.runtime.attacks_per_call is not None and config.runtime.attacks_per_call < 1:
     raise UserError(f"runtime.attacks_per_call must be >= 1 (or None: sized by memory), got "
                     f"{config.runtime.attacks_per_call}")
-  classifier = models.load(config.model)
   dataset = data.load(config.data, config.split, data_dir=config.data_dir)
-  check_images(dataset.images[:1], classifier.spec.input_shape,
+  # A zoo name, a Keras file or torch:module:function (an imported model takes the data's
+  # image size unless it says its own or config.model_input_shape does).
+  classifier = models.files.from_config(config, data_shape=dataset.images.shape[1:])
+  check_images(dataset.images[:1], door.input_shape(classifier),
                f"model {classifier.name} (data set {dataset.name})")
   if dataset.num_classes != classifier.num_classes:
     raise UserError(f"data set {dataset.name} has {dataset.num_classes} classes, model "
@@ -98,8 +109,10 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                 images_sha256=workdir_lib.arrays_sha256(sub.images, sub.labels, sub.index))
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(), inputs=inputs,
                  image_ids=sub.index.tolist(),
-                 model_metadata={k: classifier.metadata.get(k) for k in (
+                 model_metadata={**{k: classifier.metadata.get(k) for k in (
                      "accuracy", "accuracy_on", "source", "num_params", "sha256")},
+                     **{k: classifier.metadata[k] for k in IMPORTED_METADATA
+                        if k in classifier.metadata}},
                  metrics={})
   identity = dict(model=classifier.name, data=dataset.name, split=dataset.split)
   curve, all_records = {}, {}

@@ -99,4 +99,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "retrain.py", report=report)
+  cli.main(run, "retrain.py", report=report, migrate=driver.migrate_config)

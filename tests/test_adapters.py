@@ -61,7 +61,8 @@ def exact_images(shared_dir):
 def test_keras_lenet_matches_the_port_and_attacks(keras_lenet, exact_images, cifar_lenet):
   model = models.from_keras(keras_lenet, preprocess=layers.KERAS_CIFAR)
   assert model.input_shape == (32, 32, 3) and model.num_classes == 10
-  assert model.factored is None
+  # The traced program splits at its first convolution ('valid': no window prefix).
+  assert model.factored is not None and model.factored.window is None
   meta = model.metadata
   assert meta["source"] == "keras" and meta["softmax_added"] is False
   assert meta["preprocess"]["mean"] == list(layers.KERAS_CIFAR["mean"])
@@ -143,6 +144,7 @@ def test_torch_resnet20_matches_the_port(shared_dir, exact_images):
   net.train()                                  # from_torch puts it in eval mode
   model = models.from_torch(net, input_shape=(32, 32, 3))   # normalises inside (NCHW)
   assert not net.training and model.metadata["softmax_added"] is True
+  assert model.factored is not None and model.factored.window.size == 15   # the port's
   images, labels = exact_images
   x = images[:32].astype(np.float32)
   got = np.asarray(jax.jit(model.predict)(x))

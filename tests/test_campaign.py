@@ -159,9 +159,12 @@ def test_format_1_settings_migrate_and_keep_their_chunk_names():
                           "seed": 0})["execution"] == dict(call_size=0, incremental=False,
                                                            window=False, devices=1,
                                                            segment=100)
-  # A one-pixel config.json of format 1 loses its execution switches (chosen by the engine).
+  # A one-pixel config.json of format 1 loses its execution switches (chosen by the engine),
+  # and gains the imported models' options, unset (it named a zoo model).
+  from pixeljax.models import files
   cfg = {"model": "m", "attack": {"popsize": 4, "eval_batch": None, "local_window": None}}
-  assert formats.migrate_config(cfg) == {"model": "m", "attack": {"popsize": 4}}
+  assert formats.migrate_config(cfg) == {**files.config_defaults(), "model": "m",
+                                         "attack": {"popsize": 4}}
 
 
 def test_a_resumed_format_1_folder_runs_its_stored_execution_and_keys(cifar_lenet,

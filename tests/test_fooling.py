@@ -11,7 +11,7 @@ import pytest
 from pixeljax.errors import UserError
 from pixeljax.evolution import map_elites
 from pixeljax.fooling import driver, gradient_ascent
-from pixeljax.fooling.cppn import CPPN, hls_to_rgb
+from pixeljax.fooling.cppn import CPPN, hls_to_rgb, polynomial_step
 from pixeljax.fooling.direct import (DirectEncoding, mutation_rate, polynomial_mutation,
                                      sbx_crossover)
 from pixeljax.metrics import fooling as metrics
@@ -58,6 +58,59 @@ def test_is_valid_catches_a_backward_connection():
   g = jax.tree_util.tree_map(lambda a: a[0], c.init(jax.random.PRNGKey(0), 1))
   bad = g.replace(conn=g.conn.at[6, 0].set(True))   # output -> input
   assert bool(c.is_valid(g)) and not bool(c.is_valid(bad))
+
+
+# The original Sferes code's operators (configs/fooling.py:mnist_cppn_original).
+ORIGINAL_OPS = dict(p_add_connection=0.5, p_remove_connection=0.3, p_add_node=0.5,
+                    p_remove_node=0.2, add_node="split", weight_init="uniform",
+                    p_perturb_weight=0.1, weight_mutation="polynomial", weight_eta=15.0,
+                    p_change_activation=0.0, p_resample_activation=0.1)
+
+
+def test_the_original_codes_operators_keep_genomes_valid():
+  c = CPPN(outputs=1, max_hidden=8, **ORIGINAL_OPS)
+  g = c.init(jax.random.PRNGKey(0), 16)
+  w0 = np.asarray(g.weight)[np.asarray(g.conn)]
+  assert np.all(np.abs(w0) <= 10) and np.std(w0) > 4     # uniform in [-10, 10], not N(0, 4)
+  mutate = jax.jit(c.mutate)
+  for i in range(60):
+    g = mutate(jax.random.PRNGKey(i), g)
+    assert bool(jnp.all(jax.vmap(c.is_valid)(g))), f"invalid genome after {i + 1} rounds"
+  assert np.asarray(g.node_on)[:, 4:-1].sum() > 0
+  assert np.all(np.isfinite(np.asarray(c.render(g, 8, 8))))
+  with pytest.raises(UserError, match="unknown add_node 'splice'"):
+    CPPN(add_node="splice")
+
+
+def test_split_puts_a_node_on_a_connection_with_its_weight():
+  c = CPPN(outputs=1, max_hidden=1, add_node="split")
+  g = jax.tree_util.tree_map(lambda a: a[0], c.init(jax.random.PRNGKey(0), 1))
+  split = jax.jit(c._split_connection)
+  s = split(jax.random.PRNGKey(1), g)
+  assert bool(c.is_valid(s)) and bool(s.node_on[4])
+  (src,), = np.nonzero(np.asarray(g.conn & ~s.conn)[:, 5])     # the connection split
+  assert bool(s.conn[src, 4]) and bool(s.conn[4, 5]) and int(s.conn.sum()) == 5
+  assert float(s.weight[src, 4]) == float(s.weight[4, 5]) == float(g.weight[src, 5])
+  chex.assert_trees_all_equal(split(jax.random.PRNGKey(2), s), s)   # no free slot: unchanged
+
+
+def test_polynomial_weight_steps_and_activation_resampling_follow_sferes():
+  d = np.asarray(polynomial_step(jax.random.PRNGKey(0), (200_000,), 15.0))
+  assert np.all(np.abs(d) < 1) and abs(np.mean(d)) < 2e-3
+  assert np.mean(np.abs(d)) == pytest.approx(1 / 17, rel=0.02)   # E|step| = 1/(eta + 2)
+  c = CPPN(outputs=1, max_hidden=8, p_add_connection=0.0, p_remove_connection=0.0,
+           p_add_node=0.0, p_remove_node=0.0, p_change_activation=0.0,
+           p_perturb_weight=0.1, weight_mutation="polynomial", p_resample_activation=0.1)
+  g = c.init(jax.random.PRNGKey(0), 4000)
+  g = g.replace(node_on=g.node_on.at[:, 4:8].set(True), conn=g.conn.at[:, 4:8, 12].set(True))
+  m = jax.jit(c.mutate)(jax.random.PRNGKey(1), g)
+  moved = np.asarray(m.weight != g.weight)
+  assert not moved[~np.asarray(g.conn)].any()
+  assert moved[np.asarray(g.conn)].mean() == pytest.approx(0.1, abs=0.01)
+  assert float(jnp.abs(m.weight).max()) <= 10
+  changed = np.asarray(m.activation != g.activation)
+  assert changed[:, 4:8].mean() == pytest.approx(0.1 * 3 / 4, abs=0.01)   # same one redrawn
+  assert not changed[:, 8:].any() and not changed[:, :4].any()     # only active hidden nodes
 
 
 def test_hls_matches_colorsys():
@@ -200,6 +253,28 @@ def test_evolve_refuses_a_folder_made_with_other_settings(tmp_path):
       _evolve(tmp_path, generations=4, **change)
   with pytest.raises(ValueError, match="scorer name"):
     _evolve(tmp_path, generations=4, scorer=None)
+
+
+def test_a_folder_claimed_before_the_cppn_options_resumes(tmp_path):
+  """Settings added to CPPN since runs were stored take the values those runs used."""
+  import json
+  from pixeljax.workdir import SETTINGS_FILE
+  enc = CPPN(outputs=1, max_hidden=2)
+  _evolve(tmp_path, generations=2, encoding=enc)
+  path = tmp_path / SETTINGS_FILE
+  stored = json.loads(path.read_text())
+  for k in driver.ADDED_SETTINGS["cppn"]:
+    del stored["encoding_settings"][k]
+  path.write_text(json.dumps(stored))
+  logs = []
+  _evolve(tmp_path, generations=2, encoding=enc, log=logs.append)
+  assert logs == ["resumed at generation 2"]
+  with pytest.raises(SettingsMismatch, match="encoding_settings.add_node"):
+    _evolve(tmp_path, generations=2, encoding=CPPN(outputs=1, max_hidden=2, add_node="split"))
+  old = {"cppn": {"max_hidden": 24}, "direct": {"eta": 15.0}, "population": 400}
+  assert driver.migrate_config(old) == {
+      "cppn": dict(driver.ADDED_SETTINGS["cppn"], max_hidden=24), "direct": {"eta": 15.0},
+      "population": 400}
 
 
 def test_gradient_ascent_records_first_steps():

@@ -57,6 +57,17 @@ def test_named_configs_are_the_published_runs():
   assert _config("mnist_gradient").gradient.steps == 1500
   r = _config("cifar_resnet32_cppn")
   assert (r.model, r.encoding, r.generations) == ("cifar10_resnet32_hyperparticle", "cppn", 600)
+  # The original code's MNIST CPPN settings (their sources: configs/fooling.py).
+  o = _config("mnist_cppn_original")
+  assert (o.model, o.encoding, o.generations, o.population) == (
+      "mnist_lenet_fooling", "cppn", 1001, 200)
+  assert {k: v for k, v in o.cppn.items() if v != driver.encoding_defaults("cppn")[k]} == dict(
+      p_add_connection=0.5, p_remove_connection=0.3, p_add_node=0.5, p_remove_node=0.2,
+      add_node="split", weight_init="uniform", p_perturb_weight=0.1,
+      weight_mutation="polynomial", p_change_activation=0.0, p_resample_activation=0.1,
+      max_hidden=48)
+  assert o.direct.to_dict() == driver.encoding_defaults("direct")
+  assert _config("mnist_cppn").cppn.to_dict() == driver.encoding_defaults("cppn")
   with pytest.raises(ValueError, match="unknown fooling config"):
     _config("mnist_dna")
 
@@ -80,6 +91,17 @@ def test_fooling_experiment_on_the_papers_mnist_net_and_transfer(tmp_path):
   np.testing.assert_allclose(t["confidence_b"], t["confidence_a"], atol=1e-5)
   assert t["model_a"] == "mnist_lenet_fooling" and t["encoding"] == "direct"
   assert os.path.getsize(tmp_path / "transfer" / "transfer.png") > 0
+
+
+def test_the_original_codes_mnist_cppn_config_runs(tmp_path):
+  """Two generations of ``:mnist_cppn_original`` as it stands (200 offspring, its operators)."""
+  config = _config("mnist_cppn_original", generations=2)
+  res = _run(tmp_path / "run", config)
+  with np.load(tmp_path / "run" / "archive.npz") as a:
+    assert len(a["stats_median"]) == 2 and a["images"].shape == (10, 28, 28, 1)
+    assert a["genome_node_on"].shape == (10, 4 + 48 + 1)
+  assert res["config"]["cppn"]["add_node"] == "split" and res["config"]["population"] == 200
+  assert len(res["confidence"]) == 10
 
 
 def test_an_interrupted_fooling_run_resumes_to_identical_records(tmp_path, monkeypatch):

@@ -12,6 +12,11 @@ A connection may only go from a lower to a higher node index, never into an inpu
 out of an output, and only between nodes that are on; every mutation keeps those rules, so a
 genome is always a valid feed-forward network and the node order is a topological order.
 Weights live in [-10, 10]; activations: sine, sigmoid, Gaussian, identity.
+
+The operators default to NEAT-style choices; the options ``weight_init="uniform"``,
+``weight_mutation="polynomial"``, ``p_resample_activation`` and ``add_node="split"`` are the
+original Sferes code's operators instead (``configs/fooling.py:mnist_cppn_original`` says
+which lines of Evolving-AI-Lab/fooling each comes from, and what still differs).
 """
 import dataclasses
 
@@ -19,9 +24,14 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from pixeljax.errors import UserError
+
 NUM_INPUTS = 4
 ACTIVATIONS = ("sine", "sigmoid", "gaussian", "identity")
 WEIGHT_LIMIT = 10.0
+WEIGHT_INITS = ("normal", "uniform")
+WEIGHT_MUTATIONS = ("gaussian", "polynomial")
+ADD_NODES = ("new", "split")
 
 
 @struct.dataclass
@@ -46,16 +56,39 @@ def _choose(key, mask):
 class CPPN:
   """Genome operations for one capacity and output count (static: safe to close over in jit).
 
-  Mutation probabilities follow NEAT-style defaults; each is applied once per offspring."""
+  Mutation probabilities follow NEAT-style defaults; each structural one is applied once per
+  offspring, in the order remove node, remove connection, add node, add connection, change
+  activation(s), perturb weights."""
   outputs: int = 1
   max_hidden: int = 24
   p_add_connection: float = 0.2
   p_remove_connection: float = 0.1
   p_add_node: float = 0.15
   p_remove_node: float = 0.05
-  p_change_activation: float = 0.1
+  p_change_activation: float = 0.1    # one active hidden node redraws its activation
   p_perturb_weight: float = 0.25      # per connection
-  weight_sigma: float = 1.0
+  weight_sigma: float = 1.0           # weight_mutation="gaussian": the step's deviation
+  # New weights (initial, added connections, added nodes): "normal" N(0, 2^2) clipped to
+  # [-10, 10]; "uniform" U[-10, 10] (Sferes: EvoFloat::random, mapped to [min, max]).
+  weight_init: str = "normal"
+  # Weight step: "gaussian" (weight_sigma) or "polynomial": Sferes' polynomial mutation
+  # (evo_float.hpp), eta ``weight_eta``, on the weight's position in [-10, 10], then clipped.
+  weight_mutation: str = "gaussian"
+  weight_eta: float = 15.0
+  # Per active hidden node, the chance it redraws its activation from the four (possibly the
+  # same one again), as Sferes' Sampled::mutate; 0 leaves only p_change_activation's operator.
+  p_resample_activation: float = 0.0
+  # Add node: "new" switches on a free slot wired from a node below to a node above (the old
+  # connections kept); "split" puts it on a connection s -> t, which becomes s -> h -> t with
+  # both halves carrying its weight (Sferes' _add_neuron_on_conn).
+  add_node: str = "new"
+
+  def __post_init__(self):
+    for name, known in (("weight_init", WEIGHT_INITS), ("weight_mutation", WEIGHT_MUTATIONS),
+                        ("add_node", ADD_NODES)):
+      if getattr(self, name) not in known:
+        raise UserError(f"cppn: unknown {name} {getattr(self, name)!r}; known: "
+                        f"{', '.join(known)}")
 
   @property
   def num_nodes(self) -> int:
@@ -80,8 +113,7 @@ class CPPN:
     k1, k2 = jax.random.split(key)
     nn_ = self.num_nodes
     conn = is_input[:, None] & is_output[None, :]
-    weight = jnp.where(conn, jnp.clip(2.0 * jax.random.normal(k1, (nn_, nn_)),
-                                      -WEIGHT_LIMIT, WEIGHT_LIMIT), 0.0)
+    weight = jnp.where(conn, self._new_weights(k1, (nn_, nn_)), 0.0)
     activation = jnp.where(is_output, 1, jax.random.randint(k2, (nn_,), 0, len(ACTIVATIONS)))
     return Genome(node_on=is_input | is_output, activation=activation.astype(jnp.int32),
                   weight=weight, conn=conn)
@@ -96,6 +128,11 @@ class CPPN:
     out_act = jnp.all(g.activation[is_output] == 1)
     return on_ok & conn_ok & w_ok & act_ok & out_act
 
+  def _new_weights(self, key, shape):
+    if self.weight_init == "uniform":
+      return jax.random.uniform(key, shape, minval=-WEIGHT_LIMIT, maxval=WEIGHT_LIMIT)
+    return jnp.clip(2.0 * jax.random.normal(key, shape), -WEIGHT_LIMIT, WEIGHT_LIMIT)
+
   # --- mutation ---------------------------------------------------------------------------
   def mutate(self, key, genomes: Genome, generation=None, partners=None) -> Genome:
     """Mutates a population (leading axis); every operator keeps genomes valid."""
@@ -107,9 +144,12 @@ class CPPN:
     coin = lambda k, p: jax.random.uniform(k) < p
     g = _maybe(coin(ks[0], self.p_remove_node), self._remove_node(ks[1], g), g)
     g = _maybe(coin(ks[2], self.p_remove_connection), self._remove_connection(ks[3], g), g)
-    g = _maybe(coin(ks[4], self.p_add_node), self._add_node(ks[5], g), g)
+    add_node = self._split_connection if self.add_node == "split" else self._add_node
+    g = _maybe(coin(ks[4], self.p_add_node), add_node(ks[5], g), g)
     g = _maybe(coin(ks[6], self.p_add_connection), self._add_connection(ks[7], g), g)
     g = _maybe(coin(ks[8], self.p_change_activation), self._change_activation(ks[9], g), g)
+    if self.p_resample_activation > 0:
+      g = self._resample_activations(ks[11], g)
     return self._perturb_weights(ks[10], g)
 
   def _add_connection(self, key, g):
@@ -117,7 +157,7 @@ class CPPN:
     k1, k2 = jax.random.split(key)
     free = allowed & ~g.conn & g.node_on[:, None] & g.node_on[None, :]
     pos, ok = _choose(k1, free)
-    w = jnp.clip(2.0 * jax.random.normal(k2), -WEIGHT_LIMIT, WEIGHT_LIMIT)
+    w = self._new_weights(k2, ())
     conn = g.conn.ravel().at[pos].set(g.conn.ravel()[pos] | ok).reshape(g.conn.shape)
     weight = g.weight.ravel().at[pos].set(jnp.where(ok, w, g.weight.ravel()[pos]))
     return g.replace(conn=conn, weight=weight.reshape(g.weight.shape))
@@ -136,12 +176,33 @@ class CPPN:
     idx = jnp.arange(self.num_nodes)
     src, _ = _choose(k2, g.node_on & (idx < h))
     dst, _ = _choose(k3, g.node_on & (idx > h) & (idx >= NUM_INPUTS))
-    w = jnp.clip(2.0 * jax.random.normal(k4, (2,)), -WEIGHT_LIMIT, WEIGHT_LIMIT)
+    w = self._new_weights(k4, (2,))
     node_on = g.node_on.at[h].set(True)
     conn = g.conn.at[src, h].set(True).at[h, dst].set(True)
     weight = g.weight.at[src, h].set(w[0]).at[h, dst].set(w[1])
     act = g.activation.at[h].set(jax.random.randint(k5, (), 0, len(ACTIVATIONS)))
     new = Genome(node_on=node_on, activation=act.astype(jnp.int32), weight=weight, conn=conn)
+    return _maybe(ok, new, g)
+
+  def _split_connection(self, key, g):
+    """Sferes' add-neuron: a connection s -> t, drawn from those with a free hidden slot h
+    between them (s < h < t keeps the node order topological), becomes s -> h -> t, both
+    halves with its weight; h gets a random activation."""
+    _, is_hidden, _, _ = self._structure()
+    k1, k2, k3 = jax.random.split(key, 3)
+    n = self.num_nodes
+    free = is_hidden & ~g.node_on
+    before = jnp.cumsum(free) - free                   # free slots below each index
+    pos, ok = _choose(k1, g.conn & (before[None, :] - before[:, None] > 0))
+    s, t = pos // n, pos % n
+    idx = jnp.arange(n)
+    h, _ = _choose(k2, free & (idx > s) & (idx < t))
+    w = g.weight[s, t]
+    new = Genome(node_on=g.node_on.at[h].set(True),
+                 activation=g.activation.at[h].set(
+                     jax.random.randint(k3, (), 0, len(ACTIVATIONS)).astype(jnp.int32)),
+                 weight=g.weight.at[s, t].set(0.0).at[s, h].set(w).at[h, t].set(w),
+                 conn=g.conn.at[s, t].set(False).at[s, h].set(True).at[h, t].set(True))
     return _maybe(ok, new, g)
 
   def _remove_node(self, key, g):
@@ -158,10 +219,21 @@ class CPPN:
     new = jax.random.randint(k2, (), 0, len(ACTIVATIONS)).astype(jnp.int32)
     return g.replace(activation=g.activation.at[h].set(jnp.where(ok, new, g.activation[h])))
 
+  def _resample_activations(self, key, g):
+    _, is_hidden, _, _ = self._structure()
+    k1, k2 = jax.random.split(key)
+    hit = (is_hidden & g.node_on &
+           (jax.random.uniform(k1, g.activation.shape) < self.p_resample_activation))
+    new = jax.random.randint(k2, g.activation.shape, 0, len(ACTIVATIONS)).astype(jnp.int32)
+    return g.replace(activation=jnp.where(hit, new, g.activation))
+
   def _perturb_weights(self, key, g):
     k1, k2 = jax.random.split(key)
     hit = g.conn & (jax.random.uniform(k1, g.weight.shape) < self.p_perturb_weight)
-    noise = self.weight_sigma * jax.random.normal(k2, g.weight.shape)
+    if self.weight_mutation == "polynomial":
+      noise = 2.0 * WEIGHT_LIMIT * polynomial_step(k2, g.weight.shape, self.weight_eta)
+    else:
+      noise = self.weight_sigma * jax.random.normal(k2, g.weight.shape)
     weight = jnp.clip(jnp.where(hit, g.weight + noise, g.weight), -WEIGHT_LIMIT, WEIGHT_LIMIT)
     return g.replace(weight=weight)
 
@@ -191,6 +263,16 @@ class CPPN:
   def render(self, genomes: Genome, height: int, width: int) -> jax.Array:
     """A population drawn in one call: (P, H, W, C)."""
     return jax.vmap(lambda g: self.render_one(g, height, width))(genomes)
+
+
+def polynomial_step(key, shape, eta: float):
+  """Steps of Sferes' polynomial mutation (evo_float.hpp, Deb 2001 p. 124) as a fraction of
+  the range, in (-1, 1): (2u)^(1/(eta+1)) - 1 for u < 1/2, else 1 - (2(1-u))^(1/(eta+1)).
+  Unlike ``direct.polynomial_mutation`` (Deb's bounded form) it ignores the bounds: the
+  caller clips, as Sferes does."""
+  u = jax.random.uniform(key, shape)
+  power = 1.0 / (eta + 1.0)
+  return jnp.where(u < 0.5, (2.0 * u) ** power - 1.0, 1.0 - (2.0 * (1.0 - u)) ** power)
 
 
 def hls_to_rgb(h, l, s):

@@ -36,6 +36,10 @@ STAT_NAMES = ("filled", "median", "minimum")
 
 # name -> (class, fields set from the image shape rather than by the user)
 _ENCODING_TYPES = {"direct": (DirectEncoding, ("shape",)), "cppn": (CPPN, ("outputs",))}
+# Encoding settings added after runs were first stored, each with the value that every run
+# stored before it was made with: a folder claimed without them resumes as it was made.
+ADDED_SETTINGS = {"cppn": dict(weight_init="normal", weight_mutation="gaussian",
+                               weight_eta=15.0, p_resample_activation=0.0, add_node="new")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +83,26 @@ def make_encoding(name: str, image_shape, settings: Optional[Mapping[str, Any]] 
   if name == "direct":
     return DirectEncoding(tuple(int(s) for s in image_shape), **settings)
   return CPPN(outputs=int(image_shape[-1]), **settings)
+
+
+def migrate_config(stored: Mapping[str, Any]) -> Dict[str, Any]:
+  """A stored experiment config (``config.json``: one dict of settings per encoding) in
+  today's format: settings added since (``ADDED_SETTINGS``) take the values it ran with."""
+  out = dict(stored)
+  for name, added in ADDED_SETTINGS.items():
+    if isinstance(out.get(name), Mapping):
+      out[name] = {**added, **out[name]}
+  return out
+
+
+def _migrate_settings(stored: Mapping[str, Any]) -> Dict[str, Any]:
+  """``migrate_config`` for ``evolve``'s own settings file (one encoding's settings)."""
+  out = dict(stored)
+  for name, added in ADDED_SETTINGS.items():
+    if (out.get("encoding") == _ENCODING_TYPES[name][0].__name__
+        and isinstance(out.get("encoding_settings"), Mapping)):
+      out["encoding_settings"] = {**added, **out["encoding_settings"]}
+  return out
 
 
 def _describe(encoding) -> Dict[str, Any]:
@@ -166,7 +190,7 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
     settings = dict(encoding=type(encoding).__name__, encoding_settings=_describe(encoding),
                     population=config.population, seed=config.seed, segment=config.segment,
                     num_classes=num_classes, image_shape=list(image_shape), scorer=scorer)
-    resumed = workdir_lib.claim(state_dir, settings)
+    resumed = workdir_lib.claim(state_dir, settings, migrate=_migrate_settings)
     if inputs:
       workdir_lib.bind(state_dir, inputs)
     state_path = os.path.join(state_dir, STATE_FILE)

@@ -22,9 +22,10 @@ with ``softmax="auto"`` the model is run once on a few deterministic random imag
 softmax is added unless every row is already a probability vector (values in [0, 1] summing
 to 1 within 1e-3); the decision is recorded in ``metadata["softmax_added"]``.
 
-``factored`` is None for now: attacks evaluate an imported net whole on every query (the
-zoo's incremental and windowed paths need the net split at its first convolution, which
-``models.stem`` does for Flax modules only).
+``factored`` gives an imported net the zoo's fast paths: its traced program split at its first
+convolution (incremental evaluation) and its local prefix on windows for one-pixel candidates
+(``models.traced``), each checked against the full net; None where the program does not
+split, and attacks then evaluate the whole net on every query.
 """
 import dataclasses
 import functools
@@ -53,14 +54,18 @@ class ImportedModel:
   """A model from another framework, wrapped: pixels in [0, 255] (NHWC) -> probabilities.
 
   ``predict`` validates nothing (it is traced inside the attacks' jit and vmap); calling the
-  object validates shape, dtype and range first. ``factored`` is None: the full net is
-  evaluated on every query."""
+  object validates shape, dtype and range first. ``factored``: the traced program split for
+  the engine's fast paths (``models.traced.factor``), built and checked on first use."""
   name: str
   predict: Callable[[jax.Array], jax.Array]
   input_shape: Tuple[int, int, int]
   num_classes: int
   metadata: Dict[str, Any]
-  factored: Any = None
+
+  @functools.cached_property
+  def factored(self):
+    from pixeljax.models import traced
+    return traced.factor(self.predict, self.input_shape)
 
   @functools.cached_property
   def _jit_predict(self):
@@ -215,6 +220,32 @@ def from_keras(model, *, preprocess: Union[None, dict, Callable] = None,
               "num_classes": int(out_shape[-1]), "preprocess": pre_record,
               "softmax_added": added, "softmax": softmax, "sha256": digest,
               "parameters": int(sum(np.size(a) for a in trainable + non_trainable))}
+  return ImportedModel(name=name, predict=predict, input_shape=shape,
+                       num_classes=int(out_shape[-1]), metadata=metadata)
+
+
+def from_jax(f: Callable, *, input_shape: Tuple[int, int, int],
+             preprocess: Union[None, dict, Callable] = None, name: Optional[str] = None,
+             softmax: Union[str, bool] = "auto") -> ImportedModel:
+  """A JAX function of NHWC images (N, H, W, C) as a pixeljax model: ``preprocess`` and
+  ``softmax`` as in ``from_keras``. Unlike a bare function passed to ``attack`` (a black box,
+  the whole net per query), the result gets the engine's fast paths where its program splits
+  (``factored``)."""
+  if not callable(f):
+    raise UserError(f"from_jax takes a function of the images, got {type(f).__name__}")
+  shape = tuple(int(s) for s in input_shape)
+  if len(shape) != 3:
+    raise UserError(f"input_shape must be (H, W, C), got {shape}")
+  pre, pre_record = _preprocessor(preprocess)
+  net = lambda images: f(pre(jnp.asarray(images, jnp.float32)))
+  out_shape = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+  if len(out_shape) != 2:
+    raise UserError(f"the function must output (N, classes); it outputs {out_shape}")
+  predict, added = _with_softmax(net, shape, softmax)
+  name = name or f"jax:{getattr(f, '__name__', type(f).__name__)}"
+  metadata = {"source": "jax", "name": name, "input_shape": list(shape),
+              "num_classes": int(out_shape[-1]), "preprocess": pre_record,
+              "softmax_added": added, "softmax": softmax}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
                        num_classes=int(out_shape[-1]), metadata=metadata)
 

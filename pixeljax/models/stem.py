@@ -17,6 +17,7 @@ centre, at every corner and at a random pixel. A net that fails a check (a strid
 convolution, an input read by a later layer) is not factored; attacks then run the full net.
 """
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
@@ -45,9 +46,14 @@ class Factored:
   response: np.ndarray                       # (KH, KW, C, O) float32
   offset: Tuple[int, int]
   stem_shape: Tuple[int, int, int]           # (H', W', O)
-  # One-pixel candidates through the net's local prefix on windows (``models.window``), when
-  # the net has one.
-  window: Optional[Any] = None
+  # Builds the net's one-pixel evaluation on windows (``models.window``), or None where it has
+  # no local prefix; called once, on first use of ``window`` (only one-pixel attacks use it).
+  localizer: Optional[Callable[[], Optional[Any]]] = None
+
+  @functools.cached_property
+  def window(self):
+    """One-pixel candidates through the net's local prefix on windows, or None."""
+    return None if self.localizer is None else self.localizer()
 
   def __call__(self, images):
     return self.full(images)
@@ -132,8 +138,15 @@ def _pixel(h: int, w: int, y: int, x: int):
 def factor(full: Callable, module: nn.Module, variables: Any, input_shape,
            seed: int = 0) -> Optional[Factored]:
   """``full`` (the module's forward pass) as a ``Factored``, or None when the checks fail."""
+  return checked(full, *_split(module, variables, input_shape), input_shape, seed=seed)
+
+
+def checked(full: Callable, stem: Callable, head: Callable, input_shape,
+            seed: int = 0) -> Optional[Factored]:
+  """``full`` split as ``head(stem(x))`` (however the split was found: here for Flax
+  modules, ``models.traced`` for any JAX function) as a ``Factored``, or None when a check
+  fails: the split loses nothing, the stem is affine and translation-equivariant."""
   h, w, c = (int(s) for s in input_shape)
-  stem, head = _split(module, variables, input_shape)
   rng = np.random.default_rng(seed)
   image = jnp.asarray(rng.uniform(0, 255, (h, w, c)), jnp.float32)
   y, x = int(rng.integers(h)), int(rng.integers(w))

@@ -195,7 +195,15 @@ def localize(full: Callable, module: nn.Module, variables: Any, input_shape, end
     with nn.intercept_methods(windowed):
       return module.apply(variables, windows)
 
-  local = Localized(clean=clean, _probs=probs, size=size, radius=radius)
+  return checked(Localized(clean=clean, _probs=probs, size=size, radius=radius), full,
+                 input_shape, seed=seed)
+
+
+def checked(local: Localized, full: Callable, input_shape,
+            seed: int = 0) -> Optional[Localized]:
+  """``local`` if its probabilities equal the full net's for one-pixel changes at the
+  centre, the corners, the edges and random pixels of a random image; else None."""
+  h, w, c = (int(s) for s in input_shape)
   # The checks: a random image, each pixel of the probes changed to a random colour.
   rng = np.random.default_rng(seed)
   image = rng.uniform(0, 255, (1, h, w, c)).astype(np.float32)

@@ -115,7 +115,8 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
   _, factored = model_parts(model)
   modes = sharding.mesh_modes(mesh)
   cpu = jax.default_backend() == "cpu"
-  windowed = factored is not None and factored.window is not None
+  # (A net's window is built on first use: only one-pixel attacks ask.)
+  windowed = pixels == 1 and factored is not None and factored.window is not None
   incremental = insist.get("incremental", cpu and factored is not None)
   if incremental and factored is None:
     raise UserError("execution.incremental needs a net split at its first convolution (a zoo "

@@ -83,8 +83,13 @@ def chunk_key(basis: Mapping, image_ids, targets) -> str:
 def migrate_config(stored: Mapping) -> Dict[str, Any]:
   """A one-pixel experiment's stored ``config.json`` as today's: format 1's execution
   switches leave ``attack`` (they are chosen by the engine, and recorded per chunk folder,
-  where they are compared)."""
+  where they are compared); a config written before imported models (``model_preprocess``,
+  ``model_softmax``, ...: ``models.files.config_settings``) named a zoo model, which has
+  them unset."""
+  from pixeljax.models import files
   stored = to_jsonable(stored)
+  if "model" in stored:
+    stored = {**files.config_defaults(), **stored}
   attack = stored.get("attack")
   if not isinstance(attack, dict) or not any(k in attack for k in EXECUTION_V1):
     return stored
