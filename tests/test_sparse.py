@@ -387,6 +387,13 @@ def test_each_attack_has_its_own_key_with_a_thousand_classes_and_large_ids():
   np.testing.assert_array_equal(runner.attack_keys_of(key, [2 ** 32 + 5], [999])[0],
                                 jax.random.key_data(want))
   np.testing.assert_array_equal(runner.attack_keys_of(key, ids[-2:], targets[-2:]), keys[-2:])
+  # Derived on the host, the bits of JAX's own fold_in for every row, raw and typed keys.
+  for k in (key, jax.random.key(5)):
+    jaxs = jax.vmap(lambda h, l, t: jax.random.fold_in(jax.random.fold_in(
+        jax.random.fold_in(k, h), l), t))(*(jnp.asarray(v.astype(np.uint32)) for v in
+                                            (ids >> 32, ids & 0xFFFFFFFF, targets + 1)))
+    np.testing.assert_array_equal(runner.attack_keys_of(k, ids, targets),
+                                  jax.random.key_data(jaxs))
   # The runner attacks 1,000-class rows with ids past 2**32 (a black box on 4x4 images): ids
   # 2**32 apart draw other searches, and the records keep the ids.
   w = jax.random.normal(jax.random.PRNGKey(0), (48, 1000)) / 100.
