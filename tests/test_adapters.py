@@ -156,3 +156,34 @@ def test_torch_resnet20_matches_the_port(shared_dir, exact_images):
   config = pixeljax.PixelAttackConfig(pixels=1, popsize=16, generations=1)
   rec = pixeljax.attack(model, images[:2], labels[:2], jax.random.PRNGKey(0), config)
   assert len(rec.success) == 2
+
+
+def test_torch_imagenet_shaped_targeted_attack():
+  torch = pytest.importorskip("torch")
+  import importlib.util
+  if importlib.util.find_spec("torchax") is None:
+    pytest.skip("torchax is not installed")
+  torch.manual_seed(0)
+  net = torch.nn.Sequential(
+      torch.nn.Conv2d(3, 4, 7, stride=4), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
+      torch.nn.Conv2d(4, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+      torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 1000))   # logits
+  model = models.from_torch(net, input_shape=(224, 224, 3),
+                            preprocess=layers.IMAGENET_STANDARD, name="tiny_torch")
+  assert (model.input_shape, model.num_classes) == ((224, 224, 3), 1000)
+  assert model.metadata["softmax_added"] is True and not net.training
+  image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+  probs = np.asarray(model(image))
+  with torch.no_grad():     # the same numbers as PyTorch's own forward pass
+    x = (torch.from_numpy(image.astype(np.float32) / 255).permute(0, 3, 1, 2)
+         - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) \
+        / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    want = torch.softmax(net(x), -1).numpy()
+  np.testing.assert_allclose(probs, want, atol=1e-5)
+  label = int(probs.argmax())
+  target = 5 if label != 5 else 6
+  config = pixeljax.PixelAttackConfig(pixels=1, targeted=True, popsize=8, generations=1)
+  rec = pixeljax.attack(model, image, np.array([label]), jax.random.PRNGKey(1), config,
+                        targets=np.array([target]))
+  assert rec.queries.shape == (1,) and rec.queries[0] <= 16
+  assert rec.target_class[0] == target
