@@ -116,7 +116,8 @@ def test_results_record_the_code_and_the_command(monkeypatch):
 def _script(*args, **kwargs):
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "fooling.py"),
                            *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), **kwargs)
+                          text=True, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                              PYTHONFAULTHANDLER="1"), **kwargs)
 
 
 def _one_line(proc, code, timeout=300):
@@ -150,6 +151,12 @@ def test_the_scripts_mistakes_lock_ctrl_c_and_extension(tmp_path):
       first.wait(timeout=60)
     except subprocess.TimeoutExpired:   # the signal fell where Python ignores it: again
       first.send_signal(signal.SIGINT)
+    try:
+      first.wait(timeout=120)
+    except subprocess.TimeoutExpired:   # stuck: every thread's stack (faulthandler), then fail
+      first.send_signal(signal.SIGABRT)
+      _, err = first.communicate(timeout=60)
+      pytest.fail(f"the run ignored two Ctrl-C; its threads:\n{err[-6000:]}")
     line = _one_line(first, 130)
   finally:
     if first.poll() is None:
