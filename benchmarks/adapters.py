@@ -69,7 +69,6 @@ def run_attack(pixeljax, model, images, labels, ids, config):
 
 
 def pair(key, args):
-  import jax
   import pixeljax
   from pixeljax import data, models
   name, source = PAIRS[key]
@@ -121,9 +120,8 @@ def main():
   p.add_argument("--out", default="runs/adapters.json")
   args = p.parse_args()
   import jax
-  import pixeljax
-  results = {"settings": vars(args), "jax": jax.__version__,
-             "versions": __import__("pixeljax.cli").cli.versions(),
+  from pixeljax import cli
+  results = {"settings": vars(args), "jax": jax.__version__, "versions": cli.versions(),
              "devices": [str(d) for d in jax.devices()], "pairs": {}}
   for key in args.pairs.split(","):
     r = pair(key, args)

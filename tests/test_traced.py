@@ -10,7 +10,6 @@ from jax import lax
 
 import pixeljax
 from pixeljax import models
-from pixeljax.models import traced
 
 SHAPE = (16, 16, 3)
 

@@ -332,7 +332,7 @@ def _canonical(x, order):
   return jnp.transpose(x, order) if tuple(order) != tuple(range(x.ndim)) else x
 
 
-def _operand(value, rank, spatial, image_hw, origin, size):
+def _operand(value, rank, spatial, origin, size):
   """A pixel-independent operand of a windowed elementwise op, in canonical order over the
   window: broadcast dimensions stay, full-size row / column dimensions are cropped."""
   value = jnp.asarray(value)
@@ -430,7 +430,7 @@ def localize(full: Callable, input_shape, seed: int = 0,
       else:
         spatial = out.spatial
         values = [win[a] if a in win else
-                  _operand(_read(env, a), rank, spatial, (h, w), origin, size)
+                  _operand(_read(env, a), rank, spatial, origin, size)
                   for a in op.ins]
         win[op.outs[0]] = _bind(op, values)[0]
     # The prefix's values read later: clean maps with their windows written in.
