@@ -113,11 +113,19 @@ def test_results_record_the_code_and_the_command(monkeypatch):
   assert cli.named_config(["x.py", "--config.seed=2"]) is None     # the script's default
 
 
+def _ctrl_c_heard():
+  """In the child before exec: Ctrl-C at its default. A runner started in the background of
+  a non-interactive shell (``make test &``) ignores SIGINT, its children inherit that, and
+  Python then leaves SIGINT ignored: the test's Ctrl-C would never arrive."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _script(*args, **kwargs):
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "fooling.py"),
                            *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                              PYTHONFAULTHANDLER="1"), **kwargs)
+                                              PYTHONFAULTHANDLER="1"),
+                          preexec_fn=_ctrl_c_heard, **kwargs)
 
 
 def _one_line(proc, code, timeout=300):
