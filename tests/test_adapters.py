@@ -86,6 +86,18 @@ def test_keras_lenet_matches_the_port_and_attacks(keras_lenet, exact_images, cif
   assert len(rec.success) == 4 and np.all(rec.queries <= 40 * 4)
 
 
+def _targeted_attack(model, image, probs):
+  """A one-pixel targeted attack on ``image`` (its top class from ``probs``) runs end to end;
+  returns its records and the target."""
+  label = int(probs.argmax())
+  target = 5 if label != 5 else 6
+  config = pixeljax.PixelAttackConfig(pixels=1, targeted=True, popsize=8, generations=1)
+  rec = pixeljax.attack(model, image, np.array([label]), jax.random.PRNGKey(1), config,
+                        targets=np.array([target]))
+  assert rec.queries.shape == (1,) and rec.queries[0] <= 16
+  return rec, target
+
+
 def test_keras_logits_get_a_softmax_and_imagenet_shaped_targeted_attack():
   keras.utils.set_random_seed(0)
   net = keras.Sequential([
@@ -102,12 +114,7 @@ def test_keras_logits_get_a_softmax_and_imagenet_shaped_targeted_attack():
   image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
   probs = np.asarray(model(image))
   np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-  label = int(probs.argmax())
-  target = 5 if label != 5 else 6
-  config = pixeljax.PixelAttackConfig(pixels=1, targeted=True, popsize=8, generations=1)
-  rec = pixeljax.attack(model, image, np.array([label]), jax.random.PRNGKey(1), config,
-                        targets=np.array([target]))
-  assert rec.queries.shape == (1,) and rec.queries[0] <= 16
+  _targeted_attack(model, image, probs)
 
 
 def test_keras_softmax_forced_off_and_bad_inputs():
@@ -180,10 +187,5 @@ def test_torch_imagenet_shaped_targeted_attack():
         / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     want = torch.softmax(net(x), -1).numpy()
   np.testing.assert_allclose(probs, want, atol=1e-5)
-  label = int(probs.argmax())
-  target = 5 if label != 5 else 6
-  config = pixeljax.PixelAttackConfig(pixels=1, targeted=True, popsize=8, generations=1)
-  rec = pixeljax.attack(model, image, np.array([label]), jax.random.PRNGKey(1), config,
-                        targets=np.array([target]))
-  assert rec.queries.shape == (1,) and rec.queries[0] <= 16
+  rec, target = _targeted_attack(model, image, probs)
   assert rec.target_class[0] == target

@@ -137,6 +137,10 @@ def _import_keras():
     import keras
   except ImportError:
     raise UserError("from_keras needs Keras 3: pip install 'pixeljax[keras]'") from None
+  major = str(getattr(keras, "__version__", "0")).split(".")[0]
+  if not major.isdigit() or int(major) < 3:
+    raise UserError(f"from_keras needs Keras 3, found keras {keras.__version__}: "
+                    f"pip install 'pixeljax[keras]'")
   backend = keras.backend.backend()
   if backend != "jax":
     raise UserError(f"from_keras needs Keras' JAX backend, but keras was imported with the "

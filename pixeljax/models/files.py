@@ -56,20 +56,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _keras():
-  """Keras 3 on the JAX backend (``KERAS_BACKEND=jax`` unless set, as ``from_keras``)."""
-  os.environ.setdefault("KERAS_BACKEND", "jax")
-  if "keras" not in sys.modules and os.environ["KERAS_BACKEND"] != "jax":
-    raise UserError(f"Keras models run on Keras' JAX backend, but KERAS_BACKEND is "
-                    f"{os.environ['KERAS_BACKEND']!r}: set KERAS_BACKEND=jax")
-  try:
-    import keras
-  except ImportError:
-    raise UserError("a Keras model needs Keras 3: pip install 'pixeljax[keras]'") from None
-  major = str(getattr(keras, "__version__", "0")).split(".")[0]
-  if not major.isdigit() or int(major) < 3:
-    raise UserError(f"a Keras model needs Keras 3, found keras {keras.__version__}: "
-                    f"pip install 'pixeljax[keras]'")
-  return keras
+  """Keras 3 on the JAX backend, imported as ``from_keras`` imports it."""
+  from pixeljax.models import adapters
+  return adapters._import_keras()
 
 
 def _torch():

@@ -143,6 +143,12 @@ def _dependent(program: _Program) -> List[bool]:
   return flags
 
 
+def _read_from(program: _Program, k: int) -> set:
+  """The values read by operation ``k`` onwards, or returned."""
+  read = {a for op in program.ops[k:] for a in op.ids()}
+  return read | {a for a in program.outputs if not isinstance(a, _Literal)}
+
+
 def _is_conv(op: _Op) -> bool:
   return op.name == "conv_general_dilated"
 
@@ -180,9 +186,7 @@ def _cut(program: _Program) -> Optional[int]:
   conv = program.ops[first]
   if conv.ins[1] in before:    # a kernel computed from the pixels
     return None
-  later = {a for op in program.ops[first + 1:] for a in op.ids()}
-  later.update(a for a in program.outputs if not isinstance(a, _Literal))
-  return None if later & before else first
+  return None if _read_from(program, first + 1) & before else first
 
 
 def _split(traced: _Traced):
@@ -306,8 +310,7 @@ def _plan(program: _Program, input_shape) -> Optional[_Plan]:
     axes[op.outs[0]] = out
   if not convs:
     return None
-  later = {a for op in program.ops[end:] for a in op.ids()}
-  later.update(a for a in program.outputs if not isinstance(a, _Literal))
+  later = _read_from(program, end)
   live = [a for a in axes if a in later]
   producer = {o: k for k, op in enumerate(program.ops[:end]) for o in op.outs}
   deferred = set()
@@ -370,9 +373,6 @@ def localize(full: Callable, input_shape, seed: int = 0,
   if size >= min(h, w):
     return None
 
-  def pads(program, k):
-    return _same_padding(program.ops[k], program.shapes)
-
   def clean(images):
     """Each windowed conv's padded NHWC input and NHWC output, and the live values, all in
     canonical order, for whole images."""
@@ -382,7 +382,7 @@ def localize(full: Callable, input_shape, seed: int = 0,
     for k, op in enumerate(program.ops[:plan.end]):
       values = [_read(env, a) for a in op.ins]
       if k in plan.convs:
-        dn, p = op.params["dimension_numbers"], pads(program, k)
+        dn, p = op.params["dimension_numbers"], _same_padding(op, program.shapes)
         x = jnp.transpose(values[0], _nhwc(dn.lhs_spec))
         ins.append(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))))
       env.update(zip(op.outs, _bind(op, values)))
@@ -411,7 +411,7 @@ def localize(full: Callable, input_shape, seed: int = 0,
         win[op.outs[0]] = _canonical(win[op.ins[0]], tuple(old.index(d) for d in new))
       elif _is_conv(op):
         i = next(convs)
-        dn, p = op.params["dimension_numbers"], pads(program, k)
+        dn, p = op.params["dimension_numbers"], _same_padding(op, program.shapes)
         around = _crop(ins[i], owner, origin, size + 2 * p)
         x = jax.vmap(lambda a, v: lax.dynamic_update_slice(a, v, (p, p, 0)))(
             around, win[op.ins[0]].astype(around.dtype))
