@@ -39,6 +39,7 @@ def get_config(arg=None):
   c.out_dir = ""            # where the checkpoint goes; "" = <workdir>/checkpoint
   c.store_dtype = "float32"   # checkpoint dtype: float32 or bfloat16
   # never change a result: progress shown (bar or log lines), seconds between lines,
-  # training steps between updates
-  c.runtime = ConfigDict(dict(progress=True, progress_interval=5.0, log_every=100))
+  # training steps between updates, seconds between saves of the state within an epoch
+  c.runtime = ConfigDict(dict(progress=True, progress_interval=5.0, log_every=100,
+                              save_interval=600.0))
   return c

@@ -38,7 +38,8 @@ def run(config, workdir, log=cli.log) -> dict:
                              test_set.labels, train_config, workdir.path, log=log,
                              log_every=config.runtime.log_every,
                              progress_interval=config.runtime.progress_interval,
-                             show_progress=config.runtime.progress)
+                             show_progress=config.runtime.progress,
+                             save_interval=config.runtime.get("save_interval", 600.0))
   meta = dict(model=spec.name, architecture=spec.description, dataset=spec.dataset,
               num_classes=spec.num_classes, input_shape=list(spec.input_shape),
               preprocessing=spec.preprocess, source="trained in pixeljax",

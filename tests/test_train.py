@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import chex
 import jax
@@ -26,9 +27,10 @@ def mnist():
   return ds.images[:400], ds.labels[:400], ds.images[400:], ds.labels[400:]
 
 
-def _train(mnist, folder, config=CFG, logs=None, spec="mnist_lenet"):
+def _train(mnist, folder, config=CFG, logs=None, spec="mnist_lenet", **kwargs):
   return train(models.get(spec), *mnist, config, str(folder),
-               log=(logs.append if logs is not None else lambda s: None), show_progress=False)
+               log=(logs.append if logs is not None else lambda s: None), show_progress=False,
+               **kwargs)
 
 
 def test_augment_keeps_shape_and_content():
@@ -64,6 +66,43 @@ def test_training_lowers_the_loss_and_an_interrupted_run_resumes_to_the_same_wei
   again, hist_a = _train(mnist, tmp_path / "cut")
   chex.assert_trees_all_equal(again, variables)
   assert hist_a == hist_r
+
+
+def test_a_run_killed_within_an_epoch_resumes_from_its_last_save_to_the_same_weights(
+    mnist, tmp_path, monkeypatch):
+  variables, hist = _train(mnist, tmp_path / "whole")
+  steps = []
+
+  class Killed(Progress):     # killed at the first progress update: step 3 of epoch 1 (of 8)
+    def update(self, done, **stats):
+      steps.append(done)
+      raise Interrupted
+  monkeypatch.setattr(train_lib, "Progress", Killed)
+  with pytest.raises(Interrupted):      # saved after every step
+    _train(mnist, tmp_path / "cut", save_interval=0.0, log_every=3)
+  monkeypatch.undo()
+  assert steps == [3]
+  assert not (tmp_path / "cut" / "history.json").exists()
+  # Killed between the two writes of the next save: the sums of step 4 are written, the state
+  # is still step 3's, and the rerun resumes from step 3.
+  progress = json.loads((tmp_path / "cut" / "epoch_progress.json").read_text())
+  assert list(progress) == ["2", "3"]      # the sums of the last two saves
+  progress["4"] = dict(progress["3"], loss=123.0)
+  (tmp_path / "cut" / "epoch_progress.json").write_text(json.dumps(progress))
+  logs = []
+  resumed, hist_r = _train(mnist, tmp_path / "cut", logs=logs)
+  assert any("resumed" in l and "epoch 0, step 3 of 8" in l for l in logs)
+  chex.assert_trees_all_equal(resumed, variables)
+  strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+  assert strip(hist_r) == strip(hist)
+  # A state within an epoch with no sums for it is refused, not resumed with wrong sums.
+  with pytest.raises(Interrupted):
+    monkeypatch.setattr(train_lib, "Progress", Killed)
+    _train(mnist, tmp_path / "cut2", save_interval=0.0, log_every=3)
+  monkeypatch.undo()
+  (tmp_path / "cut2" / "epoch_progress.json").unlink()
+  with pytest.raises(UserError, match="inconsistent.*step 3 of epoch 1"):
+    _train(mnist, tmp_path / "cut2")
 
 
 def test_a_restart_with_other_settings_or_data_is_refused(mnist, tmp_path):
