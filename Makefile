@@ -18,8 +18,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) experiments/one_pixel.py --config=configs/one_pixel.py:demo --workdir runs/demo
 
+# Two workers (pytest-xdist), each test file on one: most of the suite's time is compiling,
+# which XLA does on one core.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # The one-pixel programme of issue 26 (train the paper's nets, the paper's attacks, the Keras
 # reimplementation's twelve cells, summary.md): hours on a CPU, resumable -- rerun to continue.
