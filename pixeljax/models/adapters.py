@@ -1,5 +1,5 @@
-"""Models a researcher already holds, as pixeljax models: ``from_keras`` (and, later,
-``from_torch``).
+"""Models a researcher already holds, as pixeljax models: ``from_keras`` (Keras 3 on JAX),
+``from_torch`` (PyTorch through torchax) and ``from_jax`` (any JAX function).
 
 What they return is the same kind of object ``models.load`` returns, as far as the engine and
 the door need: ``predict`` (NHWC pixels in [0, 255], float32 -> probabilities; a pure JAX
