@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from pixeljax import cli, workdir as workdir_lib
+from pixeljax.data import CIFAR10_CLASSES
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
 
@@ -121,6 +122,16 @@ def _rows(runs):
           row["any_misclassification"] = float(np.mean(moved))
           row["any_misclassification_ci95"] = list(metrics.wilson_interval(
               int(np.sum(moved)), len(moved)))
+      # The paper's other two metrics: class pairs (true -> adversarial) and, targeted, how
+      # many of the 9 targets each image reaches.
+      pairs = np.asarray(m["class_pairs"])
+      top = np.argsort(-pairs, axis=None, kind="stable")[:3]
+      row["top_class_pairs"] = [[int(t), int(a), int(pairs[t, a])] for t, a in
+                                zip(*np.unravel_index(top, pairs.shape)) if pairs[t, a]]
+      hist = m.get("target_classes_per_image")
+      if hist is not None:
+        row["targets_per_image"] = float(np.dot(np.arange(len(hist)), hist))
+        row["images_fooled_to_any_target"] = m["images_fooled_to_any_target"]
       rows.append(row)
   return rows
 
@@ -137,6 +148,17 @@ def summary(rows) -> str:
     lines.append(f"| {r['step']} | {r['model']} | {r['mode']} | {r['pixels']} | "
                  f"{r['attacks']} | {pct(r['success'])} ({pct(lo)}-{pct(hi)}) | {any_mis} | "
                  f"{pct(r['confidence'])} | {pct(r['published'])} |")
+  lines += ["", "| step | model | mode | px | targets reached per image (of 9) | images fooled "
+            "to some target | most frequent class pairs (true -> adversarial: attacks) |",
+            "|" + "---|" * 7]
+  for r in rows:
+    names = lambda c: CIFAR10_CLASSES[c] if c < len(CIFAR10_CLASSES) else str(c)
+    pairs = ", ".join(f"{names(t)} -> {names(a)}: {n}" for t, a, n in r["top_class_pairs"])
+    per_image = r.get("targets_per_image")
+    lines.append(f"| {r['step']} | {r['model']} | {r['mode']} | {r['pixels']} | "
+                 f"{'' if per_image is None else f'{per_image:.2f}'} | "
+                 f"{pct(r.get('images_fooled_to_any_target')) if per_image is not None else ''}"
+                 f" | {pairs} |")
   lines.append("")
   lines.append(f"Published: the one-pixel paper's mean over All-CNN, NiN and VGG16 "
                f"(untargeted; confidence {pct(PAPER_CONFIDENCE)}); the Keras "

@@ -37,6 +37,11 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
   assert [(r["mode"], r["pixels"]) for r in rows] == [("untargeted", 1), ("targeted", 1)]
   assert rows[0]["published"] == 0.63 and rows[1]["published"] == 0.344
   assert rows[1]["any_misclassification"] >= rows[1]["success"]
+  # The paper's four metrics: success, confidence, class pairs, targets reached per image.
+  assert 0 <= rows[1]["targets_per_image"] <= 9 and "targets_per_image" not in rows[0]
+  fooled = sum(n for _, _, n in rows[1]["top_class_pairs"])
+  assert fooled <= round(rows[1]["success"] * rows[1]["attacks"])
+  assert "targets reached per image (of 9)" in (tmp_path / "r" / "summary.md").read_text()
   assert "| reimplementation | cifar10_lenet_hyperparticle | targeted | 1 |" in (
       tmp_path / "r" / "summary.md").read_text()
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
