@@ -17,6 +17,7 @@ import numpy as np
 from pixeljax import cli, plots, workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.metrics import one_pixel as metrics
+from pixeljax.models import files
 from pixeljax.sparse import records as records_lib
 from pixeljax.sparse import formats
 from pixeljax.sparse.problem import PixelAttackConfig
@@ -60,7 +61,11 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   budgets = _budgets(config)
   loaded = {r: _load(r) for r in runs}
   first = loaded[runs[0]]
-  fields = dict(model=lambda res: res["config"]["model"],
+  # An imported model's options (preprocessing, softmax, input shape, layout) are part of
+  # what was attacked: read through the migration that gives older configs their defaults.
+  options = lambda res: {k: v for k, v in formats.migrate_config(res["config"]).items()
+                         if k in files.config_defaults()}
+  fields = dict(model=lambda res: res["config"]["model"], model_options=options,
                 data=lambda res: res["config"]["data"],
                 split=lambda res: res["config"].get("split"),
                 mode=lambda res: res["config"]["attack"]["targeted"],

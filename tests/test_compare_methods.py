@@ -106,6 +106,15 @@ def test_runs_that_differ_or_cannot_compare_are_refused(tmp_path):
     _compare(tmp_path, [old, a, w2])
   with pytest.raises(UserError, match="named twice"):
     _compare(tmp_path, [a, a + "/"])
+  # The same weights under other preprocessing (an imported model's options) is another
+  # model; a config stored before those options existed means their defaults.
+  scaled = _copy(a, tmp_path / "scaled",
+                 lambda r: r["config"]["model_preprocess"].update(scale=1 / 255))
+  with pytest.raises(UserError, match="differs from .* in model_options"):
+    _compare(tmp_path, [a, scaled])
+  unset = _copy(a, tmp_path / "unset", lambda r: [r["config"].pop(k) for k in (
+      "model_preprocess", "model_softmax", "model_input_shape", "model_layout")])
+  _compare(tmp_path / "unset_vs_a", [unset, a])    # its own workdir
   k2 = _copy(a, tmp_path / "k2", lambda r: r["config"].update(pixels=[2]))
   with pytest.raises(UserError, match="share no pixel count"):
     _compare(tmp_path, [a, k2])
