@@ -151,8 +151,8 @@ def summary(rows) -> str:
   lines += ["", "| step | model | mode | px | targets reached per image (of 9) | images fooled "
             "to some target | most frequent class pairs (true -> adversarial: attacks) |",
             "|" + "---|" * 7]
+  names = lambda c: CIFAR10_CLASSES[c] if c < len(CIFAR10_CLASSES) else str(c)
   for r in rows:
-    names = lambda c: CIFAR10_CLASSES[c] if c < len(CIFAR10_CLASSES) else str(c)
     pairs = ", ".join(f"{names(t)} -> {names(a)}: {n}" for t, a, n in r["top_class_pairs"])
     per_image = r.get("targets_per_image")
     lines.append(f"| {r['step']} | {r['model']} | {r['mode']} | {r['pixels']} | "

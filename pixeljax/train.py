@@ -241,8 +241,7 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
         if time.time() - saved >= save_interval and i + 1 < steps_per_epoch:
           # The sums first, keyed by the step of the state they go with (the last two kept:
           # a run killed between the writes resumes from the older state).
-          partial = {k: v for k, v in partial.items() if int(k) >= done}
-          partial = dict(list(partial.items())[-1:])
+          partial = dict([(k, v) for k, v in partial.items() if int(k) >= done][-1:])
           partial[str(int(state.step))] = dict(loss=run_loss, accuracy=run_acc,
                                                seconds=time.time() - t0)
           workdir_lib.write_json(progress_path, partial)
