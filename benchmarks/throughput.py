@@ -145,8 +145,8 @@ def _print(name, args, fwd, cands, rows):
   for b, v in fwd.items():
     print(f"  {b:>13} {v:>10,.0f} {v / best:>7.2f}")
   show = lambda e: (f"{e['call_size']:>5} {int(e['incremental']):>5} {int(e['window']):>6} "
-                    f"{e['devices']:>7}")
-  head = f"{'call':>5} {'incr.':>5} {'window':>6} {'devices':>7}"
+                    f"{int(e.get('strided_window', False)):>7} {e['devices']:>7}")
+  head = f"{'call':>5} {'incr.':>5} {'window':>6} {'strided':>7} {'devices':>7}"
   print(f"  candidates of one image ({args.popsize}, {args.pixels} pixel(s)):")
   print(f"  {'execution':<30} {head} {'evals/s':>10} {'x best fwd':>10}")
   for spec, c in cands.items():

@@ -81,6 +81,7 @@ def get_config(arg: str = "paper") -> ConfigDict:
       execution=ConfigDict(dict(call_size=config_dict.placeholder(int),
                                 incremental=config_dict.placeholder(bool),
                                 window=config_dict.placeholder(bool),
+                                strided_window=config_dict.placeholder(bool),
                                 devices=config_dict.placeholder(int),
                                 segment=config_dict.placeholder(int)))))
 

@@ -151,7 +151,7 @@ def test_torch_resnet20_matches_the_port(shared_dir, exact_images):
   net.train()                                  # from_torch puts it in eval mode
   model = models.from_torch(net, input_shape=(32, 32, 3))   # normalises inside (NCHW)
   assert not net.training and model.metadata["softmax_added"] is True
-  assert model.factored is not None and model.factored.window.size == 15   # the port's
+  assert model.factored is not None and model.factored.window.size == (15, 15)   # the port's
   images, labels = exact_images
   x = images[:32].astype(np.float32)
   got = np.asarray(jax.jit(model.predict)(x))

@@ -131,7 +131,7 @@ LIBRARY = [
     ("attack: an unknown execution setting",
      lambda m, d, t: _attack(m, d, execution=dict(threads=4)),
      r"^unknown execution setting\(s\) \['threads'\]; known: \['call_size', 'incremental', "
-     r"'window', 'devices', 'segment'\]$"),
+     r"'window', 'strided_window', 'devices', 'segment'\]$"),
     ("attack: a model that is not callable",
      lambda m, d, t: _attack(m, d, model=42),
      r"^a model must be a pixeljax model \(models\.load\) or a function images -> "

@@ -142,9 +142,9 @@ def test_format_1_settings_migrate_and_keep_their_chunk_names():
          "seed": 0}
   new = formats.migrate(old)
   assert new["attack"] == {"pixels": 1, "method": "de"}
-  assert new["execution"] == dict(call_size=400, incremental=False, window=False, devices=1,
-                                  segment=10)
-  assert new["attack_keys"] == "id_x1000" and new["format"] == 2
+  assert new["execution"] == dict(call_size=400, incremental=False, window=False,
+                                  strided_window=False, devices=1, segment=10)
+  assert new["attack_keys"] == "id_x1000" and new["format"] == 3
   assert formats.migrate(new) == new
   ids, targets = np.arange(3), -np.ones(3)
   # Format 1 hashed the stored dict without keys at their legacy value (incremental False).
@@ -152,12 +152,13 @@ def test_format_1_settings_migrate_and_keep_their_chunk_names():
                                           "segment_iterations": None}, "seed": 0}
   assert formats.chunk_key(formats.chunk_basis(new, old), ids, targets) == \
       formats.chunk_key(hashed_then, ids, targets)
-  # Format 2 hashes today's settings.
+  # Today's format hashes today's settings.
   assert formats.chunk_basis(new, new) == new and formats.chunk_basis(new, None) == new
   # Older still: made before eval_batch existed, i.e. every candidate in one model call.
   assert formats.migrate({"model": "m", "attack": {"pixels": 1, "method": "sparse_rs"},
                           "seed": 0})["execution"] == dict(call_size=0, incremental=False,
-                                                           window=False, devices=1,
+                                                           window=False,
+                                                           strided_window=False, devices=1,
                                                            segment=100)
   # A one-pixel config.json of format 1 loses its execution switches (chosen by the engine),
   # and gains the imported models' options, unset (it named a zoo model).
@@ -165,6 +166,25 @@ def test_format_1_settings_migrate_and_keep_their_chunk_names():
   cfg = {"model": "m", "attack": {"popsize": 4, "eval_batch": None, "local_window": None}}
   assert formats.migrate_config(cfg) == {**files.config_defaults(), "model": "m",
                                          "attack": {"popsize": 4}}
+
+
+def test_format_2_settings_gain_the_strided_window_off_and_keep_their_chunk_names():
+  """A folder claimed before strided windows (format 2) ran windows that stopped at the first
+  strided layer: it migrates with ``strided_window`` off, so it resumes with that execution,
+  and its chunk names are still the hash of the dict it stored."""
+  from pixeljax.sparse import formats
+  stored = {"format": 2, "model": "m", "attack": {"pixels": 1, "method": "de"},
+            "execution": dict(call_size=50, incremental=True, window=True, devices=2,
+                              segment=10), "attack_keys": "per_attack", "seed": 0}
+  new = formats.migrate(stored)
+  assert new["format"] == 3 and new["execution"] == {**stored["execution"],
+                                                     "strided_window": False}
+  assert {k: v for k, v in new.items() if k not in ("format", "execution")} == \
+      {k: v for k, v in stored.items() if k not in ("format", "execution")}
+  ids, targets = np.arange(3), -np.ones(3)
+  assert formats.chunk_key(formats.chunk_basis(new, stored), ids, targets) == \
+      formats.chunk_key(stored, ids, targets)
+  assert formats.chunk_basis(new, stored) != new
 
 
 def test_a_resumed_format_1_folder_runs_its_stored_execution_and_keys(cifar_lenet,
@@ -186,7 +206,8 @@ def test_a_resumed_format_1_folder_runs_its_stored_execution_and_keys(cifar_lene
   workdir.write_json(str(tmp_path / "b" / "settings.json"), v1)
   resumed = campaign.run(*args, str(tmp_path / "b"), 10, progress=False)
   again = formats.migrate(campaign.stored_settings(str(tmp_path / "b")))
-  assert again["execution"] == dict(call_size=0, incremental=False, window=False, devices=1,
+  assert again["execution"] == dict(call_size=0, incremental=False, window=False,
+                                    strided_window=False, devices=1,
                                     segment=10) and again["attack_keys"] == "id_x1000"
   from pixeljax.sparse.runner import attack
   direct = attack(cifar_lenet, *args[1:3], jax.random.PRNGKey(0), config, image_ids=idx,

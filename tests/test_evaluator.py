@@ -165,9 +165,10 @@ def test_claims_made_before_incremental_resume_only_with_it_off(tmp_path):
   or dealing existed lacks those switches: it was made with them off, so it resumes only with
   them off, and its chunk files keep the names they had."""
   old = {"attack": {"pixels": 1, "eval_batch": 400}}
-  now = lambda **kw: {"format": 2, "attack": {"pixels": 1}, "attack_keys": "id_x1000",
+  now = lambda **kw: {"format": 3, "attack": {"pixels": 1}, "attack_keys": "id_x1000",
                       "execution": {"call_size": 400, "incremental": False, "window": False,
-                                    "devices": 1, "segment": 10, **kw}}
+                                    "strided_window": False, "devices": 1, "segment": 10,
+                                    **kw}}
   assert formats.migrate(old) == now()
   folder = tmp_path / "chunks"
   folder.mkdir()

@@ -16,7 +16,7 @@ import numpy as np
 
 from pixeljax.errors import UserError
 from pixeljax import checkpoint as ckpt
-from pixeljax.models import layers, stem, traced, window
+from pixeljax.models import layers, stem, traced_window, window
 from pixeljax.models.alexnet import AlexNet
 from pixeljax.models.allcnn import AllCNNC
 from pixeljax.models.cifar_resnet import CifarResNet
@@ -160,18 +160,21 @@ class Classifier:
   @functools.cached_property
   def factored(self) -> Optional["stem.Factored"]:
     """``predict`` split at the first convolution (``pixeljax.models.stem``), so attacks can
-    evaluate few-pixel changes incrementally, with its ``window`` for one-pixel changes
-    (``pixeljax.models.window`` where the spec names a local prefix, else found in the traced
-    program by ``pixeljax.models.traced``); None when the net does not factor. Built (and checked) on first use; the same object afterwards, so compiled
+    evaluate few-pixel changes incrementally, with its ``window`` / ``strided_window`` for
+    one-pixel changes (``pixeljax.models.window`` where the spec names a local prefix, else
+    found in the traced program by ``pixeljax.models.traced_window``); None when the net does
+    not factor. Built (and checked) on first use; the same object afterwards, so compiled
     attacks are reused."""
     f = stem.factor(self.predict, self.module, self.variables, self.spec.input_shape)
     if f is None:
       return None
-    if self.spec.window_end:
-      localizer = lambda: window.localize(self.predict, self.module, self.variables,
-                                          self.spec.input_shape, self.spec.window_end)
-    else:     # found in the traced program (``models.traced``), where it has one
-      localizer = lambda: traced.localize(self.predict, self.spec.input_shape)
+    if self.spec.window_end:    # its named prefix (stride 1)
+      localizer = lambda strided=False: None if strided else window.localize(
+          self.predict, self.module, self.variables, self.spec.input_shape,
+          self.spec.window_end)
+    else:     # found in the traced program (``models.traced_window``), where it has one
+      localizer = lambda strided=False: traced_window.localize(
+          self.predict, self.spec.input_shape, strided=strided)
     return dataclasses.replace(f, localizer=localizer)
 
   @functools.cached_property

@@ -46,14 +46,21 @@ class Factored:
   response: np.ndarray                       # (KH, KW, C, O) float32
   offset: Tuple[int, int]
   stem_shape: Tuple[int, int, int]           # (H', W', O)
-  # Builds the net's one-pixel evaluation on windows (``models.window``), or None where it has
-  # no local prefix; called once, on first use of ``window`` (only one-pixel attacks use it).
-  localizer: Optional[Callable[[], Optional[Any]]] = None
+  # ``localizer(strided)`` builds the net's one-pixel evaluation on windows (``models.window``,
+  # ``models.traced_window``), or None where it has no such prefix; called once per reach, on
+  # first use of ``window`` / ``strided_window`` (only one-pixel attacks use them).
+  localizer: Optional[Callable[..., Optional[Any]]] = None
 
   @functools.cached_property
   def window(self):
-    """One-pixel candidates through the net's local prefix on windows, or None."""
-    return None if self.localizer is None else self.localizer()
+    """One-pixel candidates through the net's stride-1 local prefix on windows, or None."""
+    return None if self.localizer is None else self.localizer(strided=False)
+
+  @functools.cached_property
+  def strided_window(self):
+    """The same through a prefix that goes on past strided convolutions and pooling, or None
+    where it reaches no further than ``window``'s."""
+    return None if self.localizer is None else self.localizer(strided=True)
 
   def __call__(self, images):
     return self.full(images)

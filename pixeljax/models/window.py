@@ -202,15 +202,20 @@ def localize(full: Callable, module: nn.Module, variables: Any, input_shape, end
 def checked(local: Localized, full: Callable, input_shape,
             seed: int = 0) -> Optional[Localized]:
   """``local`` if its probabilities equal the full net's for one-pixel changes at the
-  centre, the corners, the edges and random pixels of a random image; else None."""
+  centre, the corners, the edges, pixels of each parity there and random pixels of a random
+  image; else None."""
   h, w, c = (int(s) for s in input_shape)
   # The checks: a random image, each pixel of the probes changed to a random colour.
   rng = np.random.default_rng(seed)
   image = rng.uniform(0, 255, (1, h, w, c)).astype(np.float32)
+  # ... and pixels of every row and column parity near each border and the centre (a strided
+  # prefix's window depends on it).
   ys = np.array([h // 2, 0, 0, h - 1, h - 1, 0, h // 2, h - 1, h // 2]
-                + list(rng.integers(h, size=7)))
+                + list(rng.integers(h, size=7))
+                + [1, 2, 3, 1, h - 2, h - 2, h - 3, h // 2 + 1])
   xs = np.array([w // 2, 0, w - 1, 0, w - 1, w // 2, 0, w // 2, w - 1]
-                + list(rng.integers(w, size=7)))
+                + list(rng.integers(w, size=7))
+                + [2, 1, 3, w - 2, 1, w - 3, w - 2, w // 2 - 1])
   colours = rng.uniform(0, 255, (len(ys), c)).astype(np.float32)
   changed = np.repeat(image, len(ys), 0)
   changed[np.arange(len(ys)), ys, xs] = colours

@@ -9,7 +9,8 @@ it in several exact ways, and which is fastest depends on the model and the back
     (``evaluator``'s ``_changed_stems``);
   * **window** -- one-pixel candidates of a net with a translation-equivariant prefix also run
     that prefix on a window around their pixel (``models.window``), only the rest on whole
-    maps;
+    maps; **strided window**: the prefix goes on through strided convolutions and pooling,
+    with a window per resolution (``models.traced_window``; the one-pixel paper's nets);
   * **call size** -- the candidates of the attacks vmapped together are flattened and run a
     fixed number per model call (XLA:CPU runs a net fastest on calls whose activations stay
     in cache, and its float bits depend on a call's batch size);
@@ -71,6 +72,7 @@ class Execution:
   call_size: int = 0          # candidates per model call; 0: all of a step's in one call
   incremental: bool = False   # stem + windows per changed pixel, then the head
   window: bool = False        # one-pixel candidates through the net's local prefix
+  strided_window: bool = False   # ... a prefix going on through strides and pooling
   devices: int = 1            # a host's CPU devices the model calls are dealt to
   segment: int = 10           # steps between the runner's compactions
 
@@ -78,7 +80,8 @@ class Execution:
     checks = [(self.call_size >= 0, f"call_size must be >= 0, got {self.call_size}"),
               (self.devices >= 1, f"devices must be >= 1, got {self.devices}"),
               (self.segment >= 1, f"segment must be >= 1, got {self.segment}"),
-              (not self.window or self.incremental, "window needs incremental")]
+              (not self.window or self.incremental, "window needs incremental"),
+              (not self.strided_window or self.window, "strided_window needs window")]
     for ok, message in checks:
       if not ok:
         raise UserError(f"execution: {message}")
@@ -104,7 +107,7 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
   backend and ``mesh``; ``insist``: fields the caller fixes (a resumed run: the stored ones).
 
   On CPU: incremental whenever the net factors, windows for one pixel where the net has a
-  local prefix, calls of 400 (50 on windows), dealt to a host's CPU devices when that small.
+  local prefix (going on through strides and pooling where it can), calls of 400 (50 on windows), dealt to a host's CPU devices when that small.
   Elsewhere (accelerators, or attacks sharded over devices): one call per step's candidates,
   full net (the gathers of incremental evaluation are unmeasured there)."""
   unknown = set(insist) - {f.name for f in dataclasses.fields(Execution)}
@@ -126,6 +129,13 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
     raise UserError(f"execution.window needs incremental evaluation, pixels=1 and a net with a "
                     f"local prefix; got incremental={incremental}, pixels={pixels}, "
                     f"local prefix={'yes' if windowed else 'none'}")
+  # The longer prefix wherever a net has one (the paper's nets: 2.0-2.6x, docs/...).
+  strided = window and factored.strided_window is not None
+  strided_window = insist.get("strided_window", strided)
+  if strided_window and not strided:
+    raise UserError("execution.strided_window needs execution.window and a net whose local "
+                    "prefix goes on through strided convolutions or pooling; this one's "
+                    + ("does not" if window else "window is off"))
   size = CPU_WINDOW_CALL_SIZE if window else CPU_CALL_SIZE
   call_size = insist.get("call_size", size if cpu and modes["devices"] == 1 else 0)
   small = 0 < call_size <= CPU_DEALT_CALL_SIZE
@@ -135,7 +145,8 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
                     f"device(s) to deal its model calls to: start it with more "
                     f"(runtime.cpu_devices), or leave devices unset")
   return Execution(call_size=int(call_size), incremental=bool(incremental), window=bool(window),
-                   devices=int(devices), segment=int(insist.get("segment", SEGMENT[method])))
+                   strided_window=bool(strided_window), devices=int(devices),
+                   segment=int(insist.get("segment", SEGMENT[method])))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -197,7 +208,7 @@ class Evaluator:
     rows per model call, so a row's numbers do not depend on how many attacks share a call."""
     ex = self.execution
     if ex.window:
-      local = self.factored.window
+      local = self.factored.strided_window if ex.strided_window else self.factored.window
       prepare = local.clean
 
       def rows(maps, images, owner, cands):

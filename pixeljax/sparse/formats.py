@@ -11,13 +11,16 @@ work had then (``LEGACY_V1``). Chunk files are named by the hash of the stored d
 the keys that hold their legacy value. Every attack's key was
 ``fold_in(key, image_id * 1000 + target + 1)`` (``attack_keys = "id_x1000"``).
 
-**Format 2** (``"format": 2``): ``attack`` is ``PixelAttackConfig`` (what is attacked),
-``execution`` the evaluator's ``Execution`` and ``attack_keys`` the key derivation, each
-recorded apart; chunk files are named by the hash of the whole dict.
+**Format 2** (``"format": 2``, until 2026-12-06): ``attack`` is ``PixelAttackConfig`` (what
+is attacked), ``execution`` the evaluator's ``Execution`` and ``attack_keys`` the key
+derivation, each recorded apart; chunk files are named by the hash of the whole dict. Its
+``execution`` has no ``strided_window`` (windows stopped at the first strided layer then).
 
-``migrate`` maps a stored dict of any format to format 2 (a resumed run then runs the stored
+**Format 3** (``"format": 3``): format 2 with ``execution.strided_window``.
+
+``migrate`` maps a stored dict of any format to today's (a resumed run then runs the stored
 execution and key derivation, so its new chunks match its old ones bit for bit);
-``chunk_basis`` is what a folder's chunk names hash; ``migrate_config`` does the same for an
+``chunk_basis`` is what a folder's chunk names hash (an older folder's: its stored dict); ``migrate_config`` does the same for an
 experiment's ``config.json``. Stored files are never rewritten.
 """
 import hashlib
@@ -29,7 +32,7 @@ import numpy as np
 from pixeljax.sparse.evaluator import SEGMENT
 from pixeljax.workdir import to_jsonable
 
-FORMAT = 2
+FORMAT = 3
 # Format 1's execution switches -> the ``Execution`` fields they became.
 EXECUTION_V1 = {"eval_batch": "call_size", "incremental": "incremental",
                 "local_window": "window", "eval_devices": "devices",
@@ -44,10 +47,13 @@ def version(stored: Mapping) -> int:
 
 
 def migrate(stored: Mapping) -> Dict[str, Any]:
-  """A chunk folder's stored settings as format 2."""
+  """A chunk folder's stored settings as today's format."""
   stored = to_jsonable(stored)
   if version(stored) == FORMAT:
     return stored
+  if version(stored) == 2:
+    return dict(stored, format=FORMAT,
+                execution=dict(stored["execution"], strided_window=False))
   attack = dict(stored["attack"])
   execution = {}
   for old, new in EXECUTION_V1.items():
@@ -55,13 +61,15 @@ def migrate(stored: Mapping) -> Dict[str, Any]:
   if execution["segment"] is None:
     execution["segment"] = SEGMENT[attack.get("method", "de")]
   rest = {k: v for k, v in stored.items() if k != "attack"}
-  return dict(format=FORMAT, **rest, attack=attack, execution=execution,
-              attack_keys="id_x1000")
+  return migrate(dict(format=2, **rest, attack=attack, execution=execution,
+                      attack_keys="id_x1000"))
 
 
 def chunk_basis(settings: Mapping, stored: Optional[Mapping]) -> Dict[str, Any]:
-  """What a chunk file name hashes: format 1 folders keep their stored dict without its
-  legacy-valued keys (as it was hashed then); everything else, today's settings."""
+  """What a chunk file name hashes: an older format's folder its stored dict, as it was
+  hashed then (format 1: without its legacy-valued keys); today's folders today's settings."""
+  if stored is not None and version(stored) == 2:
+    return to_jsonable(stored)
   if stored is not None and version(stored) == 1:
     out = to_jsonable(stored)
     attack = out.get("attack", {})
