@@ -260,6 +260,27 @@ def test_windows_are_chosen_for_one_pixel_incremental_attacks(cifar_lenet):
     choose_execution(cifar_lenet, 1, window=True)
 
 
+def test_nets_with_bigger_activations_get_smaller_model_calls_dealt_to_the_cores(cifar_lenet):
+  """A CPU call holds at most ``CPU_CALL_FLOATS`` of the net's largest activation: the shipped
+  LeNet and ResNets 400 candidates, the one-pixel paper's nets (32x32 maps of 96, 192, 64
+  channels) 50, 50, 100 -- small enough to be dealt to the cores."""
+  from pixeljax import sharding
+  from pixeljax.models.registry import Classifier
+  from pixeljax.sparse import evaluator
+  assert evaluator._cpu_call_size(cifar_lenet) == CPU_CALL_SIZE
+  assert evaluator._cpu_call_size(_load("cifar10_resnet20_akamaster")) == CPU_CALL_SIZE
+  assert evaluator._cpu_call_size(lambda x: x) == CPU_CALL_SIZE        # a black box
+  for name, size in [("cifar10_allcnn", 50), ("cifar10_nin", 50), ("cifar10_vgg16", 100)]:
+    spec = models.get(name)
+    clf = Classifier(spec, spec.module(None), spec.init(jax.random.PRNGKey(0), None), {})
+    assert evaluator._cpu_call_size(clf) == size, name
+  if jax.default_backend() == "cpu":
+    mesh = sharding.default_mesh()
+    chosen = choose_execution(clf, 3, mesh=mesh)
+    assert (chosen.call_size, chosen.devices) == (100, sharding.mesh_modes(mesh)["dealt"])
+    assert choose_execution(clf, 3, mesh=mesh, call_size=400).devices == 1
+
+
 def test_attack_on_windows_finds_what_the_split_net_finds(cifar_samples):
   clf = _load("cifar10_resnet20_akamaster")
   x, y = cifar_samples.images[:3], cifar_samples.labels[:3]

@@ -161,6 +161,15 @@ class _Traced:
     return _trace(self.f, (batch,) + self.input_shape)
 
 
+def largest_activation(f: Callable, input_shape) -> int:
+  """The element count of the largest value in ``f``'s program (one image) that depends on
+  the image: how much memory a batch of it moves through one layer."""
+  program = _Traced(f, input_shape).program(1)
+  flags = _dependent(program)
+  values = [program.input] + [o for k, op in enumerate(program.ops) if flags[k] for o in op.outs]
+  return max(int(np.prod(program.shapes[v])) for v in values)
+
+
 # ------------------------------------------------------------------------------ the stem split
 
 def _cut(program: _Program) -> Optional[int]:

@@ -50,8 +50,14 @@ from pixeljax.sparse.problem import decode, last_writes, perturb
 # in cache: the akamaster ResNet-20 forward gave 1,110-1,136 images/s at 25-400 images and
 # 740-790 at 1,600-5,600; a DE attack on 14 images per call rose from 681 to 1,119
 # queries/s scored 400 at a time, the CIFAR LeNet from 14,700 to 16,000. One paper
-# population per call.
+# population per call, for nets as light as these ...
 CPU_CALL_SIZE = 400
+# ... i.e. a call holds at most this many floats of a net's largest activation (ResNet-20's
+# 32x32x16 at 400 candidates), in steps of 50 from 50: the one-pixel paper's nets (All-CNN-C,
+# NiN, VGG16: 32x32 maps of 96, 192, 64 channels) get 50, 50, 100, dealt to the cores, and
+# their 3-pixel DE ran 1.64x, 1.53x, 1.34x the queries/s of calls of 400 on one device
+# (results/evaluation/call_size_paper_nets.*).
+CPU_CALL_FLOATS = CPU_CALL_SIZE * 32 * 32 * 16
 # The same for one-pixel candidates on windows, whose model calls are all whole-map layers
 # after the window: ResNet-20 DE attack, 4 images: 3,655 queries/s at 400 per call, 4,121
 # at 100, 4,232 at 50, 4,225 at 25.
@@ -59,8 +65,8 @@ CPU_WINDOW_CALL_SIZE = 50
 # The largest call dealt to a host's CPU devices: XLA:CPU runs a call this small mostly on one
 # core, a larger one on all. Dealt to 2 devices against one: ResNet-20 one-pixel DE on windows
 # (50 per call) 1.46x; the LeNet 1.28x at 50 per call but 0.76x at 400; ResNet-20 3-pixel
-# (400 per call) 0.73x.
-CPU_DEALT_CALL_SIZE = 50
+# (400 per call) 0.73x; VGG16 3-pixel at 100 per call 1.15x (candidates of one image).
+CPU_DEALT_CALL_SIZE = 100
 # Steps of an attack between the runner's compactions and progress reports, per method.
 SEGMENT = {"de": 10, "sparse_rs": 100, "corner_search": 20}
 
@@ -129,15 +135,20 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
     raise UserError(f"execution.window needs incremental evaluation, pixels=1 and a net with a "
                     f"local prefix; got incremental={incremental}, pixels={pixels}, "
                     f"local prefix={'yes' if windowed else 'none'}")
-  # The longer prefix wherever a net has one (the paper's nets: 2.0-2.6x, docs/...).
+  # The longer prefix wherever a net has one (the paper's nets: 1.2-2.1x the queries/s of the
+  # stride-1 window; docs/evaluation.md).
   strided = window and factored.strided_window is not None
   strided_window = insist.get("strided_window", strided)
   if strided_window and not strided:
     raise UserError("execution.strided_window needs execution.window and a net whose local "
                     "prefix goes on through strided convolutions or pooling; this one's "
                     + ("does not" if window else "window is off"))
-  size = CPU_WINDOW_CALL_SIZE if window else CPU_CALL_SIZE
-  call_size = insist.get("call_size", size if cpu and modes["devices"] == 1 else 0)
+  if "call_size" in insist:
+    call_size = insist["call_size"]
+  elif cpu and modes["devices"] == 1:
+    call_size = CPU_WINDOW_CALL_SIZE if window else _cpu_call_size(model)
+  else:
+    call_size = 0
   small = 0 < call_size <= CPU_DEALT_CALL_SIZE
   devices = insist.get("devices", modes["dealt"] if small else 1)
   if devices > modes["dealt"]:
@@ -272,6 +283,32 @@ def _jitted(full):
   """One jitted function per model (``model.predict`` is a new bound method at each access):
   selection, the door and a sweep of one model share its compiled programs."""
   return jax.jit(full)
+
+
+def _cpu_call_size(model) -> int:
+  """``CPU_CALL_SIZE``, or fewer for a net whose largest activation would not fit a call of
+  that many in ``CPU_CALL_FLOATS`` (a black box of unknown input shape: ``CPU_CALL_SIZE``).
+  Traced once per model (cached where the model object is hashable)."""
+  try:
+    hash(model)
+  except TypeError:
+    return _cpu_call_size_of.__wrapped__(model)
+  return _cpu_call_size_of(model)
+
+
+@functools.lru_cache(maxsize=32)
+def _cpu_call_size_of(model) -> int:
+  full = model_parts(model)[0]
+  shape = getattr(getattr(model, "spec", None), "input_shape", None) or \
+      getattr(model, "input_shape", None)
+  if shape is None:      # a black box, or a Factored (whose full net is called on any shape)
+    return CPU_CALL_SIZE
+  from pixeljax.models import traced
+  try:
+    floats = traced.largest_activation(full, tuple(shape))
+  except Exception:        # a program the reader cannot trace: the default
+    return CPU_CALL_SIZE
+  return int(np.clip(CPU_CALL_FLOATS // floats // 50 * 50, 50, CPU_CALL_SIZE))
 
 
 @functools.lru_cache(maxsize=32)
