@@ -123,6 +123,10 @@ def test_a_strided_prefix_goes_on_through_pooling_and_strides_exactly_at_every_p
   model = models.from_jax(_pooling_net(), input_shape=shape)
   f = model.factored
   assert f.window.size == (5, 5)             # stride 1: the two convolutions
+  # A run that has it off (a resumed older one) does not build it.
+  assert not pixeljax.evaluator_for(model, 1, "de", None,
+                                    dict(strided_window=False)).execution.strided_window
+  assert "strided_window" not in vars(f)
   local = f.strided_window
   assert local is not None
   plan = traced_window._plan(traced._Traced(model.predict, shape).program(1), shape, True)

@@ -210,12 +210,12 @@ def checked(local: Localized, full: Callable, input_shape,
   image = rng.uniform(0, 255, (1, h, w, c)).astype(np.float32)
   # ... and pixels of every row and column parity near each border and the centre (a strided
   # prefix's window depends on it).
-  ys = np.array([h // 2, 0, 0, h - 1, h - 1, 0, h // 2, h - 1, h // 2]
-                + list(rng.integers(h, size=7))
-                + [1, 2, 3, 1, h - 2, h - 2, h - 3, h // 2 + 1])
-  xs = np.array([w // 2, 0, w - 1, 0, w - 1, w // 2, 0, w // 2, w - 1]
-                + list(rng.integers(w, size=7))
-                + [2, 1, 3, w - 2, 1, w - 3, w - 2, w // 2 - 1])
+  ys = np.clip([h // 2, 0, 0, h - 1, h - 1, 0, h // 2, h - 1, h // 2]
+               + list(rng.integers(h, size=7))
+               + [1, 2, 3, 1, h - 2, h - 2, h - 3, h // 2 + 1], 0, h - 1)
+  xs = np.clip([w // 2, 0, w - 1, 0, w - 1, w // 2, 0, w // 2, w - 1]
+               + list(rng.integers(w, size=7))
+               + [2, 1, 3, w - 2, 1, w - 3, w - 2, w // 2 - 1], 0, w - 1)
   colours = rng.uniform(0, 255, (len(ys), c)).astype(np.float32)
   changed = np.repeat(image, len(ys), 0)
   changed[np.arange(len(ys)), ys, xs] = colours

@@ -113,7 +113,10 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
   backend and ``mesh``; ``insist``: fields the caller fixes (a resumed run: the stored ones).
 
   On CPU: incremental whenever the net factors, windows for one pixel where the net has a
-  local prefix (going on through strides and pooling where it can), calls of 400 (50 on windows), dealt to a host's CPU devices when that small.
+  local prefix (going on through strides and pooling where it can), calls of up to 400 by the
+  net's activations (50 on windows), dealt to a host's CPU devices when at most 100. A strided
+  window extends a stride-1 one: a net without one (a strided or 'valid' first convolution)
+  keeps the incremental path (windows there are unmeasured).
   Elsewhere (accelerators, or attacks sharded over devices): one call per step's candidates,
   full net (the gathers of incremental evaluation are unmeasured there)."""
   unknown = set(insist) - {f.name for f in dataclasses.fields(Execution)}
@@ -137,7 +140,9 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
                     f"local prefix={'yes' if windowed else 'none'}")
   # The longer prefix wherever a net has one (the paper's nets: 1.2-2.1x the queries/s of the
   # stride-1 window; docs/evaluation.md).
-  strided = window and factored.strided_window is not None
+  # (Not built where the run has it off already: a resumed run of an older format.)
+  strided = (window and insist.get("strided_window") is not False
+             and factored.strided_window is not None)
   strided_window = insist.get("strided_window", strided)
   if strided_window and not strided:
     raise UserError("execution.strided_window needs execution.window and a net whose local "

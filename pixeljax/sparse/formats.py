@@ -20,8 +20,9 @@ derivation, each recorded apart; chunk files are named by the hash of the whole 
 
 ``migrate`` maps a stored dict of any format to today's (a resumed run then runs the stored
 execution and key derivation, so its new chunks match its old ones bit for bit);
-``chunk_basis`` is what a folder's chunk names hash (an older folder's: its stored dict); ``migrate_config`` does the same for an
-experiment's ``config.json``. Stored files are never rewritten.
+``chunk_basis`` is what a folder's chunk names hash (an older folder's: its stored dict);
+``migrate_config`` does the same for an experiment's ``config.json``. Stored files are never
+rewritten.
 """
 import hashlib
 import json
@@ -53,7 +54,7 @@ def migrate(stored: Mapping) -> Dict[str, Any]:
     return stored
   if version(stored) == 2:
     return dict(stored, format=FORMAT,
-                execution=dict(stored["execution"], strided_window=False))
+                execution={"strided_window": False, **stored["execution"]})
   attack = dict(stored["attack"])
   execution = {}
   for old, new in EXECUTION_V1.items():
