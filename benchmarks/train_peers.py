@@ -7,6 +7,7 @@ no framework's thread pools run beside another's.
     .venv/bin/python benchmarks/train_peers.py --single_thread            # all three nets
     .venv/bin/python benchmarks/train_peers.py --nets allcnn --batch 128 --steps 20 \
         --repeats 3 --xla_flags="--xla_cpu_enable_fast_math=false" --out runs/peers/x.json
+    .venv/bin/python benchmarks/train_peers.py --nets allcnn,nin --jax_devices 1   # one device
 
 Prints one table and writes one JSON (atomically, ``pixeljax.workdir.write_json``; default
 ``runs/peers/train_<nets>.json``) with the settings, each worker's threads, load averages and
@@ -112,7 +113,7 @@ def worker_jax(args):
   import optax
   from pixeljax.cli import quiet_backend_probes
   from pixeljax.models import registry
-  from pixeljax.train import TrainConfig, TrainState, _make_step, make_optimizer
+  from pixeljax.train import TrainConfig, TrainState, _data_parallel, _make_step, make_optimizer
   quiet_backend_probes()
   compiled = compile_listener()
   spec = registry.get(args.net)
@@ -123,7 +124,9 @@ def worker_jax(args):
                      params=variables["params"], batch_stats=variables.get("batch_stats"),
                      opt_state=tx.init(variables["params"]))
   step = _make_step(spec.module(), tx, config.augment)
-  images, labels = (jnp.asarray(a) for a in _data(args))
+  devices = args.jax_devices or jax.local_device_count()     # 0: all, as train() picks
+  state, put = _data_parallel(state, devices)
+  images, labels = (put(jnp.asarray(a)) for a in _data(args))
   key = jax.random.PRNGKey(config.seed)
   done = 0
 
@@ -142,7 +145,7 @@ def worker_jax(args):
   cfg = dataclasses.asdict(config)
   return dict(timing, params=count(state.params), batch_stats=count(state.batch_stats),
               preprocess=spec.preprocess, recipe={k: cfg[k] for k in RECIPE},
-              what="pixeljax.train._make_step (jit), NHWC float32",
+              what="pixeljax.train._make_step (jit), NHWC float32", devices=devices,
               environment=dict(jax_env(), jaxlib=jaxlib.__version__, flax=flax.__version__,
                                optax=optax.__version__,
                                xla_flags=os.environ.get("XLA_FLAGS", "")))
@@ -266,7 +269,8 @@ def _spawn(args, worker, net, tmpdir):
          "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
          "--repeats", str(args.repeats), "--seed", str(args.seed),
          "--torch_threads", str(1 if args.single_thread else args.torch_threads),
-         "--torch_memory_format", args.torch_memory_format, "--worker_out", out]
+         "--torch_memory_format", args.torch_memory_format, "--worker_out", out,
+         "--jax_devices", str(args.jax_devices)]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
   flags = [env.get("XLA_FLAGS")]
@@ -366,6 +370,9 @@ def parse(argv=None):
                        "its Eigen thread pool; OMP/MKL/OpenBLAS 1)")
   ap.add_argument("--torch_memory_format", default="channels_last",
                   choices=("channels_last", "contiguous"))
+  ap.add_argument("--jax_devices", type=int, default=0,
+                  help="devices pixeljax's step splits its batch over (pixeljax.train's "
+                       "data parallelism; 0: every CPU device, as train() picks)")
   ap.add_argument("--xla_flags", default="",
                   help="extra XLA_FLAGS for the pixeljax worker (appended); write "
                        "--xla_flags=\"--xla_...\"")

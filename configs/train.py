@@ -41,5 +41,10 @@ def get_config(arg=None):
   # never change a result: progress shown (bar or log lines), seconds between lines,
   # training steps between updates, seconds between saves of the state within an epoch
   c.runtime = ConfigDict(dict(progress=True, progress_interval=5.0, log_every=100,
-                              save_interval=600.0))
+                              save_interval=600.0,
+                              # ... except this one: how many devices split each batch (0: as
+                              # many as divide it; a resumed run: its own). Float sums depend
+                              # on it, so the run records it (settings.json, the checkpoint's
+                              # metadata) and a resume with another count is refused.
+                              devices=0))
   return c

@@ -18,7 +18,7 @@ import numpy as np
 
 from pixeljax import checkpoint, cli, data, models
 from pixeljax.errors import UserError
-from pixeljax.train import TrainConfig, train
+from pixeljax.train import TrainConfig, recorded_devices, train
 from pixeljax.workdir import versions
 
 STORE_DTYPES = ("float32", "bfloat16")
@@ -39,14 +39,16 @@ def run(config, workdir, log=cli.log) -> dict:
                              log_every=config.runtime.log_every,
                              progress_interval=config.runtime.progress_interval,
                              show_progress=config.runtime.progress,
-                             save_interval=config.runtime.get("save_interval", 600.0))
+                             save_interval=config.runtime.get("save_interval", 600.0),
+                             devices=config.runtime.get("devices", 0) or None)
   meta = dict(model=spec.name, architecture=spec.description, dataset=spec.dataset,
               num_classes=spec.num_classes, input_shape=list(spec.input_shape),
               preprocessing=spec.preprocess, source="trained in pixeljax",
               licence="Apache-2.0", accuracy=history[-1]["test_accuracy"],
               accuracy_on=f"{test_set.name} {test_set.split} ({len(test_set)} images)",
               trained_on=f"{train_set.name} train ({len(train_set)} images)",
-              recipe=dataclasses.asdict(train_config), history=history)
+              recipe=dataclasses.asdict(train_config), history=history,
+              devices=recorded_devices(workdir.path))
   out_dir = config.out_dir or workdir.file("checkpoint")
   path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta,
                          dtype=None if config.store_dtype == "float32" else config.store_dtype)

@@ -1,5 +1,9 @@
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import chex
 import jax
@@ -133,3 +137,48 @@ def test_a_restart_with_other_settings_or_data_is_refused(mnist, tmp_path):
   with pytest.raises(UserError, match="epochs and batch_size must be >= 1"):
     _train(mnist, tmp_path / "bad", dataclasses.replace(one, batch_size=0))
   assert not (tmp_path / "bad").exists()
+
+
+def test_batches_split_over_devices_are_recorded_and_a_resume_keeps_its_count(tmp_path):
+  """Data parallel over the host's devices (the CPU split into two, in its own process): the
+  one-device step up to the order of float sums; the count is part of the run's settings, and
+  a run stored before it was recorded resumes on one device."""
+  script = textwrap.dedent("""
+      import dataclasses, json, os, sys
+      import chex, jax, numpy as np, pytest
+      from pixeljax import data, models
+      from pixeljax import train as train_lib
+      from pixeljax.errors import UserError
+      from pixeljax.train import TrainConfig, train
+      from pixeljax.workdir import SettingsMismatch
+      assert jax.local_device_count() == 2
+      ds = data.load("mnist_samples")
+      mnist = ds.images[:400], ds.labels[:400], ds.images[400:], ds.labels[400:]
+      one = TrainConfig(epochs=1, batch_size=50, optimizer="adam", learning_rate=1e-3,
+                        weight_decay=0.0, augment=False)
+      root = sys.argv[1]
+      run = lambda name, **kw: train(models.get("mnist_lenet"), *mnist, one,
+                                     os.path.join(root, name), log=lambda s: None,
+                                     show_progress=False, **kw)
+      v1, h1 = run("one", devices=1)
+      v2, h2 = run("two")                                    # unset: both devices
+      assert train_lib.recorded_devices(os.path.join(root, "two")) == 2
+      assert train_lib.recorded_devices(os.path.join(root, "one")) == 1
+      np.testing.assert_allclose(h2[0]["train_loss"], h1[0]["train_loss"], rtol=1e-4)
+      chex.assert_trees_all_close(v2, v1, atol=1e-3)
+      with pytest.raises(SettingsMismatch, match=r"devices: 2 -> 1"):
+        run("two", devices=1)
+      path = os.path.join(root, "one", "settings.json")
+      stored = json.load(open(path))
+      del stored["devices"]                   # as stored before the count was recorded
+      json.dump(stored, open(path, "w"))
+      again, _ = run("one")
+      chex.assert_trees_all_equal(again, v1)
+      with pytest.raises(UserError, match=r"devices=3: a run splits its batches of 50"):
+        run("three", devices=3)
+      print("ok")
+      """)
+  env = dict(os.environ, PIXELJAX_CPU_DEVICES="2")
+  out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                       text=True, env=env, timeout=600)
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
