@@ -307,7 +307,7 @@ class Windowed:
     return self._probs(maps, owner, pixel, windows)
 
 
-def _local_params(op, loc: _Local, axes: _Axes, rank: int):
+def _local_params(op, axes: _Axes, rank: int):
   """``op``'s parameters for its canonical-order input square, unpadded."""
   p = dict(op.params)
   if _is_conv(op):
@@ -391,7 +391,7 @@ def localize(full, input_shape, seed: int = 0, traced: Optional[_Traced] = None,
         x = jax.vmap(lambda v, r: lax.dynamic_slice(
             v, (r[0], r[1]) + (0,) * (v.ndim - 2), length + v.shape[2:]))(canvas, need - start)
         operands = [x] + [_read(env, a) for a in op.ins[1:]]
-        y = _bind(dataclasses.replace(op, params=_local_params(op, loc, src, rank)),
+        y = _bind(dataclasses.replace(op, params=_local_params(op, src, rank)),
                   operands)[0]
         whole = plan.size[out.group]
         if loc.size == whole and all(np.array_equal(c, o) for c, o in
