@@ -113,7 +113,8 @@ def worker_jax(args):
   import optax
   from pixeljax.cli import quiet_backend_probes
   from pixeljax.models import registry
-  from pixeljax.train import TrainConfig, TrainState, _data_parallel, _make_step, make_optimizer
+  from pixeljax.train import (TrainConfig, TrainState, _data_parallel, _make_step,
+                              batch_devices, make_optimizer)
   quiet_backend_probes()
   compiled = compile_listener()
   spec = registry.get(args.net)
@@ -124,7 +125,7 @@ def worker_jax(args):
                      params=variables["params"], batch_stats=variables.get("batch_stats"),
                      opt_state=tx.init(variables["params"]))
   step = _make_step(spec.module(), tx, config.augment)
-  devices = args.jax_devices or jax.local_device_count()     # 0: all, as train() picks
+  devices = batch_devices(args.batch, args.jax_devices or None)     # 0: as train() picks
   state, put = _data_parallel(state, devices)
   images, labels = (put(jnp.asarray(a)) for a in _data(args))
   key = jax.random.PRNGKey(config.seed)
@@ -270,7 +271,7 @@ def _spawn(args, worker, net, tmpdir):
          "--repeats", str(args.repeats), "--seed", str(args.seed),
          "--torch_threads", str(1 if args.single_thread else args.torch_threads),
          "--torch_memory_format", args.torch_memory_format, "--worker_out", out,
-         "--jax_devices", str(args.jax_devices)]
+         "--jax_devices", str(1 if args.single_thread else args.jax_devices)]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
   flags = [env.get("XLA_FLAGS")]
@@ -372,7 +373,7 @@ def parse(argv=None):
                   choices=("channels_last", "contiguous"))
   ap.add_argument("--jax_devices", type=int, default=0,
                   help="devices pixeljax's step splits its batch over (pixeljax.train's "
-                       "data parallelism; 0: every CPU device, as train() picks)")
+                       "data parallelism; 0: as train() picks; 1 under --single_thread)")
   ap.add_argument("--xla_flags", default="",
                   help="extra XLA_FLAGS for the pixeljax worker (appended); write "
                        "--xla_flags=\"--xla_...\"")

@@ -178,11 +178,8 @@ def recorded_devices(workdir: str) -> int:
       "devices"])
 
 
-def _devices(requested: Optional[int], workdir: str, batch_size: int) -> int:
-  """The devices a run splits its batches over: ``requested``, else a resumed run's recorded
-  count, else as many local devices as divide the batch."""
-  if not requested and os.path.exists(os.path.join(workdir, workdir_lib.SETTINGS_FILE)):
-    return recorded_devices(workdir)
+def batch_devices(batch_size: int, requested: Optional[int] = None) -> int:
+  """``requested`` (checked), or as many local devices as divide ``batch_size``."""
   available = jax.local_device_count()
   n = int(requested or available)
   while not requested and batch_size % n:
@@ -191,6 +188,20 @@ def _devices(requested: Optional[int], workdir: str, batch_size: int) -> int:
     raise UserError(f"devices={n}: a run splits its batches of {batch_size} over devices "
                     f"that divide it, and this host has {available}")
   return n
+
+
+def _devices(requested: Optional[int], workdir: str, batch_size: int) -> int:
+  """The devices a run splits its batches over: ``requested``, else a resumed run's recorded
+  count (which this host must have: fewer would change the sums under the same label), else
+  as many local devices as divide the batch."""
+  if not requested and os.path.exists(os.path.join(workdir, workdir_lib.SETTINGS_FILE)):
+    n = recorded_devices(workdir)
+    if n > jax.local_device_count():
+      raise UserError(f"{workdir} trains on {n} devices and this process has "
+                      f"{jax.local_device_count()}: resume it with {n} (on a CPU: "
+                      f"PIXELJAX_CPU_DEVICES={n}, or runtime.cpu_devices where a script has it)")
+    return n
+  return batch_devices(batch_size, requested)
 
 
 def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
@@ -314,4 +325,5 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
       bar.update(done + steps_per_epoch, epoch=f"{epoch + 1}/{config.epochs}",
                  loss=record["train_loss"], accuracy=record["train_accuracy"],
                  test_accuracy=test_acc)
-  return _variables(state), history
+  # One device's arrays, whatever the mesh: callers attack with them on their own meshes.
+  return (_variables(state) if devices == 1 else jax.device_get(_variables(state))), history

@@ -176,6 +176,13 @@ def test_batches_split_over_devices_are_recorded_and_a_resume_keeps_its_count(tm
       chex.assert_trees_all_equal(again, v1)
       with pytest.raises(UserError, match=r"devices=3: a run splits its batches of 50"):
         run("three", devices=3)
+      # A recorded count this process lacks is refused, not run on fewer devices.
+      path = os.path.join(root, "two", "settings.json")
+      stored = json.load(open(path))
+      json.dump(dict(stored, devices=4), open(path, "w"))
+      with pytest.raises(UserError, match=r"trains on 4 devices and this process has 2"):
+        run("two")
+      assert all(isinstance(a, np.ndarray) for a in jax.tree_util.tree_leaves(v2))  # host
       print("ok")
       """)
   env = dict(os.environ, PIXELJAX_CPU_DEVICES="2")
