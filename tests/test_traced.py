@@ -77,19 +77,25 @@ def test_a_residual_nchw_net_gets_stem_and_windows_exactly():
   assert f.stem_shape == (16, 16, 8)
 
 
+def _attack_finds_what_the_black_box_finds(model, images, generations):
+  """One-pixel DE on ``model`` (the engine's fast paths) and on its bare ``predict`` (the full
+  net): the same successes, probabilities within 1e-5."""
+  labels = np.asarray(jax.jit(model.predict)(images)).argmax(1)
+  config = pixeljax.PixelAttackConfig(pixels=1, popsize=40, generations=generations)
+  fast = pixeljax.attack(model, images, labels, jax.random.PRNGKey(0), config)
+  slow = pixeljax.attack(model.predict, images, labels, jax.random.PRNGKey(0), config)
+  np.testing.assert_array_equal(fast.success, slow.success)
+  np.testing.assert_allclose(fast.probs, slow.probs, atol=1e-5)
+
+
 def test_the_engine_chooses_the_fast_paths_and_attacks_give_the_black_box_results():
   model = models.from_jax(_net(), input_shape=SHAPE)
   mesh = pixeljax.sharding.default_mesh()
   chosen = pixeljax.evaluator_for(model, 1, "de", mesh).execution
   assert chosen.incremental and chosen.window
   assert pixeljax.evaluator_for(model, 3, "de", mesh).execution.incremental
-  images = np.concatenate([_image(s) for s in range(3)]).round()
-  labels = np.asarray(jax.jit(model.predict)(images)).argmax(1)
-  config = pixeljax.PixelAttackConfig(pixels=1, popsize=40, generations=5)
-  fast = pixeljax.attack(model, images, labels, jax.random.PRNGKey(0), config)
-  slow = pixeljax.attack(model.predict, images, labels, jax.random.PRNGKey(0), config)
-  np.testing.assert_array_equal(fast.success, slow.success)
-  np.testing.assert_allclose(fast.probs, slow.probs, atol=1e-5)
+  _attack_finds_what_the_black_box_finds(
+      model, np.concatenate([_image(s) for s in range(3)]).round(), generations=5)
 
 
 def test_more_convolutions_than_the_window_allows_stop_the_prefix():
@@ -150,12 +156,7 @@ def test_a_strided_prefix_goes_on_through_pooling_and_strides_exactly_at_every_p
   assert chosen.strided_window == (jax.default_backend() == "cpu")
   images = np.concatenate([np.random.default_rng(s).uniform(0, 255, (1,) + shape)
                            for s in range(2)]).round().astype(np.float32)
-  labels = np.asarray(jax.jit(model.predict)(images)).argmax(1)
-  config = pixeljax.PixelAttackConfig(pixels=1, popsize=40, generations=4)
-  fast = pixeljax.attack(model, images, labels, jax.random.PRNGKey(0), config)
-  slow = pixeljax.attack(model.predict, images, labels, jax.random.PRNGKey(0), config)
-  np.testing.assert_array_equal(fast.success, slow.success)
-  np.testing.assert_allclose(fast.probs, slow.probs, atol=1e-5)
+  _attack_finds_what_the_black_box_finds(model, images, generations=4)
   with pytest.raises(pixeljax.UserError, match="strided_window needs"):
     pixeljax.evaluator_for(models.from_jax(_net(), input_shape=SHAPE), 1, "de", mesh,
                            dict(strided_window=True))
