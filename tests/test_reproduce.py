@@ -17,6 +17,9 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
   trained = [n for n in names if n.startswith("train_")]
   assert trained == [f"train_{n}" for n in ("cifar10_allcnn", "cifar10_nin", "cifar10_vgg16")
                      if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{n}.msgpack"))]
+  for (_, folder, cmd) in runs:    # the trained nets' accuracy is measured on the exact images
+    if os.path.basename(folder).startswith("train_"):
+      assert f"--config.test_data={reproduce.EXACT}" in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
   cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
   assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
@@ -29,11 +32,19 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
 
 def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"),
-         "--config=configs/reproduce.py:smoke", "--workdir", str(tmp_path / "r")]
+         "--config=configs/reproduce.py:smoke", "--workdir", str(tmp_path / "r"),
+         # a shipped net as the "paper net", to check the trained nets' table
+         "--config.paper_nets=cifar10_lenet_hyperparticle"]
   first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
   assert first.returncode == 0, first.stderr[-3000:]
   with open(tmp_path / "r" / "results.json") as f:
-    rows = json.load(f)["rows"]
+    results = json.load(f)
+  rows = results["rows"]
+  # Each paper net with a checkpoint is measured on the 1,017 exact test images; the LeNet's
+  # checkpoint records its accuracy on the same images.
+  [net] = results["nets"]
+  assert net["images"] == 1017 and net["recorded_on"] == "CIFAR-10 exact test images 0..1016"
+  assert abs(net["accuracy_exact"] - net["recorded_accuracy"]) < 1e-9
   assert [(r["mode"], r["pixels"]) for r in rows] == [("untargeted", 1), ("targeted", 1)]
   assert rows[0]["published"] == 0.63 and rows[1]["published"] == 0.344
   assert rows[1]["any_misclassification"] >= rows[1]["success"]
