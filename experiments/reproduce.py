@@ -55,7 +55,7 @@ def plan(config, root: str):
       if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{net}.msgpack")):
         runs.append(("train", os.path.join(root, f"train_{net}"), _script("train.py") + [
             f"--config=configs/train.py:{net}", f"--config.train.epochs="
-            f"{config.train_epochs[net]}", "--config.store_dtype=bfloat16",
+            f"{config.train_epochs[net]}", f"--config.store_dtype={config.store_dtype[net]}",
             # the accuracy every epoch and in the checkpoint: on the exact test images
             f"--config.test_data={EXACT}", "--config.out_dir=checkpoints"]))
   attack = lambda named, net, images: _script("one_pixel.py") + [

@@ -21,7 +21,7 @@ from pixeljax.errors import UserError
 from pixeljax.train import TrainConfig, recorded_devices, train
 from pixeljax.workdir import versions
 
-STORE_DTYPES = ("float32", "bfloat16")
+STORE_DTYPES = checkpoint.STORE_DTYPES
 
 
 def run(config, workdir, log=cli.log) -> dict:

@@ -28,15 +28,48 @@ class CheckpointError(UserError):
   """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
 
 
+STORE_DTYPES = ("float32", "bfloat16", "int8")
+# An int8-stored array: its integers and one float32 scale per output channel (last axis).
+_INT8, _SCALE = "int8_values", "int8_scale"
+
+
+def _int8(a: np.ndarray):
+  """A kernel (ndim >= 2) as symmetric int8 per output channel (its last axis: HWIO and
+  (in, out) kernels), ``a ~ q * scale``; other arrays (biases, batch-norm statistics: a tiny
+  share of a net) stay float32."""
+  if a.ndim < 2 or not np.issubdtype(a.dtype, np.floating):
+    return a
+  a = a.astype(np.float32)
+  top = np.max(np.abs(a.reshape(-1, a.shape[-1])), axis=0)
+  scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
+  q = np.clip(np.rint(a / scale), -127, 127).astype(np.int8)
+  return {_INT8: q, _SCALE: scale}
+
+
+def _from_int8(state):
+  """``state`` with every int8-stored array back in float32."""
+  if isinstance(state, dict):
+    if set(state) == {_INT8, _SCALE}:
+      return np.asarray(state[_INT8], np.float32) * np.asarray(state[_SCALE], np.float32)
+    return {k: _from_int8(v) for k, v in state.items()}
+  return state
+
+
 def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
          dtype: Optional[str] = None) -> str:
   """Writes ``prefix.msgpack`` and ``prefix.json``; returns the msgpack path.
 
-  ``dtype`` (e.g. ``"bfloat16"``) casts floating arrays before writing, to keep big nets small;
-  ``load`` casts them back to the template's dtype.
+  ``dtype`` keeps big nets small: ``"bfloat16"`` casts floating arrays before writing (half
+  the bytes), ``"int8"`` stores kernels as int8 with a float32 scale per output channel (a
+  quarter; the rest float32). ``load`` returns the template's dtype. The stored values are the
+  net from then on: measure a checkpoint's accuracy on what ``load`` returns.
   """
+  if dtype not in (None,) + STORE_DTYPES:
+    raise UserError(f"checkpoint dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
   tree = jax.tree_util.tree_map(np.asarray, variables)
-  if dtype is not None:
+  if dtype == "int8":
+    tree = jax.tree_util.tree_map(_int8, tree)
+  elif dtype not in (None, "float32"):
     tree = jax.tree_util.tree_map(
         lambda a: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a, tree)
   data = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(tree))
@@ -44,7 +77,7 @@ def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
   meta["sha256"] = hashlib.sha256(data).hexdigest()
   meta["stored_dtype"] = dtype or "float32"
   meta["num_params"] = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(
-      tree.get("params", tree) if isinstance(tree, dict) else tree)))
+      variables.get("params", variables) if isinstance(variables, dict) else variables)))
   atomic_write(prefix + PENDING, json.dumps(meta, indent=1, sort_keys=True).encode())
   atomic_write(prefix + ".msgpack", data)
   os.replace(prefix + PENDING, prefix + ".json")
@@ -108,6 +141,8 @@ def load(prefix: str, template: Any) -> Tuple[Any, dict]:
     state = flax.serialization.msgpack_restore(data)
   except Exception as e:  # msgpack raises several types for garbage
     raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+  if meta.get("stored_dtype") == "int8":
+    state = _from_int8(state)
   _check_structure(state, flax.serialization.to_state_dict(template), path)
   restored = flax.serialization.from_state_dict(template, state)
   restored = jax.tree_util.tree_map(lambda t, a: np.asarray(a).astype(np.asarray(t).dtype),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixeljax import checkpoint, data, models
+from pixeljax import checkpoint, data, errors, models
 from pixeljax.evaluate import accuracy
 from pixeljax.models import layers
 
@@ -177,6 +177,35 @@ def test_bfloat16_storage_round_trip(tmp_path):
   assert leaf.dtype == np.float32
   np.testing.assert_allclose(leaf, v["params"]["backbone"]["ip1"]["kernel"], rtol=1e-2,
                              atol=1e-3)
+
+
+def test_int8_storage_keeps_a_real_net_and_is_a_quarter_of_its_bytes(cifar_lenet, shared_dir,
+                                                                     tmp_path):
+  name = "cifar10_lenet_hyperparticle"
+  sizes = {}
+  for dtype in ("float32", "int8"):
+    os.makedirs(tmp_path / dtype)
+    sizes[dtype] = os.path.getsize(checkpoint.save(str(tmp_path / dtype / name),
+                                                   cifar_lenet.variables, {"model": name},
+                                                   dtype=dtype))
+  assert sizes["int8"] < 0.3 * sizes["float32"]
+  clf = models.load(name, str(tmp_path / "int8"))
+  assert clf.metadata["stored_dtype"] == "int8"
+  for path, before in jax.tree_util.tree_leaves_with_path(cifar_lenet.variables):
+    after = dict(jax.tree_util.tree_leaves_with_path(clf.variables))[path]
+    assert after.dtype == np.float32 and after.shape == before.shape
+    before = np.asarray(before)
+    if before.ndim < 2:        # biases and the like are kept as they are
+      np.testing.assert_array_equal(after, before)
+    else:                      # within half a step of its output channel's int8 scale
+      step = np.abs(before.reshape(-1, before.shape[-1])).max(0) / 127
+      assert np.all(np.abs(after - before) <= step / 2 + 1e-6)
+  # What is measured is the stored net: on the 1,017 exact images it stays within 0.5 points
+  # (measured: 74.73% against 74.93%; ResNet-20 / 32: within 0.1 point).
+  exact = data.load(os.path.join(shared_dir, "data", "cifar10_test_exact1017.npz"))
+  assert abs(accuracy(clf.predict, exact.images, exact.labels) - ACCURACY_1017[name]) < 0.005
+  with pytest.raises(errors.UserError, match="checkpoint dtype must be one of .* 'int4'"):
+    checkpoint.save(str(tmp_path / "x"), cifar_lenet.variables, dtype="int4")
 
 
 @pytest.mark.parametrize("features", [1, 6, 8, 10])

@@ -20,6 +20,7 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
   for (_, folder, cmd) in runs:    # the trained nets' accuracy is measured on the exact images
     if os.path.basename(folder).startswith("train_"):
       assert f"--config.test_data={reproduce.EXACT}" in cmd
+      assert "--config.store_dtype=" + ("int8" if "vgg16" in folder else "bfloat16") in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
   cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
   assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
