@@ -14,9 +14,11 @@ checkpoint goes to ``<out_dir>/<model>.msgpack`` (default ``<workdir>/checkpoint
 import dataclasses
 import os
 
+import jax
 import numpy as np
 
 from pixeljax import checkpoint, cli, data, models
+from pixeljax.evaluate import accuracy
 from pixeljax.errors import UserError
 from pixeljax.train import TrainConfig, recorded_devices, train
 from pixeljax.workdir import versions
@@ -41,17 +43,23 @@ def run(config, workdir, log=cli.log) -> dict:
                              show_progress=config.runtime.progress,
                              save_interval=config.runtime.get("save_interval", 600.0),
                              devices=config.runtime.get("devices", 0) or None)
+  # What ships is the stored net (bfloat16 / int8 values): its accuracy is measured on them.
+  dtype = None if config.store_dtype == "float32" else config.store_dtype
+  stored = checkpoint.as_stored(variables, dtype)
+  module = spec.module(train_config.num_classes)
+  stored_accuracy = accuracy(jax.jit(lambda x: module.apply(stored, x, train=False)),
+                             test_set.images, test_set.labels)
   meta = dict(model=spec.name, architecture=spec.description, dataset=spec.dataset,
               num_classes=spec.num_classes, input_shape=list(spec.input_shape),
               preprocessing=spec.preprocess, source="trained in pixeljax",
-              licence="Apache-2.0", accuracy=history[-1]["test_accuracy"],
+              licence="Apache-2.0", accuracy=stored_accuracy,
+              accuracy_before_storage=history[-1]["test_accuracy"],
               accuracy_on=f"{test_set.name} {test_set.split} ({len(test_set)} images)",
               trained_on=f"{train_set.name} train ({len(train_set)} images)",
               recipe=dataclasses.asdict(train_config), history=history,
               devices=recorded_devices(workdir.path))
   out_dir = config.out_dir or workdir.file("checkpoint")
-  path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta,
-                         dtype=None if config.store_dtype == "float32" else config.store_dtype)
+  path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta, dtype=dtype)
   results = dict(checkpoint=path, accuracy=meta["accuracy"], accuracy_on=meta["accuracy_on"],
                  trained_on=meta["trained_on"], history=history, config=config.to_dict(),
                  versions=versions())

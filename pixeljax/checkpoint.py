@@ -18,6 +18,7 @@ from typing import Any, Optional, Tuple
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pixeljax.errors import UserError
@@ -33,26 +34,71 @@ STORE_DTYPES = ("float32", "bfloat16", "int8")
 _INT8, _SCALE = "int8_values", "int8_scale"
 
 
+def _floating(a) -> bool:
+  return jnp.issubdtype(a.dtype, jnp.floating)   # bfloat16 too (numpy's test says no)
+
+
 def _int8(a: np.ndarray):
   """A kernel (ndim >= 2) as symmetric int8 per output channel (its last axis: HWIO and
   (in, out) kernels), ``a ~ q * scale``; other arrays (biases, batch-norm statistics: a tiny
-  share of a net) stay float32."""
-  if a.ndim < 2 or not np.issubdtype(a.dtype, np.floating):
+  share of a net) stay as they are."""
+  if a.ndim < 2 or a.size == 0 or not _floating(a):
     return a
   a = a.astype(np.float32)
+  if not np.all(np.isfinite(a)):
+    raise CheckpointError(f"int8 storage needs finite weights; a {a.shape} kernel holds NaN or "
+                          f"infinity")
   top = np.max(np.abs(a.reshape(-1, a.shape[-1])), axis=0)
   scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
   q = np.clip(np.rint(a / scale), -127, 127).astype(np.int8)
   return {_INT8: q, _SCALE: scale}
 
 
-def _from_int8(state):
-  """``state`` with every int8-stored array back in float32."""
-  if isinstance(state, dict):
-    if set(state) == {_INT8, _SCALE}:
-      return np.asarray(state[_INT8], np.float32) * np.asarray(state[_SCALE], np.float32)
-    return {k: _from_int8(v) for k, v in state.items()}
+def _from_int8(state, template):
+  """``state`` with its int8-stored arrays back in float32: wherever the model (``template``)
+  has an array and the file the two-key dict ``_int8`` writes."""
+  if isinstance(template, dict):
+    if not isinstance(state, dict):
+      return state
+    return {k: _from_int8(state[k], template[k]) if k in template else state[k] for k in state}
+  if isinstance(state, dict) and set(state) == {_INT8, _SCALE}:
+    return np.asarray(state[_INT8], np.float32) * np.asarray(state[_SCALE], np.float32)
   return state
+
+
+def _encode(variables, dtype: Optional[str]) -> bytes:
+  tree = jax.tree_util.tree_map(np.asarray, variables)
+  if dtype == "int8":
+    tree = jax.tree_util.tree_map(_int8, tree)
+  elif dtype not in (None, "float32"):
+    tree = jax.tree_util.tree_map(lambda a: a.astype(dtype) if _floating(a) else a, tree)
+  return flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(tree))
+
+
+def _decode(data: bytes, stored_dtype: Optional[str], template: Any, path: str):
+  try:
+    state = flax.serialization.msgpack_restore(data)
+  except Exception as e:  # msgpack raises several types for garbage
+    raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+  template_state = flax.serialization.to_state_dict(template)
+  if stored_dtype == "int8":
+    state = _from_int8(state, template_state)
+  _check_structure(state, template_state, path)
+  restored = flax.serialization.from_state_dict(template, state)
+  return jax.tree_util.tree_map(lambda t, a: np.asarray(a).astype(np.asarray(t).dtype),
+                                template, restored)
+
+
+def as_stored(variables: Any, dtype: Optional[str] = None) -> Any:
+  """``variables`` as ``load`` returns them after ``save(..., dtype=dtype)``: the net a
+  checkpoint holds, to measure before it is written."""
+  _check_dtype(dtype)
+  return _decode(_encode(variables, dtype), dtype, variables, "(in memory)")
+
+
+def _check_dtype(dtype):
+  if dtype not in (None,) + STORE_DTYPES:
+    raise UserError(f"checkpoint dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
 
 
 def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
@@ -64,15 +110,8 @@ def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
   quarter; the rest float32). ``load`` returns the template's dtype. The stored values are the
   net from then on: measure a checkpoint's accuracy on what ``load`` returns.
   """
-  if dtype not in (None,) + STORE_DTYPES:
-    raise UserError(f"checkpoint dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-  tree = jax.tree_util.tree_map(np.asarray, variables)
-  if dtype == "int8":
-    tree = jax.tree_util.tree_map(_int8, tree)
-  elif dtype not in (None, "float32"):
-    tree = jax.tree_util.tree_map(
-        lambda a: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a, tree)
-  data = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(tree))
+  _check_dtype(dtype)
+  data = _encode(variables, dtype)
   meta = dict(metadata or {})
   meta["sha256"] = hashlib.sha256(data).hexdigest()
   meta["stored_dtype"] = dtype or "float32"
@@ -137,17 +176,7 @@ def load(prefix: str, template: Any) -> Tuple[Any, dict]:
   if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
     raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 does not match "
                           f"the one recorded in {prefix}.json")
-  try:
-    state = flax.serialization.msgpack_restore(data)
-  except Exception as e:  # msgpack raises several types for garbage
-    raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
-  if meta.get("stored_dtype") == "int8":
-    state = _from_int8(state)
-  _check_structure(state, flax.serialization.to_state_dict(template), path)
-  restored = flax.serialization.from_state_dict(template, state)
-  restored = jax.tree_util.tree_map(lambda t, a: np.asarray(a).astype(np.asarray(t).dtype),
-                                    template, restored)
-  return restored, meta
+  return _decode(data, meta.get("stored_dtype"), template, path), meta
 
 
 def _check_structure(state, template, path, where=""):
@@ -159,6 +188,12 @@ def _check_structure(state, template, path, where=""):
           f"{sorted(template)}, found {got}")
     for k in template:
       _check_structure(state[k], template[k], path, f"{where}/{k}")
+  elif isinstance(state, dict):
+    raise CheckpointError(
+        f"checkpoint {path} does not match the model at '{where}': the file has a dict (keys "
+        f"{sorted(state)}) where the model has an array"
+        + (" (int8-stored, but its metadata does not say stored_dtype int8)"
+           if set(state) == {_INT8, _SCALE} else ""))
   else:
     if np.shape(state) != np.shape(template):
       raise CheckpointError(

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 
@@ -204,6 +205,13 @@ def test_int8_storage_keeps_a_real_net_and_is_a_quarter_of_its_bytes(cifar_lenet
   # (measured: 74.73% against 74.93%; ResNet-20 / 32: within 0.1 point).
   exact = data.load(os.path.join(shared_dir, "data", "cifar10_test_exact1017.npz"))
   assert abs(accuracy(clf.predict, exact.images, exact.labels) - ACCURACY_1017[name]) < 0.005
+  # Metadata that lost its stored_dtype: the one line says what the file holds.
+  meta = checkpoint.read_metadata(str(tmp_path / "int8" / name))
+  del meta["stored_dtype"]
+  with open(tmp_path / "int8" / f"{name}.json", "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(checkpoint.CheckpointError, match="does not say stored_dtype int8"):
+    models.load(name, str(tmp_path / "int8"))
   with pytest.raises(errors.UserError, match="checkpoint dtype must be one of .* 'int4'"):
     checkpoint.save(str(tmp_path / "x"), cifar_lenet.variables, dtype="int4")
 

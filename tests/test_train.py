@@ -189,3 +189,28 @@ def test_batches_split_over_devices_are_recorded_and_a_resume_keeps_its_count(tm
   out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
                        text=True, env=env, timeout=600)
   assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_the_script_records_the_accuracy_of_the_stored_net(tmp_path, shared_dir):
+  """experiments/train.py ships what it stores (here int8): the accuracy in the checkpoint's
+  metadata is the loaded checkpoint's, measured again here; the float net's is kept beside."""
+  from configs.train import get_config
+  from experiments import train as train_script
+  from pixeljax.evaluate import accuracy
+  from pixeljax.workdir import Workdir
+  config = get_config("mnist_lenet")
+  config.train_data = os.path.join(shared_dir, "data", "mnist.npz")
+  config.test_data = "mnist_samples"
+  config.num_train, config.store_dtype = 300, "int8"
+  config.train.update(epochs=1, batch_size=50)
+  config.runtime.progress = False
+  wd = Workdir.open(str(tmp_path / "run"), config.to_dict())
+  try:
+    results = train_script.run(config, wd, log=lambda s: None)
+  finally:
+    wd.close()
+  clf = models.load("mnist_lenet", os.path.dirname(results["checkpoint"]))
+  test = data.load("mnist_samples", "test")
+  assert clf.metadata["stored_dtype"] == "int8"
+  assert clf.metadata["accuracy"] == accuracy(clf.predict, test.images, test.labels)
+  assert clf.metadata["accuracy_before_storage"] == results["history"][-1]["test_accuracy"]
