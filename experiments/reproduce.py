@@ -40,7 +40,8 @@ def _script(name: str):
 
 
 def plan(config, root: str):
-  """(step, folder, command) of every run the config asks for, in order."""
+  """(the steps to run, [(step, folder, command)] of every run of the programme, in order):
+  the tables report the finished runs whichever steps run now."""
   steps = [s for s in str(config.runtime.steps).split(",") if s]
   unknown = set(steps) - {"train", "paper", "reimplementation", "tables"}
   if unknown:
@@ -50,37 +51,42 @@ def plan(config, root: str):
   extra = str(config.attack_flags).split()
   runs = []
   nets = [n for n in str(config.paper_nets).split(",") if n]
-  if "train" in steps:
-    for net in nets:
-      if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{net}.msgpack")):
-        runs.append(("train", os.path.join(root, f"train_{net}"), _script("train.py") + [
-            f"--config=configs/train.py:{net}", f"--config.train.epochs="
-            f"{config.train_epochs[net]}", f"--config.store_dtype={config.store_dtype[net]}",
-            # the accuracy every epoch and in the checkpoint: on the exact test images
-            f"--config.test_data={EXACT}", "--config.out_dir=checkpoints"]))
+  for net in nets:
+    if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{net}.msgpack")):
+      if net not in config.train_epochs or net not in config.store_dtype:
+        if "train" in steps:
+          raise UserError(f"{net} has no checkpoint and no training recipe here (train_epochs "
+                          f"and store_dtype in configs/reproduce.py); train it with "
+                          f"experiments/train.py or leave out the train step")
+        continue
+      runs.append(("train", os.path.join(root, f"train_{net}"), _script("train.py") + [
+          f"--config=configs/train.py:{net}", f"--config.train.epochs="
+          f"{config.train_epochs[net]}", f"--config.store_dtype={config.store_dtype[net]}",
+          # the accuracy every epoch and in the checkpoint: on the exact test images
+          f"--config.test_data={EXACT}", "--config.out_dir=checkpoints"]))
   attack = lambda named, net, images: _script("one_pixel.py") + [
       f"--config=configs/one_pixel.py:{named}", f"--config.model={net}",
       f"--config.data={EXACT}", f"--config.num_images={images}", f"--config.pixels={pixels}",
       f"--config.seed={config.seed}", "--config.figures=False"] + extra
-  if "paper" in steps:
-    for net in nets:
-      runs.append(("paper", os.path.join(root, f"paper_{net}"),
-                   attack("paper", net, config.paper_images)))
-      runs.append(("paper", os.path.join(root, f"paper_targeted_{net}"),
-                   attack("paper_targeted", net, config.paper_targeted_images)))
-  if "reimplementation" in steps:
-    for net in [n for n in str(config.reimplementation_nets).split(",") if n]:
-      for mode in ("untargeted", "targeted"):
-        runs.append(("reimplementation", os.path.join(root, f"reimplementation_{mode}_{net}"),
-                     attack("best1bin", net, config.reimplementation_images) + [
-                         "--config.attack.generations=75", "--config.attack.stop=first_success",
-                         f"--config.attack.targeted={mode == 'targeted'}"]))
+  for net in nets:
+    runs.append(("paper", os.path.join(root, f"paper_{net}"),
+                 attack("paper", net, config.paper_images)))
+    runs.append(("paper", os.path.join(root, f"paper_targeted_{net}"),
+                 attack("paper_targeted", net, config.paper_targeted_images)))
+  for net in [n for n in str(config.reimplementation_nets).split(",") if n]:
+    for mode in ("untargeted", "targeted"):
+      runs.append(("reimplementation", os.path.join(root, f"reimplementation_{mode}_{net}"),
+                   attack("best1bin", net, config.reimplementation_images) + [
+                       "--config.attack.generations=75", "--config.attack.stop=first_success",
+                       f"--config.attack.targeted={mode == 'targeted'}"]))
   return steps, runs
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   steps, runs = plan(config, workdir.path)
   for step, folder, command in runs:
+    if step not in steps:
+      continue
     if os.path.exists(os.path.join(folder, "results.json")):
       log(f"[{step}] {os.path.basename(folder)}: done")
       continue

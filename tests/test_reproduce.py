@@ -58,3 +58,9 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
       tmp_path / "r" / "summary.md").read_text()
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
   assert again.returncode == 0 and again.stderr.count(": done") == 2, again.stderr[-3000:]
+  # The tables alone report every finished run of the programme.
+  tables = subprocess.run(cmd + ["--config.runtime.steps=tables"], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert tables.returncode == 0 and ": done" not in tables.stderr, tables.stderr[-3000:]
+  with open(tmp_path / "r" / "results.json") as f:
+    assert json.load(f)["rows"] == rows
