@@ -20,7 +20,7 @@ from pixeljax.evaluate import accuracy
 from pixeljax.fooling import driver
 from pixeljax.metrics import fooling as metrics
 from pixeljax.models.registry import Classifier, check_images
-from pixeljax.train import TrainConfig, train
+from pixeljax.train import TrainConfig, migrate_config, train
 from pixeljax.workdir import versions
 
 
@@ -99,4 +99,5 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "retrain.py", report=report, migrate=driver.migrate_config)
+  cli.main(run, "retrain.py", report=report,
+           migrate=lambda stored: migrate_config(driver.migrate_config(stored)))

@@ -20,7 +20,7 @@ import numpy as np
 from pixeljax import checkpoint, cli, data, models
 from pixeljax.evaluate import accuracy
 from pixeljax.errors import UserError
-from pixeljax.train import TrainConfig, recorded_devices, train
+from pixeljax.train import TrainConfig, migrate_config, recorded_devices, train
 from pixeljax.workdir import versions
 
 STORE_DTYPES = checkpoint.STORE_DTYPES
@@ -72,4 +72,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "train.py", report=report)
+  cli.main(run, "train.py", report=report, migrate=migrate_config)

@@ -214,3 +214,28 @@ def test_the_script_records_the_accuracy_of_the_stored_net(tmp_path, shared_dir)
   assert clf.metadata["stored_dtype"] == "int8"
   assert clf.metadata["accuracy"] == accuracy(clf.predict, test.images, test.labels)
   assert clf.metadata["accuracy_before_storage"] == results["history"][-1]["test_accuracy"]
+
+
+def test_dropout_off_takes_the_nets_dropout_out_of_training_and_old_runs_keep_it_on():
+  """``TrainConfig.dropout=False``: a step no longer depends on the dropout key (All-CNN-C has
+  three dropout layers); with it on, it does. Stored settings from before the field resume
+  with dropout on."""
+  spec = models.get("cifar10_allcnn")
+  module = spec.module()
+  v = spec.init(jax.random.PRNGKey(0))
+  cfg = TrainConfig(optimizer="adam", learning_rate=1e-3, augment=False)
+  tx = train_lib.make_optimizer(cfg, 10)
+  state = train_lib.TrainState(step=np.int32(0), epoch=np.int32(0), params=v["params"],
+                               batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]))
+  images = np.asarray(data.load("cifar10_samples").images[:4], np.float32)
+  labels = np.arange(4)
+  losses = {}
+  for dropout in (True, False):
+    step = train_lib._make_step(module, tx, False, dropout)
+    losses[dropout] = [float(step(state, images, labels, jax.random.PRNGKey(k))[1])
+                       for k in (1, 2)]
+  assert losses[False][0] == losses[False][1]
+  assert losses[True][0] != losses[True][1]
+  assert train_lib._legacy({"config": {"epochs": 3}})["config"] == {"dropout": True, "epochs": 3}
+  assert train_lib.migrate_config({"train": {"epochs": 3}, "model": "x"}) == {
+      "train": {"dropout": True, "epochs": 3}, "model": "x"}
