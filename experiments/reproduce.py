@@ -53,15 +53,17 @@ def plan(config, root: str):
   nets = [n for n in str(config.paper_nets).split(",") if n]
   for net in nets:
     if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{net}.msgpack")):
-      if net not in config.train_epochs or net not in config.store_dtype:
+      if any(net not in config[key] for key in ("train_epochs", "train_dropout",
+                                                 "store_dtype")):
         if "train" in steps:
-          raise UserError(f"{net} has no checkpoint and no training recipe here (train_epochs "
-                          f"and store_dtype in configs/reproduce.py); train it with "
+          raise UserError(f"{net} has no checkpoint and no training recipe here (train_epochs, "
+                          f"train_dropout and store_dtype in configs/reproduce.py); train it with "
                           f"experiments/train.py or leave out the train step")
         continue
       runs.append(("train", os.path.join(root, f"train_{net}"), _script("train.py") + [
           f"--config=configs/train.py:{net}", f"--config.train.epochs="
-          f"{config.train_epochs[net]}", f"--config.store_dtype={config.store_dtype[net]}",
+          f"{config.train_epochs[net]}", f"--config.train.dropout={config.train_dropout[net]}",
+          f"--config.store_dtype={config.store_dtype[net]}",
           # the accuracy every epoch and in the checkpoint: on the exact test images
           f"--config.test_data={EXACT}", "--config.out_dir=checkpoints"]))
   attack = lambda named, net, images: _script("one_pixel.py") + [

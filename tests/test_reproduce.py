@@ -21,6 +21,8 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
     if os.path.basename(folder).startswith("train_"):
       assert f"--config.test_data={reproduce.EXACT}" in cmd
       assert "--config.store_dtype=" + ("int8" if "vgg16" in folder else "bfloat16") in cmd
+      # the short schedule trains without the nets' dropout (All-CNN-C underfit with it)
+      assert "--config.train.dropout=False" in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
   cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
   assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
