@@ -141,10 +141,10 @@ def test_format_1_settings_migrate_and_keep_their_chunk_names():
                                   "incremental": False, "segment_iterations": None},
          "seed": 0}
   new = formats.migrate(old)
-  assert new["attack"] == {"pixels": 1, "method": "de"}
+  assert new["attack"] == {"pixels": 1, "method": "de", **formats.ADDED_ATTACK}
   assert new["execution"] == dict(call_size=400, incremental=False, window=False,
                                   strided_window=False, devices=1, segment=10)
-  assert new["attack_keys"] == "id_x1000" and new["format"] == 3
+  assert new["attack_keys"] == "id_x1000" and new["format"] == formats.FORMAT
   assert formats.migrate(new) == new
   ids, targets = np.arange(3), -np.ones(3)
   # Format 1 hashed the stored dict without keys at their legacy value (incremental False).
@@ -165,7 +165,7 @@ def test_format_1_settings_migrate_and_keep_their_chunk_names():
   from pixeljax.models import files
   cfg = {"model": "m", "attack": {"popsize": 4, "eval_batch": None, "local_window": None}}
   assert formats.migrate_config(cfg) == {**files.config_defaults(), "model": "m",
-                                         "attack": {"popsize": 4}}
+                                         "attack": {"popsize": 4, **formats.ADDED_ATTACK}}
 
 
 def test_format_2_settings_gain_the_strided_window_off_and_keep_their_chunk_names():
@@ -177,14 +177,33 @@ def test_format_2_settings_gain_the_strided_window_off_and_keep_their_chunk_name
             "execution": dict(call_size=50, incremental=True, window=True, devices=2,
                               segment=10), "attack_keys": "per_attack", "seed": 0}
   new = formats.migrate(stored)
-  assert new["format"] == 3 and new["execution"] == {**stored["execution"],
-                                                     "strided_window": False}
-  assert {k: v for k, v in new.items() if k not in ("format", "execution")} == \
-      {k: v for k, v in stored.items() if k not in ("format", "execution")}
+  assert new["format"] == formats.FORMAT and new["execution"] == {**stored["execution"],
+                                                                  "strided_window": False}
+  assert {k: v for k, v in new.items() if k not in ("format", "execution", "attack")} == \
+      {k: v for k, v in stored.items() if k not in ("format", "execution", "attack")}
   ids, targets = np.arange(3), -np.ones(3)
   assert formats.chunk_key(formats.chunk_basis(new, stored), ids, targets) == \
       formats.chunk_key(stored, ids, targets)
   assert formats.chunk_basis(new, stored) != new
+
+
+def test_format_3_settings_gain_the_de_loop_they_ran_and_keep_their_chunk_names():
+  """A folder claimed before DE's ``updating`` and ``initialization`` settings (format 3) ran
+  deferred DE from the paper's start: it migrates with them, so today's settings for the same
+  work compare equal, and its chunk names are still the hash of the dict it stored."""
+  from pixeljax.sparse import formats
+  stored = {"format": 3, "model": "m", "attack": {"pixels": 1, "method": "de"},
+            "execution": dict(call_size=50, incremental=True, window=True,
+                              strided_window=True, devices=2, segment=10),
+            "attack_keys": "per_attack", "seed": 0}
+  new = formats.migrate(stored)
+  assert new == {**stored, "format": 4,
+                 "attack": {"pixels": 1, "method": "de", "updating": "deferred",
+                            "initialization": "paper"}}
+  ids, targets = np.arange(3), -np.ones(3)
+  assert formats.chunk_key(formats.chunk_basis(new, stored), ids, targets) == \
+      formats.chunk_key(stored, ids, targets)
+  assert formats.chunk_basis(new, new) == new
 
 
 def test_a_resumed_format_1_folder_runs_its_stored_execution_and_keys(cifar_lenet,

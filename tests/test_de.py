@@ -75,3 +75,48 @@ def test_early_stop_freezes_a_finished_problem_under_vmap():
 def test_unknown_strategy():
   with pytest.raises(ValueError, match="unknown DE strategy"):
     de.DEConfig(strategy="rand2bin")
+
+
+@pytest.mark.parametrize("config", [de.DEConfig.paper(updating="immediate"),
+                                    de.DEConfig.scipy_best1bin(updating="immediate")])
+def test_immediate_updating_minimises_a_shifted_sphere(config):
+  target = jnp.array([1.0, -2.0, 0.5])
+  fit = lambda pop: jnp.sum((pop - target) ** 2, -1)
+  lo, hi = -jnp.full(3, 5.), jnp.full(3, 5.)
+  pop = jax.random.uniform(jax.random.PRNGKey(0), (40, 3), minval=-5, maxval=5)
+  state = de.init(jax.random.PRNGKey(1), pop, fit, config)
+  state = jax.jit(lambda s: de.run(s, fit, config, lo, hi, 100))(state)
+  assert float(state.best_fitness) < 1e-3
+  assert int(state.generation) == 100 and int(state.member) == 0
+  chex.assert_trees_all_close(state.best_member, target, atol=0.05)
+
+
+def test_immediate_updating_promotes_a_better_trial_at_once():
+  """SciPy's immediate mode: a member's improvement is the best before the next member's trial
+  is built (deferred DE sees it only in the next generation), and the generation counts once
+  every member has been visited."""
+  config = de.DEConfig.scipy_best1bin(updating="immediate")
+  fit = lambda pop: jnp.sum(pop ** 2, -1)
+  lo, hi = -jnp.ones(2), jnp.ones(2)
+  pop = jnp.array([[.9, .9], [.8, .8], [.7, .7], [.6, .6], [.95, .95]])
+  state = de.init(jax.random.PRNGKey(0), pop, fit, config)
+  seen_best = []
+  for i in range(5):
+    assert int(state.member) == i and int(state.generation) == 0
+    trial, state = de.ask_member(state, config, lo, hi)
+    f = jnp.where(i == 1, 0.0, 10.0)             # only member 1's trial improves (to 0)
+    trial = jnp.where(i == 1, jnp.zeros(2), trial)
+    state = de.tell_member(state, trial, f, config)
+    seen_best.append(float(state.best_fitness))
+  assert seen_best[0] == pytest.approx(.72) and seen_best[1:] == [0.0] * 4
+  np.testing.assert_array_equal(state.best_member, [0., 0.])
+  np.testing.assert_array_equal(state.population[1], [0., 0.])
+  np.testing.assert_allclose(np.delete(state.population, 1, 0), np.delete(pop, 1, 0))
+  assert int(state.generation) == 1 and int(state.member) == 0
+  # F is drawn once per generation, in best1bin's dither range
+  assert 0.5 <= float(state.scale) < 1.0
+
+
+def test_unknown_updating():
+  with pytest.raises(ValueError, match="unknown DE updating"):
+    de.DEConfig(updating="lazy")

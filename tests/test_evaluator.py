@@ -165,7 +165,8 @@ def test_claims_made_before_incremental_resume_only_with_it_off(tmp_path):
   or dealing existed lacks those switches: it was made with them off, so it resumes only with
   them off, and its chunk files keep the names they had."""
   old = {"attack": {"pixels": 1, "eval_batch": 400}}
-  now = lambda **kw: {"format": 3, "attack": {"pixels": 1}, "attack_keys": "id_x1000",
+  now = lambda **kw: {"format": formats.FORMAT, "attack": {"pixels": 1, **formats.ADDED_ATTACK},
+                      "attack_keys": "id_x1000",
                       "execution": {"call_size": 400, "incremental": False, "window": False,
                                     "strided_window": False, "devices": 1, "segment": 10,
                                     **kw}}
@@ -185,7 +186,8 @@ def test_claims_made_before_incremental_resume_only_with_it_off(tmp_path):
   # none, and an older one without them matches it.
   unset = {"attack": {"pixels": 1, "eval_batch": 400, "incremental": None,
                       "local_window": None, "eval_devices": None}}
-  assert formats.migrate_config(unset) == formats.migrate_config(old) == {"attack": {"pixels": 1}}
+  assert formats.migrate_config(unset) == formats.migrate_config(old) == {
+      "attack": {"pixels": 1, **formats.ADDED_ATTACK}}
   # Chunks made before local_window existed keep their names when it is off.
   made = {"attack": {"pixels": 1, "eval_batch": 400, "incremental": True,
                      "local_window": False, "eval_devices": 1}}

@@ -45,6 +45,28 @@ def test_already_misclassified_images_are_not_fooled_images():
   assert set(m["definitions"]) >= {"success_rate", "fooled_at_some_query_rate"}
 
 
+def test_image_interval_resamples_whole_images():
+  # 10 images x 9 attacks, each image all-or-nothing: the rate's spread is that of 10 images
+  # (an interval as wide as a 10-trial one), not of 90 independent attacks.
+  ids = np.repeat(np.arange(10), 9)
+  clustered = np.repeat(np.arange(10) < 4, 9)
+  lo, hi = metrics.image_interval(clustered, ids)
+  assert lo < 0.4 < hi and hi - lo > 0.45
+  wlo, whi = metrics.wilson_interval(36, 90)
+  assert whi - wlo < 0.25
+  # attacks independent of their image: close to the binomial interval
+  rng = np.random.default_rng(0)
+  spread = rng.random(900) < 0.4
+  lo, hi = metrics.image_interval(spread, np.repeat(np.arange(100), 9))
+  wlo, whi = metrics.wilson_interval(int(spread.sum()), 900)
+  assert abs((hi - lo) - (whi - wlo)) < 0.02
+  # the same input, the same interval; a single outcome, a point
+  assert metrics.image_interval(clustered, ids) == metrics.image_interval(clustered, ids)
+  assert metrics.image_interval(np.ones(9), np.zeros(9)) == (1.0, 1.0)
+  with pytest.raises(ValueError, match="equal 1-d shapes"):
+    metrics.image_interval(np.ones(9), np.zeros(8))
+
+
 def test_wilson_interval_matches_the_textbook():
   # 61 of 100: Wilson 95% interval [0.5120, 0.6998] (worked by hand from the formula).
   lo, hi = metrics.wilson_interval(61, 100)

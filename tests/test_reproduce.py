@@ -56,6 +56,15 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
   fooled = sum(n for _, _, n in rows[1]["top_class_pairs"])
   assert fooled <= round(rows[1]["success"] * rows[1]["attacks"])
   assert "targets reached per image (of 9)" in (tmp_path / "r" / "summary.md").read_text()
+  # Beside each cell, the reimplementation's own records: its targeted cells are 10 images x 9
+  # targets, its figure their any-misclassification rate; intervals resample images.
+  theirs = rows[1]["published_record"]
+  assert (theirs["attacks"], theirs["images"]) == (90, 10)
+  assert abs(theirs["success"] - 0.344) < 5e-4 and theirs["target_reached"] < theirs["success"]
+  lo, hi = theirs["success_ci95_images"]
+  assert lo < 0.344 < hi and hi - lo > 0.3        # 10 images: far wider than 90 trials'
+  assert rows[0]["published_record"]["attacks"] == 100 and rows[0]["images"] == 2
+  assert "like for like" in (tmp_path / "r" / "summary.md").read_text()
   assert "| reimplementation | cifar10_lenet_hyperparticle | targeted | 1 |" in (
       tmp_path / "r" / "summary.md").read_text()
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -56,6 +56,16 @@ def test_initial_population_follows_the_paper():
   assert abs(np.median(col) - 128) < 5   # N(128, 127) clipped
 
 
+def test_latin_hypercube_has_one_member_in_each_stratum_of_each_dimension():
+  lower, upper = problem.bounds((32, 32, 3), 2)
+  pop = np.asarray(problem.latin_hypercube(jax.random.PRNGKey(0), lower, upper, 400))
+  assert pop.shape == (400, 10)
+  strata = np.floor((pop - np.asarray(lower)) / np.asarray(upper - lower) * 400).astype(int)
+  for d in range(10):
+    np.testing.assert_array_equal(np.sort(strata[:, d]), np.arange(400))
+  assert not np.array_equal(strata[:, 0], strata[:, 1])    # shuffled per dimension
+
+
 def test_success_first_ranks_fooling_candidates_first():
   # Fake model: candidate i's probabilities are row i of `table` (chosen by its x coordinate).
   table = jnp.array([[0.40, 0.35, 0.25],    # p_true lowest, still classified as 0
@@ -456,3 +466,32 @@ def test_de_initialises_inside_its_first_loop(cifar_lenet, cifar_samples):
     for field in ("pixels", "queries", "success", "probs", "iterations"):
       np.testing.assert_array_equal(getattr(one, field)[0], getattr(padded, field)[i],
                                     err_msg=field)
+
+
+def test_immediate_updating_de_stops_at_its_first_fooling_query(cifar_lenet, cifar_samples):
+  """SciPy's member-by-member DE (the reimplementation's loop): one query per step, so an
+  attack stopping at the first success spends exactly its success query; a generation is
+  ``popsize`` steps; the best member is a recorded, reproducible candidate."""
+  idx = _correct(cifar_lenet, cifar_samples, 4)
+  cfg = PixelAttackConfig(pixels=1, strategy="best1bin", popsize=24, generations=8,
+                          stop="first_success", updating="immediate",
+                          initialization="latin_hypercube")
+  assert "immediate updating, latin hypercube start" in cfg.describe()
+  run = lambda: attack(cifar_lenet.predict, cifar_samples.images[idx],
+                       cifar_samples.labels[idx], jax.random.PRNGKey(3), cfg, image_ids=idx)
+  rec = run()
+  chex.assert_trees_all_equal(rec, run())
+  assert np.all(rec.queries <= 24 * 9)
+  late = rec.success & (rec.success_query > 24)      # fooled after the initial population
+  np.testing.assert_array_equal(rec.queries[late], rec.success_query[late])
+  np.testing.assert_array_equal(rec.iterations[late], rec.queries[late] - 24)
+  np.testing.assert_array_equal(rec.queries[~rec.success], 24 * 9)
+  np.testing.assert_array_equal(rec.success, rec.adversarial_class != rec.true_class)
+  imgs = cifar_samples.images[idx].astype(np.float32)
+  for i, (x, y, *c) in enumerate(rec.pixels[:, 0]):
+    imgs[i, int(y), int(x)] = c
+  np.testing.assert_allclose(np.asarray(cifar_lenet(imgs)), rec.probs, atol=1e-5)
+  with pytest.raises(UserError, match="unknown updating"):
+    PixelAttackConfig(updating="lazy")
+  with pytest.raises(UserError, match="unknown initialization"):
+    PixelAttackConfig(initialization="sobol")

@@ -15,9 +15,16 @@ Strategies
     crossover, the child replaces its parent if it is no worse.
   * ``best1bin`` -- SciPy's default: x_best + F (x_r1 - x_r2) with F dithered per generation in
     [0.5, 1), binomial crossover with probability ``recombination`` (peers use 1.0).
-The update is synchronous (SciPy's ``updating='deferred'``): a whole generation is evaluated in
-one batched call, which is what makes it fast on accelerators. Components that leave the bounds
-are redrawn uniformly inside them, as SciPy does.
+The update is synchronous by default (SciPy's ``updating='deferred'``): a whole generation is
+evaluated in one batched call, which is what makes it fast on accelerators. Components that
+leave the bounds are redrawn uniformly inside them, as SciPy does.
+
+``updating="immediate"`` is SciPy's default and its only mode before SciPy 1.2, which the
+one-pixel reimplementations ran: members are visited in order, each trial is built from the
+population as it stands (the best member included) and replaces its parent at once, F is
+dithered once per generation. ``ask_member`` / ``tell_member`` do one member; ``step`` one
+generation of them (a ``fori_loop`` of single-candidate fitness calls). Vmapped over many
+problems, each of those calls is still one batch: one candidate of every problem.
 """
 import dataclasses
 from typing import Callable, Optional, Tuple
@@ -29,6 +36,7 @@ from flax import struct
 from pixeljax.evolution.sampling import distinct
 
 STRATEGIES = ("rand1", "best1bin")
+UPDATING = ("deferred", "immediate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +46,14 @@ class DEConfig:
   dither: Optional[Tuple[float, float]] = None  # F ~ U[lo, hi) per generation (best1bin: 0.5, 1)
   recombination: Optional[float] = None       # crossover probability; None = no crossover
   stop_fitness: float = float("-inf")         # stop once best fitness < this
+  updating: str = "deferred"                  # "deferred" (a generation per call) or
+  #                                             "immediate" (SciPy's default: member by member)
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
       raise ValueError(f"unknown DE strategy {self.strategy!r}; known: {STRATEGIES}")
+    if self.updating not in UPDATING:
+      raise ValueError(f"unknown DE updating {self.updating!r}; known: {UPDATING}")
 
   @classmethod
   def paper(cls, **kw) -> "DEConfig":
@@ -63,6 +75,9 @@ class DEState:
   generation: jax.Array     # () int32, generations completed after initialisation
   done: jax.Array           # () bool, best_fitness < stop_fitness
   key: jax.Array
+  # Immediate updating only: the next member to visit and this generation's F.
+  member: jax.Array = None  # () int32
+  scale: jax.Array = None   # () float32
 
 
 FitnessFn = Callable[[jax.Array], jax.Array]
@@ -73,7 +88,9 @@ def init(key, population: jax.Array, fitness_fn: FitnessFn, config: DEConfig) ->
   best = jnp.argmin(fitness)
   return DEState(population=population, fitness=fitness, best_member=population[best],
                  best_fitness=fitness[best], generation=jnp.zeros((), jnp.int32),
-                 done=fitness[best] < config.stop_fitness, key=key)
+                 done=fitness[best] < config.stop_fitness, key=key,
+                 member=jnp.zeros((), jnp.int32),
+                 scale=jnp.asarray(config.mutation, jnp.float32))
 
 
 def _mutants(key, state: DEState, config: DEConfig) -> jax.Array:
@@ -119,14 +136,65 @@ def tell(state: DEState, trial: jax.Array, trial_fitness: jax.Array,
   population = jnp.where(better[:, None], trial, state.population)
   fitness = jnp.where(better, trial_fitness, state.fitness)
   best = jnp.argmin(fitness)
-  return DEState(population=population, fitness=fitness, best_member=population[best],
-                 best_fitness=fitness[best], generation=state.generation + 1,
-                 done=fitness[best] < config.stop_fitness, key=state.key)
+  return state.replace(population=population, fitness=fitness, best_member=population[best],
+                       best_fitness=fitness[best], generation=state.generation + 1,
+                       done=fitness[best] < config.stop_fitness)
+
+
+def ask_member(state: DEState, config: DEConfig, lower: jax.Array,
+               upper: jax.Array) -> Tuple[jax.Array, DEState]:
+  """Immediate updating: the trial vector (D,) of member ``state.member``, built from the
+  population as it stands (SciPy's ``_mutate``); F is redrawn when a generation begins."""
+  pop = state.population
+  p, d = pop.shape
+  i = state.member
+  key, k_f, k_idx, k_cr, k_j, k_rep = jax.random.split(state.key, 6)
+  if config.dither is not None:
+    drawn = jax.random.uniform(k_f, (), minval=config.dither[0], maxval=config.dither[1])
+    f = jnp.where(i == 0, drawn, state.scale)
+  else:
+    f = jnp.asarray(config.mutation, jnp.float32)
+  if config.strategy == "rand1":
+    r = distinct(k_idx, p, 3, exclude=i[None])
+    mutant = pop[r[0]] + f * (pop[r[1]] - pop[r[2]])
+  else:  # best1bin
+    r = distinct(k_idx, p, 2, exclude=i[None])
+    mutant = state.best_member + f * (pop[r[0]] - pop[r[1]])
+  if config.recombination is not None:
+    cross = jax.random.uniform(k_cr, (d,)) < config.recombination
+    cross = cross | (jnp.arange(d) == jax.random.randint(k_j, (), 0, d))
+    mutant = jnp.where(cross, mutant, pop[i])
+  trial = _repair(k_rep, mutant, lower, upper)
+  return trial, state.replace(key=key, scale=f.astype(jnp.float32))
+
+
+def tell_member(state: DEState, trial: jax.Array, trial_fitness: jax.Array,
+                config: DEConfig) -> DEState:
+  """Immediate updating: the trial replaces member ``state.member`` if no worse, and becomes
+  the best at once if better than it; the generation counts when the last member is done."""
+  i = state.member
+  p = state.population.shape[0]
+  better = trial_fitness <= state.fitness[i]
+  population = state.population.at[i].set(jnp.where(better, trial, state.population[i]))
+  fitness = state.fitness.at[i].set(jnp.where(better, trial_fitness, state.fitness[i]))
+  best = trial_fitness < state.best_fitness
+  best_fitness = jnp.where(best, trial_fitness, state.best_fitness)
+  member = (i + 1) % p
+  return state.replace(population=population, fitness=fitness,
+                       best_member=jnp.where(best, trial, state.best_member),
+                       best_fitness=best_fitness,
+                       generation=state.generation + (member == 0).astype(jnp.int32),
+                       done=best_fitness < config.stop_fitness, member=member)
 
 
 def step(state: DEState, fitness_fn: FitnessFn, config: DEConfig, lower: jax.Array,
          upper: jax.Array) -> DEState:
-  """One generation: ``ask``, evaluate, ``tell``."""
+  """One generation: ``ask``, evaluate, ``tell`` (immediate updating: member by member)."""
+  if config.updating == "immediate":
+    def one(_, s):
+      trial, s = ask_member(s, config, lower, upper)
+      return tell_member(s, trial, fitness_fn(trial[None])[0], config)
+    return jax.lax.fori_loop(0, state.population.shape[0], one, state)
   trial, state = ask(state, config, lower, upper)
   return tell(state, trial, fitness_fn(trial), config)
 

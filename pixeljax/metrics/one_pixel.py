@@ -32,6 +32,28 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964):
   return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
+def image_interval(success, image_ids, level: float = 0.95, resamples: int = 10_000,
+                   seed: int = 0):
+  """(low, high) percentile-bootstrap interval of a success rate whose attacks share images
+  (targeted: 9 per image), resampling whole images: an image's attacks succeed or fail
+  together far more than independent draws would, so a binomial interval over attacks is too
+  narrow (10 images x 9 targets are not 90 independent trials)."""
+  success = np.asarray(success, np.float64)
+  ids = np.asarray(image_ids)
+  if success.shape != ids.shape or success.ndim != 1:
+    raise ValueError(f"success and image_ids must be equal 1-d shapes, got {success.shape} "
+                     f"and {ids.shape}")
+  if success.size == 0:
+    return (0.0, 1.0)
+  _, group = np.unique(ids, return_inverse=True)
+  hits = np.bincount(group, weights=success)
+  tries = np.bincount(group).astype(np.float64)
+  draw = np.random.default_rng(seed).integers(0, len(hits), (resamples, len(hits)))
+  rates = hits[draw].sum(1) / tries[draw].sum(1)
+  tail = (1 - level) / 2
+  return (float(np.quantile(rates, tail)), float(np.quantile(rates, 1 - tail)))
+
+
 def confidence(records) -> float:
   s = np.asarray(records.success)
   if not s.any():

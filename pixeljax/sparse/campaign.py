@@ -97,7 +97,7 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
   before = formats.migrate(stored) if stored else {}
   insist = {**before.get("execution", {}),
             **{k: v for k, v in (execution or {}).items() if v is not None}}
-  ev = evaluator_for(model, config.pixels, config.method, mesh, insist)
+  ev = evaluator_for(model, config.pixels, config.segment_kind, mesh, insist)
   keys = before.get("attack_keys", "per_attack")
   rows, targets = attack_rows(labels, num_classes, config.targeted)
   settings = dict(format=formats.FORMAT, **(identity or {}), attack=dataclasses.asdict(config),

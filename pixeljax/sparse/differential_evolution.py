@@ -14,7 +14,7 @@ from flax import struct
 
 from pixeljax.evolution import de
 from pixeljax.sparse import method
-from pixeljax.sparse.problem import bounds, initial_population
+from pixeljax.sparse.problem import bounds, initial_population, latin_hypercube
 
 
 @struct.dataclass
@@ -27,15 +27,24 @@ class State:
 
 @dataclasses.dataclass(frozen=True)
 class DifferentialEvolution(method.Method):
-  init_in_loop = True   # the initial population is a generation's size
+  """A step is a generation (deferred updating: one batch of ``popsize`` trials) or one member
+  (immediate updating: one trial, so ``popsize`` steps a generation)."""
+
+  @property
+  def immediate(self) -> bool:
+    return self.config.updating == "immediate"
+
+  @property
+  def init_in_loop(self) -> bool:   # the initial population is a (deferred) step's size
+    return not self.immediate
 
   @property
   def queries_per_step(self) -> int:
-    return self.config.popsize
+    return 1 if self.immediate else self.config.popsize
 
   @property
   def max_iterations(self) -> int:
-    return self.config.generations
+    return self.config.generations * (self.config.popsize if self.immediate else 1)
 
   @property
   def first_queries(self) -> int:
@@ -44,6 +53,9 @@ class DifferentialEvolution(method.Method):
   def first(self, key, problem=None) -> jax.Array:
     """The initial population, the first candidates scored."""
     c = self.config
+    if c.initialization == "latin_hypercube":
+      lower, upper = bounds(self.image_shape, c.pixels)
+      return latin_hypercube(jax.random.fold_in(key, 0), lower, upper, c.popsize)
     return initial_population(jax.random.fold_in(key, 0), self.image_shape, c.pixels,
                               c.popsize)
 
@@ -58,11 +70,16 @@ class DifferentialEvolution(method.Method):
     """The generation's trial vectors and the state to ``tell`` their scores."""
     c = self.config
     lower, upper = bounds(self.image_shape, c.pixels)
+    if self.immediate:
+      trial, searching = de.ask_member(state.de, c.de_config(), lower, upper)
+      return trial[None], state.replace(de=searching)
     trial, searching = de.ask(state.de, c.de_config(), lower, upper)
     return trial, state.replace(de=searching)
 
   def tell(self, state: State, trial, scores, problem=None) -> State:
     c = self.config
+    if self.immediate:
+      return self._tell_member(state, trial, scores)
     new = de.tell(state.de, trial, scores.loss, c.de_config())
     kept = scores.loss <= state.de.fitness          # the engine's own selection rule
     probs = jnp.where(kept[:, None], scores.probs, state.probs)
@@ -71,4 +88,18 @@ class DifferentialEvolution(method.Method):
     tracker = method.update(c, state.tracker, trial, scores, replace=jnp.ones((), bool),
                             best=new.best_member, best_loss=new.best_fitness,
                             best_probs=probs[best], best_reached=reached[best])
+    return State(de=new, probs=probs, reached=reached, tracker=tracker)
+
+  def _tell_member(self, state: State, trial, scores) -> State:
+    """Immediate updating: the one scored trial (1, D) against its member."""
+    c = self.config
+    i = state.de.member
+    new = de.tell_member(state.de, trial[0], scores.loss[0], c.de_config())
+    kept = scores.loss[0] <= state.de.fitness[i]     # the engine's own selection rule
+    probs = state.probs.at[i].set(jnp.where(kept, scores.probs[0], state.probs[i]))
+    reached = state.reached.at[i].set(jnp.where(kept, scores.reached[0], state.reached[i]))
+    promoted = scores.loss[0] < state.de.best_fitness
+    tracker = method.update(c, state.tracker, trial, scores, replace=promoted,
+                            best=new.best_member, best_loss=new.best_fitness,
+                            best_probs=scores.probs[0], best_reached=scores.reached[0])
     return State(de=new, probs=probs, reached=reached, tracker=tracker)

@@ -68,7 +68,9 @@ CPU_WINDOW_CALL_SIZE = 50
 # (400 per call) 0.73x; VGG16 3-pixel at 100 per call 1.15x (candidates of one image).
 CPU_DEALT_CALL_SIZE = 100
 # Steps of an attack between the runner's compactions and progress reports, per method.
-SEGMENT = {"de": 10, "sparse_rs": 100, "corner_search": 20}
+# Default steps per segment, by how much a step does: a DE generation, one Sparse-RS proposal,
+# CornerSearch's 512 samples, one member of immediate-updating DE (a generation of 400).
+SEGMENT = {"de": 10, "sparse_rs": 100, "corner_search": 20, "de_immediate": 400}
 
 
 @dataclasses.dataclass(frozen=True)

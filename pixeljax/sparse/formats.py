@@ -16,7 +16,10 @@ is attacked), ``execution`` the evaluator's ``Execution`` and ``attack_keys`` th
 derivation, each recorded apart; chunk files are named by the hash of the whole dict. Its
 ``execution`` has no ``strided_window`` (windows stopped at the first strided layer then).
 
-**Format 3** (``"format": 3``): format 2 with ``execution.strided_window``.
+**Format 3** (``"format": 3``, until 2026-12-07): format 2 with ``execution.strided_window``.
+
+**Format 4** (``"format": 4``): format 3 with DE's ``attack.updating`` and
+``attack.initialization`` (before: deferred, the paper's start -- ``ADDED_ATTACK``).
 
 ``migrate`` maps a stored dict of any format to today's (a resumed run then runs the stored
 execution and key derivation, so its new chunks match its old ones bit for bit);
@@ -33,7 +36,9 @@ import numpy as np
 from pixeljax.sparse.evaluator import SEGMENT
 from pixeljax.workdir import to_jsonable
 
-FORMAT = 3
+FORMAT = 4
+# Attack settings added since format 3, with the value every earlier run had.
+ADDED_ATTACK = {"updating": "deferred", "initialization": "paper"}
 # Format 1's execution switches -> the ``Execution`` fields they became.
 EXECUTION_V1 = {"eval_batch": "call_size", "incremental": "incremental",
                 "local_window": "window", "eval_devices": "devices",
@@ -52,9 +57,11 @@ def migrate(stored: Mapping) -> Dict[str, Any]:
   stored = to_jsonable(stored)
   if version(stored) == FORMAT:
     return stored
+  if version(stored) == 3:
+    return dict(stored, format=FORMAT, attack={**ADDED_ATTACK, **stored["attack"]})
   if version(stored) == 2:
-    return dict(stored, format=FORMAT,
-                execution={"strided_window": False, **stored["execution"]})
+    return migrate(dict(stored, format=3,
+                        execution={"strided_window": False, **stored["execution"]}))
   attack = dict(stored["attack"])
   execution = {}
   for old, new in EXECUTION_V1.items():
@@ -69,7 +76,7 @@ def migrate(stored: Mapping) -> Dict[str, Any]:
 def chunk_basis(settings: Mapping, stored: Optional[Mapping]) -> Dict[str, Any]:
   """What a chunk file name hashes: an older format's folder its stored dict, as it was
   hashed then (format 1: without its legacy-valued keys); today's folders today's settings."""
-  if stored is not None and version(stored) == 2:
+  if stored is not None and version(stored) in (2, 3):
     return to_jsonable(stored)
   if stored is not None and version(stored) == 1:
     out = to_jsonable(stored)
@@ -92,7 +99,8 @@ def chunk_key(basis: Mapping, image_ids, targets) -> str:
 def migrate_config(stored: Mapping) -> Dict[str, Any]:
   """A one-pixel experiment's stored ``config.json`` as today's: format 1's execution
   switches leave ``attack`` (they are chosen by the engine, and recorded per chunk folder,
-  where they are compared); a config written before imported models (``model_preprocess``,
+  where they are compared); attack settings added since take the value it ran with
+  (``ADDED_ATTACK``); a config written before imported models (``model_preprocess``,
   ``model_softmax``, ...: ``models.files.config_settings``) named a zoo model, which has
   them unset."""
   from pixeljax.models import files
@@ -100,6 +108,7 @@ def migrate_config(stored: Mapping) -> Dict[str, Any]:
   if "model" in stored:
     stored = {**files.config_defaults(), **stored}
   attack = stored.get("attack")
-  if not isinstance(attack, dict) or not any(k in attack for k in EXECUTION_V1):
+  if not isinstance(attack, dict):
     return stored
-  return {**stored, "attack": {k: v for k, v in attack.items() if k not in EXECUTION_V1}}
+  attack = {k: v for k, v in {**ADDED_ATTACK, **attack}.items() if k not in EXECUTION_V1}
+  return {**stored, "attack": attack}

@@ -37,6 +37,7 @@ from pixeljax.evolution import de
 METHODS = ("de", "sparse_rs", "corner_search")
 LOSSES = ("probability", "margin", "ce")
 STOP_RULES = ("paper", "first_success")
+INITIALIZATIONS = ("paper", "latin_hypercube")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,10 @@ class PixelAttackConfig:
   generations: int = 100
   strategy: str = "rand1"          # "rand1" (paper) or "best1bin" (SciPy / peers)
   recombination: float = 1.0      # best1bin only
+  updating: str = "deferred"      # "deferred" (a generation per model call: the engine's) or
+  #                                 "immediate" (SciPy's default, member by member, as the
+  #                                 Keras reimplementation and the PyTorch peers ran it)
+  initialization: str = "paper"   # "paper" or "latin_hypercube" (SciPy's default)
   # Sparse-RS (Croce et al.) and CornerSearch (Croce & Hein).
   p_init: Optional[float] = None  # Sparse-RS: initial fraction of the k pixels moved; None:
   #                                 the authors' 0.3 untargeted, 0.1 targeted
@@ -86,6 +91,10 @@ class PixelAttackConfig:
         (self.generations >= 0, f"generations must be >= 0, got {self.generations}"),
         (self.strategy in de.STRATEGIES,
          f"unknown strategy {self.strategy!r}; known: {de.STRATEGIES}"),
+        (self.updating in de.UPDATING,
+         f"unknown updating {self.updating!r}; known: {de.UPDATING}"),
+        (self.initialization in INITIALIZATIONS,
+         f"unknown initialization {self.initialization!r}; known: {INITIALIZATIONS}"),
         (self.max_queries is None or self.max_queries >= 1,
          f"max_queries must be >= 1, got {self.max_queries}"),
         (self.p_init is None or 0 < self.p_init <= 1,
@@ -146,6 +155,10 @@ class PixelAttackConfig:
     """The method and its main settings, as figures, tables and logs name them."""
     if self.method == "de":
       name = f"DE {self.strategy}, population {self.popsize}, {self.generations} generations"
+      if self.updating != "deferred":
+        name += f", {self.updating} updating"
+      if self.initialization != "paper":
+        name += f", {self.initialization.replace('_', ' ')} start"
     else:
       name = {"sparse_rs": "Sparse-RS", "corner_search": "CornerSearch"}[self.method]
     return (name + f", {self.loss_name} loss"
@@ -155,8 +168,16 @@ class PixelAttackConfig:
   def de_config(self) -> de.DEConfig:
     # The runner applies the stopping rule; DE itself never stops early.
     if self.strategy == "rand1":
-      return de.DEConfig.paper()
-    return de.DEConfig.scipy_best1bin(self.recombination)
+      return de.DEConfig.paper(updating=self.updating)
+    return de.DEConfig.scipy_best1bin(self.recombination, updating=self.updating)
+
+  @property
+  def segment_kind(self) -> str:
+    """The name the evaluator's default segment length is kept under: DE with immediate
+    updating takes one query per step, as Sparse-RS does, not a population's."""
+    if self.method == "de" and self.updating == "immediate":
+      return "de_immediate"
+    return self.method
 
 
 def bounds(image_shape, pixels: int):
@@ -186,6 +207,17 @@ def initial_population(key, image_shape, pixels: int, popsize: int) -> jax.Array
   population = jnp.concatenate([x, y, col], axis=-1).reshape(popsize, pixels * (2 + c))
   chex.assert_shape(population, (popsize, pixels * (2 + c)))
   return population
+
+
+def latin_hypercube(key, lower: jax.Array, upper: jax.Array, popsize: int) -> jax.Array:
+  """SciPy's ``init='latinhypercube'``: each dimension's range cut into ``popsize`` equal
+  strata, one uniform draw in each, the strata shuffled per dimension; (popsize, D)."""
+  d = lower.shape[0]
+  k_u, k_p = jax.random.split(key)
+  strata = (jnp.arange(popsize)[:, None] + jax.random.uniform(k_u, (popsize, d))) / popsize
+  order = jax.vmap(lambda k: jax.random.permutation(k, popsize))(jax.random.split(k_p, d))
+  unit = jnp.take_along_axis(strata, order.T, axis=0)
+  return lower + unit * (upper - lower)
 
 
 def decode(candidate: jax.Array, image_shape):

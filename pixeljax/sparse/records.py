@@ -27,7 +27,8 @@ class AttackRecords:
   success_query: np.ndarray       # (A,) query at which a candidate first fooled; -1: never
   #   (set whenever ``success``: in the rare near-tie where only the full net's final check says
   #   the reported candidate fools, the attack's last query, an upper bound)
-  iterations: np.ndarray          # (A,) steps after initialisation (DE: generations)
+  iterations: np.ndarray          # (A,) steps after initialisation (DE: generations;
+  #                                 with immediate updating: trials, popsize a generation)
 
   def __len__(self) -> int:
     return len(self.image_id)

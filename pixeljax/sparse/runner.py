@@ -269,7 +269,7 @@ def attack(model, images, labels, key, config: PixelAttackConfig, targets=None,
   n = len(images)
   mesh = sharding_lib.default_mesh() if mesh is None else mesh
   ev = (model if isinstance(model, Evaluator)
-        else evaluator_for(model, config.pixels, config.method, mesh, execution))
+        else evaluator_for(model, config.pixels, config.segment_kind, mesh, execution))
   devices = sharding_lib.mesh_modes(mesh)["devices"]
   if sharding_lib.deals_model_calls(mesh):   # attacks not sharded: calls dealt, or one device
     mesh = ev.mesh
