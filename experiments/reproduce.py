@@ -130,6 +130,7 @@ def nets(config) -> list:
 def _rows(runs):
   """One row per finished attack run and pixel count."""
   rows = []
+  published = published_cells()
   for step, folder, _ in runs:
     path = os.path.join(folder, "results.json")
     if step == "train" or not os.path.exists(path):
@@ -146,7 +147,7 @@ def _rows(runs):
         row["published"] = PAPER.get(k) if mode == "untargeted" else None
       else:
         row["published"] = REIMPLEMENTATION.get(model, {}).get(mode, {}).get(k)
-        rec = np.load(os.path.join(folder, f"records_{mode}_{k}px.npz"))
+        rec = np.load(os.path.join(folder, f"records_{mode}_{k}px.npz"))   # beside results
         # Intervals that resample images, as theirs must be (their targeted cells are 10
         # images): an image's 9 targeted attacks are not independent trials.
         row["images"] = int(len(np.unique(rec["image_id"])))
@@ -161,7 +162,7 @@ def _rows(runs):
               int(np.sum(moved)), len(moved)))
           row["any_misclassification_ci95_images"] = list(metrics.image_interval(
               moved, rec["image_id"]))
-        theirs = published_cells().get((model, mode, k))
+        theirs = published.get((model, mode, k))
         if theirs:
           row["published_record"] = theirs
       # The paper's other two metrics: class pairs (true -> adversarial) and, targeted, how
@@ -187,6 +188,8 @@ def published_cells() -> dict:
   stored = workdir_lib.read_json(PUBLISHED_RECORDS)
   out = {}
   for cell in stored["cells"]:
+    if not cell["rows"]:
+      continue
     rows = np.asarray([r[:4] for r in cell["rows"]], np.int64)
     success = np.asarray([r[4] for r in cell["rows"]], bool)
     c = dict(attacks=len(rows), images=int(len(np.unique(rows[:, 0]))),

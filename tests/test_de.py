@@ -120,3 +120,19 @@ def test_immediate_updating_promotes_a_better_trial_at_once():
 def test_unknown_updating():
   with pytest.raises(ValueError, match="unknown DE updating"):
     de.DEConfig(updating="lazy")
+
+
+def test_immediate_updating_a_tie_in_the_best_slot_moves_the_best():
+  """SciPy keeps the best at index 0, so a trial tying it there replaces it as the best (the
+  base vector of best1bin from then on); a tie elsewhere does not."""
+  config = de.DEConfig.scipy_best1bin(updating="immediate")
+  pop = jnp.array([[.5, .5], [.1, .1], [.9, .9], [.7, .7]])
+  fit = lambda p: jnp.sum(p ** 2, -1)
+  lo, hi = -jnp.ones(2), jnp.ones(2)
+  state = de.init(jax.random.PRNGKey(0), pop, fit, config)      # best: member 1 (0.02)
+  _, state = de.ask_member(state, config, lo, hi)                 # member 0 ties the best
+  state = de.tell_member(state, jnp.array([.1, -.1]), state.best_fitness, config)
+  np.testing.assert_array_equal(state.best_member, pop[1])
+  _, state = de.ask_member(state, config, lo, hi)                 # member 1: the best's slot
+  state = de.tell_member(state, jnp.array([-.1, .1]), state.best_fitness, config)
+  np.testing.assert_array_equal(state.best_member, jnp.array([-.1, .1]))

@@ -469,7 +469,7 @@ def test_de_initialises_inside_its_first_loop(cifar_lenet, cifar_samples):
 
 
 def test_immediate_updating_de_stops_at_its_first_fooling_query(cifar_lenet, cifar_samples):
-  """SciPy's member-by-member DE (the reimplementation's loop): one query per step, so an
+  """SciPy's member-by-member DE (its default updating): one query per step, so an
   attack stopping at the first success spends exactly its success query; a generation is
   ``popsize`` steps; the best member is a recorded, reproducible candidate."""
   idx = _correct(cifar_lenet, cifar_samples, 4)

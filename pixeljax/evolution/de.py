@@ -19,10 +19,11 @@ The update is synchronous by default (SciPy's ``updating='deferred'``): a whole 
 evaluated in one batched call, which is what makes it fast on accelerators. Components that
 leave the bounds are redrawn uniformly inside them, as SciPy does.
 
-``updating="immediate"`` is SciPy's default and its only mode before SciPy 1.2, which the
-one-pixel reimplementations ran: members are visited in order, each trial is built from the
-population as it stands (the best member included) and replaces its parent at once, F is
-dithered once per generation. ``ask_member`` / ``tell_member`` do one member; ``step`` one
+``updating="immediate"`` is SciPy's default (``scipy.optimize.differential_evolution``, whose
+loop was only this before SciPy 1.2): members are visited in order, each trial is built from
+the population as it stands (the best member included) and replaces its parent at once if no
+worse, F is dithered once per generation. (The Keras one-pixel reimplementation vendored a
+SciPy changed to deferred scoring, a generation per call.) ``ask_member`` / ``tell_member`` do one member; ``step`` one
 generation of them (a ``fori_loop`` of single-candidate fitness calls). Vmapped over many
 problems, each of those calls is still one batch: one candidate of every problem.
 """
@@ -177,7 +178,10 @@ def tell_member(state: DEState, trial: jax.Array, trial_fitness: jax.Array,
   better = trial_fitness <= state.fitness[i]
   population = state.population.at[i].set(jnp.where(better, trial, state.population[i]))
   fitness = state.fitness.at[i].set(jnp.where(better, trial_fitness, state.fitness[i]))
-  best = trial_fitness < state.best_fitness
+  # SciPy keeps the best at index 0: a trial that replaces the best's own slot (a tie
+  # included) is the best from then on; any other member must beat it.
+  in_best_slot = jnp.all(state.population[i] == state.best_member)
+  best = (trial_fitness < state.best_fitness) | (better & in_best_slot)
   best_fitness = jnp.where(best, trial_fitness, state.best_fitness)
   member = (i + 1) % p
   return state.replace(population=population, fitness=fitness,

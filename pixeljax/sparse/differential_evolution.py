@@ -98,7 +98,8 @@ class DifferentialEvolution(method.Method):
     kept = scores.loss[0] <= state.de.fitness[i]     # the engine's own selection rule
     probs = state.probs.at[i].set(jnp.where(kept, scores.probs[0], state.probs[i]))
     reached = state.reached.at[i].set(jnp.where(kept, scores.reached[0], state.reached[i]))
-    promoted = scores.loss[0] < state.de.best_fitness
+    promoted = jnp.any(new.best_member != state.de.best_member) | (
+        new.best_fitness < state.de.best_fitness)
     tracker = method.update(c, state.tracker, trial, scores, replace=promoted,
                             best=new.best_member, best_loss=new.best_fitness,
                             best_probs=scores.probs[0], best_reached=scores.reached[0])

@@ -61,8 +61,8 @@ class PixelAttackConfig:
   strategy: str = "rand1"          # "rand1" (paper) or "best1bin" (SciPy / peers)
   recombination: float = 1.0      # best1bin only
   updating: str = "deferred"      # "deferred" (a generation per model call: the engine's) or
-  #                                 "immediate" (SciPy's default, member by member, as the
-  #                                 Keras reimplementation and the PyTorch peers ran it)
+  #                                 "immediate" (SciPy's default: member by member; the stopping
+  #                                 rule is then checked after every trial, not per generation)
   initialization: str = "paper"   # "paper" or "latin_hypercube" (SciPy's default)
   # Sparse-RS (Croce et al.) and CornerSearch (Croce & Hein).
   p_init: Optional[float] = None  # Sparse-RS: initial fraction of the k pixels moved; None:
