@@ -23,9 +23,10 @@ leave the bounds are redrawn uniformly inside them, as SciPy does.
 loop was only this before SciPy 1.2): members are visited in order, each trial is built from
 the population as it stands (the best member included) and replaces its parent at once if no
 worse, F is dithered once per generation. (The Keras one-pixel reimplementation vendored a
-SciPy changed to deferred scoring, a generation per call.) ``ask_member`` / ``tell_member`` do one member; ``step`` one
-generation of them (a ``fori_loop`` of single-candidate fitness calls). Vmapped over many
-problems, each of those calls is still one batch: one candidate of every problem.
+SciPy changed to deferred scoring, a generation per call.) ``ask_member`` / ``tell_member`` do
+one member; ``step`` one generation of them (a ``fori_loop`` of single-candidate fitness
+calls). Vmapped over many problems, each of those calls is still one batch: one candidate of
+every problem.
 """
 import dataclasses
 from typing import Callable, Optional, Tuple
