@@ -25,8 +25,10 @@ test: $(STAMP)
 
 # The one-pixel programme of issue 26 (train the paper's nets, the paper's attacks, the Keras
 # reimplementation's twelve cells, summary.md): hours on a CPU, resumable -- rerun to continue.
+# results/reproduce holds the project's own runs (committed as they grow): only what is
+# missing there runs.
 reproduce: $(STAMP)
-	$(PY) experiments/reproduce.py --workdir runs/reproduce
+	$(PY) experiments/reproduce.py --workdir results/reproduce
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --out runs/throughput.json

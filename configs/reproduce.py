@@ -1,7 +1,7 @@
 r"""The whole one-pixel programme of issue 26 as one resumable command.
 
-  python experiments/reproduce.py --workdir runs/reproduce          # everything, in order
-  python experiments/reproduce.py --config.runtime.steps=reimplementation --workdir runs/reproduce
+  python experiments/reproduce.py --workdir results/reproduce          # everything, in order
+  python experiments/reproduce.py --config.runtime.steps=reimplementation --workdir results/reproduce
 
 Steps (``runtime.steps``, in this order, never compared on resume; each is a run of an
 existing experiment script in its own folder under --workdir, resumable, skipped once its
@@ -32,14 +32,16 @@ def get_config(arg=None):
   c = ConfigDict()
   c.paper_nets = ",".join(PAPER_NETS)
   c.reimplementation_nets = ",".join(REIMPLEMENTATION_NETS)
-  # Training recipes: configs/train.py's defaults (SGD 0.05, Nesterov, cosine, crop + flip,
-  # batch 128) with these epochs, and the nets' dropout layers off in training
-  # (``train.dropout``): with them, made for the originals' 300-350 epochs, All-CNN-C stood at
-  # 80% train accuracy after 15 epochs (underfitting). The nets keep batch norm, crop + flip
-  # and weight decay as regularisers.
-  c.train_epochs = ConfigDict(dict(cifar10_allcnn=15, cifar10_nin=15, cifar10_vgg16=15))
-  c.train_dropout = ConfigDict(dict(cifar10_allcnn=False, cifar10_nin=False,
-                                    cifar10_vgg16=False))
+  # Training recipes: configs/train.py's defaults (SGD, Nesterov, cosine, crop + flip, batch
+  # 128, weight decay 5e-4) with these ``TrainConfig`` overrides per net. Sized to finish in
+  # one ~2.5 h sitting of this project's 2-core CPU (~34 images/s: 5 epochs), since a sitting
+  # may start on a fresh machine: a short one-cycle-like schedule (one warm-up epoch to 0.1,
+  # cosine to 0). The nets' dropout layers are off in training (``dropout``): with them,
+  # made for the originals' 300-350 epochs, All-CNN-C stood at 80% train accuracy after 15
+  # epochs (underfitting; results/training/). The nets keep batch norm, crop + flip and
+  # weight decay as regularisers.
+  recipe = dict(epochs=5, learning_rate=0.1, warmup_epochs=1.0, dropout=False)
+  c.train_recipe = ConfigDict({net: dict(recipe) for net in PAPER_NETS})
   # How each checkpoint is stored: bfloat16 (All-CNN-C 2.7 MB, NiN 1.9 MB); VGG16's 15.0 M
   # parameters would be 30 MB so, int8 kernels per output channel (15 MB; on the shipped
   # ResNets and LeNet int8 moved accuracy on the exact images by <= 0.2 points, as bfloat16).

@@ -1,13 +1,19 @@
 r"""The one-pixel programme (issue 26) as one resumable command: train, attack, tabulate.
 
-  python experiments/reproduce.py --workdir runs/reproduce
-  nohup python experiments/reproduce.py --workdir runs/reproduce > runs/reproduce.log 2>&1 &
+  python experiments/reproduce.py --workdir results/reproduce
+  nohup python experiments/reproduce.py --workdir results/reproduce > /tmp/reproduce.log 2>&1 &
 
 Settings: ``configs/reproduce.py`` (the steps, nets, image counts). Every step is a run of an
 existing experiment script (train.py, one_pixel.py) in its own folder under --workdir, so each
-resumes by itself; a step whose folder holds results.json is done and skipped. A rerun of the
-same command continues where the last one stopped. Writes ``summary.md`` (every finished run
-beside its published figure, with 95% intervals) and ``results.json``.
+resumes by itself and claims its own settings; a run whose folder holds results.json and
+``made_by.json`` naming this command's settings is done and skipped (other settings: refused,
+named). A rerun of the same command continues where the last one stopped, runtime flags free
+to change. Writes ``summary.md`` (every finished run beside its published figure, with 95%
+intervals) and ``results.json``.
+
+``results/reproduce`` is the project's own programme folder, committed as it grows (finished
+chunks of unfinished runs too: a later sitting, on a fresh machine, resumes from a clone);
+its ``.gitignore`` keeps locks and training state out.
 """
 import os
 import subprocess
@@ -36,6 +42,14 @@ REIMPLEMENTATION = {
     "cifar10_resnet32_hyperparticle": {"untargeted": {1: .34, 3: .79, 5: .79},
                                        "targeted": {1: .144, 3: .211, 5: .222}},
 }
+# The programme's folder claims none of its settings: every run in it claims its own folder
+# (train.py and one_pixel.py refuse other settings there), so a changed recipe, image count
+# or net list adds runs beside the finished ones and never relabels them. config.json keeps
+# the settings of the last completed start.
+MADE_BY = "made_by.json"     # in each run's folder: the settings of the command that finished it
+EXTENDABLE = ("paper_nets", "reimplementation_nets", "train_recipe", "store_dtype",
+              "paper_images", "paper_targeted_images", "reimplementation_images", "pixels",
+              "seed", "attack_flags")
 
 
 def _script(name: str):
@@ -56,16 +70,15 @@ def plan(config, root: str):
   nets = [n for n in str(config.paper_nets).split(",") if n]
   for net in nets:
     if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{net}.msgpack")):
-      if any(net not in config[key] for key in ("train_epochs", "train_dropout",
-                                                 "store_dtype")):
+      if any(net not in config[key] for key in ("train_recipe", "store_dtype")):
         if "train" in steps:
-          raise UserError(f"{net} has no checkpoint and no training recipe here (train_epochs, "
-                          f"train_dropout and store_dtype in configs/reproduce.py); train it with "
+          raise UserError(f"{net} has no checkpoint and no training recipe here (train_recipe "
+                          f"and store_dtype in configs/reproduce.py); train it with "
                           f"experiments/train.py or leave out the train step")
         continue
       runs.append(("train", os.path.join(root, f"train_{net}"), _script("train.py") + [
-          f"--config=configs/train.py:{net}", f"--config.train.epochs="
-          f"{config.train_epochs[net]}", f"--config.train.dropout={config.train_dropout[net]}",
+          f"--config=configs/train.py:{net}"] + [
+          f"--config.train.{k}={v}" for k, v in sorted(config.train_recipe[net].items())] + [
           f"--config.store_dtype={config.store_dtype[net]}",
           # the accuracy every epoch and in the checkpoint: on the exact test images
           f"--config.test_data={EXACT}", "--config.out_dir=checkpoints"]))
@@ -92,7 +105,9 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   for step, folder, command in runs:
     if step not in steps:
       continue
+    made_by = os.path.join(folder, MADE_BY)
     if os.path.exists(os.path.join(folder, "results.json")):
+      _check_made_by(folder, command)
       log(f"[{step}] {os.path.basename(folder)}: done")
       continue
     log(f"[{step}] {os.path.basename(folder)}: {' '.join(command[1:])} --workdir {folder}")
@@ -100,6 +115,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     if done.returncode:
       raise UserError(f"[{step}] {os.path.basename(folder)} stopped (exit {done.returncode}); "
                       f"rerun the same command to resume")
+    workdir_lib.write_json(made_by, _settings_of(command))
   rows = _rows(runs)
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(), rows=rows)
   if "tables" in steps:
@@ -107,6 +123,28 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     workdir.write_text("summary.md", summary(rows, results["nets"]))
     workdir.write_json("results.json", results)
   return results
+
+
+def _settings_of(command) -> list:
+  """What a run's results depend on in the command that runs it: the script and its flags,
+  less the interpreter's path and the ``--config.runtime.*`` flags (which change no result)."""
+  return [os.path.basename(command[1])] + [
+      a for a in command[2:] if not a.startswith("--config.runtime.")]
+
+
+def _check_made_by(folder: str, command) -> None:
+  """A finished run counts as done for ``command`` only if that command made it (its script
+  checks unfinished runs itself: they resume or refuse). Folders finished before this record
+  existed are taken as they are."""
+  path = os.path.join(folder, MADE_BY)
+  if not os.path.exists(path):
+    return
+  stored, now = workdir_lib.read_json(path), _settings_of(command)
+  if stored != now:
+    old = " ".join(a for a in stored if a not in now) or "(none)"
+    new = " ".join(a for a in now if a not in stored) or "(none)"
+    raise UserError(f"{folder} holds a finished run made with other settings ({old} -> {new}); "
+                    f"restore them, or move the folder away to redo the run")
 
 
 def nets(config) -> list:
@@ -264,4 +302,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "reproduce.py", report=report)
+  cli.main(run, "reproduce.py", report=report, extendable=EXTENDABLE)

@@ -150,13 +150,20 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
   return {prefix[:-1]: d}
 
 
+_MISSING = object()    # a setting one side of ``differences`` lacks
+
+
+def _extends(key: str, extendable: Sequence[str]) -> bool:
+  """Whether dotted ``key`` is, or lies under, one of the ``extendable`` settings."""
+  return any(key == e or key.startswith(e + ".") for e in extendable)
+
+
 def differences(old: Mapping, new: Mapping, skip=()) -> Dict[str, tuple]:
   """{dotted.key: (old, new)} for every setting that differs (``skip``: top-level keys)."""
   a = _flatten({k: v for k, v in to_jsonable(old).items() if k not in skip})
   b = _flatten({k: v for k, v in to_jsonable(new).items() if k not in skip})
-  missing = object()
-  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing)}
+  return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(set(a) | set(b))
+          if a.get(k, _MISSING) != b.get(k, _MISSING)}
 
 
 def describe(diff: Dict[str, tuple]) -> str:
@@ -320,8 +327,8 @@ class Workdir:
     uses the first free ``path-2``, ``path-3``, ... (logging which settings differed).
 
     ``migrate`` maps the stored config.json to the current format before it is compared.
-    ``extendable`` names (dotted) settings that the experiment checks against its stored work
-    itself (fooling's ``generations``: more extends the run, fewer than it holds is refused);
+    ``extendable`` names (dotted) settings, each with all settings under it, that the
+    experiment checks against its stored work itself (fooling's ``generations``: more extends the run, fewer than it holds is refused);
     config.json takes their new values when the run completes (``finish``). A folder holding
     only a config.json of other settings (a start that stopped before any work) takes the new
     one. A folder holding work but no config.json resumes: the work's own settings files
@@ -376,8 +383,8 @@ class Workdir:
           f"to resume the run remove that file (the run's own settings files are then "
           f"checked, and {CONFIG_FILE} is written again when it completes)"))) from None
     diff = differences(stored, config, skip=UNCOMPARED)
-    extended = {k: b for k, (a, b) in diff.items() if k in extendable}
-    diff = {k: v for k, v in diff.items() if k not in extendable}
+    extended = {k: b for k, (a, b) in diff.items() if _extends(k, extendable)}
+    diff = {k: v for k, v in diff.items() if not _extends(k, extendable)}
     if not diff:
       return cls(folder, config, True, lock, extended=extended)
     if _work_in(folder) != [CONFIG_FILE]:
@@ -394,7 +401,16 @@ class Workdir:
     stored = self.config if self.pending else read_json(self.file(CONFIG_FILE))
     for key, value in self._extended.items():
       *parents, last = key.split(".")
-      functools.reduce(lambda d, p: d.setdefault(p, {}), parents, stored)[last] = value
+      if value is not _MISSING:
+        functools.reduce(lambda d, p: d.setdefault(p, {}), parents, stored)[last] = value
+        continue
+      chain = [stored]     # a setting the new config no longer has: removed, empty parents too
+      for p in parents:
+        chain.append(chain[-1].get(p, {}))
+      chain[-1].pop(last, None)
+      for parent, p in zip(reversed(chain[:-1]), reversed(parents)):
+        if parent.get(p) == {}:
+          del parent[p]
     write_json(self.file(CONFIG_FILE), stored)
     self.pending, self._extended = False, {}
 

@@ -21,8 +21,11 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
     if os.path.basename(folder).startswith("train_"):
       assert f"--config.test_data={reproduce.EXACT}" in cmd
       assert "--config.store_dtype=" + ("int8" if "vgg16" in folder else "bfloat16") in cmd
-      # the short schedule trains without the nets' dropout (All-CNN-C underfit with it)
-      assert "--config.train.dropout=False" in cmd
+      # the short schedule trains without the nets' dropout (All-CNN-C underfit with it),
+      # every setting of the recipe passed as a TrainConfig override
+      for flag in ("--config.train.dropout=False", "--config.train.epochs=5",
+                   "--config.train.learning_rate=0.1", "--config.train.warmup_epochs=1.0"):
+        assert flag in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
   cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
   assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
@@ -34,6 +37,7 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
 
 
 def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path):
+  smoke_flags = get_config("smoke").attack_flags
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"),
          "--config=configs/reproduce.py:smoke", "--workdir", str(tmp_path / "r"),
          # a shipped net as the "paper net", to check the trained nets' table
@@ -75,3 +79,19 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
   assert tables.returncode == 0 and ": done" not in tables.stderr, tables.stderr[-3000:]
   with open(tmp_path / "r" / "results.json") as f:
     assert json.load(f)["rows"] == rows
+  # The programme's folder claims no settings of its own: runtime flags may change, and a
+  # finished run made with other settings is named, not counted as done.
+  faster = subprocess.run(cmd + ["--config.attack_flags=" + smoke_flags +
+                                 " --config.runtime.attacks_per_call=3"], cwd=ROOT,
+                          capture_output=True, text=True)
+  assert faster.returncode == 0 and faster.stderr.count(": done") == 2, faster.stderr[-3000:]
+  more = subprocess.run(cmd + ["--config.reimplementation_images=3"], cwd=ROOT,
+                        capture_output=True, text=True)
+  assert more.returncode == 2, more.stderr[-3000:]
+  assert "holds a finished run made with other settings (--config.num_images=2 -> " \
+         "--config.num_images=3)" in more.stderr
+
+
+def test_the_programme_folder_claims_none_of_its_settings():
+  from configs import reproduce as programme
+  assert set(reproduce.EXTENDABLE) == set(programme.get_config()) - {"runtime"}

@@ -26,6 +26,23 @@ def test_runtime_settings_are_recorded_not_compared(tmp_path):
   assert wd.resumed
 
 
+def test_extendable_settings_cover_what_lies_under_them_and_may_disappear(tmp_path):
+  old = {"a": 1, "recipe": {"x": {"epochs": 15}, "y": {"epochs": 15}}, "gone": {"n": 1}}
+  wd = workdir.Workdir.open(str(tmp_path), old)
+  wd.write_json("results.json", {})     # work: a folder holding only its config is free
+  wd.finish()
+  wd.close()
+  new = {"a": 1, "recipe": {"x": {"epochs": 5, "lr": 0.1}}}
+  with pytest.raises(workdir.SettingsMismatch):       # "gone" is not extendable
+    workdir.Workdir.open(str(tmp_path), new, extendable=("recipe",))
+  wd = workdir.Workdir.open(str(tmp_path), new, extendable=("recipe", "gone"))
+  assert wd.resumed
+  wd.finish()
+  wd.close()
+  with open(tmp_path / workdir.CONFIG_FILE) as f:
+    assert json.load(f) == new        # removed settings leave no empty parents behind
+
+
 def test_open_refuses_or_starts_a_new_run(tmp_path):
   path = str(tmp_path / "run")
   wd = workdir.Workdir.open(path, {"generations": 2})
