@@ -1,13 +1,16 @@
 r"""The whole one-pixel programme of issue 26 as one resumable command.
 
   python experiments/reproduce.py --workdir results/reproduce          # everything, in order
-  python experiments/reproduce.py --config.runtime.steps=reimplementation --workdir results/reproduce
+  python experiments/reproduce.py --config.runtime.steps=reimplementation \
+      --workdir results/reproduce
 
 Steps (``runtime.steps``, in this order, never compared on resume; each is a run of an
-existing experiment script in its own folder under --workdir, resumable, skipped once its
-results.json exists):
+existing experiment script in its own folder under --workdir, resumable, skipped once
+finished by the same command and weights, refused if finished by others; see
+experiments/reproduce.py):
   * ``train``: the one-pixel paper's nets (All-CNN-C, NiN, VGG16) on the CIFAR-10 JPEG copy,
-    each recipe below; a net whose checkpoint is in ``checkpoints/`` is not retrained;
+    each recipe below; a net whose checkpoint is in ``checkpoints/`` is not retrained (its
+    recipe, in the checkpoint's metadata, is what the tables show);
   * ``paper``: the paper's experiment on each trained net -- DE/rand/1, population 400, 100
     generations, the paper's stopping rule, 1 / 3 / 5 pixels, untargeted on
     ``paper_images`` correctly classified exact test images, targeted on

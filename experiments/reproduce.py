@@ -6,10 +6,10 @@ r"""The one-pixel programme (issue 26) as one resumable command: train, attack, 
 Settings: ``configs/reproduce.py`` (the steps, nets, image counts). Every step is a run of an
 existing experiment script (train.py, one_pixel.py) in its own folder under --workdir, so each
 resumes by itself and claims its own settings; a run whose folder holds results.json and
-``made_by.json`` naming this command's settings is done and skipped (other settings: refused,
-named). A rerun of the same command continues where the last one stopped, runtime flags free
-to change. Writes ``summary.md`` (every finished run beside its published figure, with 95%
-intervals) and ``results.json``.
+``made_by.json`` naming this command's settings and weights is done and skipped (others:
+refused, named; the tables leave such runs out). A rerun of the same command continues
+where the last one stopped, runtime flags free to change. Writes ``summary.md`` (every
+finished run beside its published figure, with 95% intervals) and ``results.json``.
 
 ``results/reproduce`` is the project's own programme folder, committed as it grows (finished
 chunks of unfinished runs too: a later sitting, on a fresh machine, resumes from a clone);
@@ -43,10 +43,11 @@ REIMPLEMENTATION = {
                                        "targeted": {1: .144, 3: .211, 5: .222}},
 }
 # The programme's folder claims none of its settings: every run in it claims its own folder
-# (train.py and one_pixel.py refuse other settings there), so a changed recipe, image count
-# or net list adds runs beside the finished ones and never relabels them. config.json keeps
-# the settings of the last completed start.
-MADE_BY = "made_by.json"     # in each run's folder: the settings of the command that finished it
+# (train.py and one_pixel.py refuse other settings there; a finished run must match its
+# made_by.json), so runtime flags may change freely, another net list adds folders, and a
+# changed recipe or image count is refused by name in the runs it concerns, never relabels
+# them. config.json keeps the settings of the last completed start.
+MADE_BY = "made_by.json"   # in each run's folder: what made it (command, weights); see _made_by
 EXTENDABLE = ("paper_nets", "reimplementation_nets", "train_recipe", "store_dtype",
               "paper_images", "paper_targeted_images", "reimplementation_images", "pixels",
               "seed", "attack_flags")
@@ -105,8 +106,11 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   for step, folder, command in runs:
     if step not in steps:
       continue
-    made_by = os.path.join(folder, MADE_BY)
-    if os.path.exists(os.path.join(folder, "results.json")):
+    # Done: finished, by this command. A finished run with no record of its command (the
+    # programme stopped between the two) goes back through its script, which checks the
+    # folder's settings and, finding the work complete, only writes its results again.
+    if os.path.exists(os.path.join(folder, "results.json")) and os.path.exists(
+        os.path.join(folder, MADE_BY)):
       _check_made_by(folder, command)
       log(f"[{step}] {os.path.basename(folder)}: done")
       continue
@@ -115,7 +119,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     if done.returncode:
       raise UserError(f"[{step}] {os.path.basename(folder)} stopped (exit {done.returncode}); "
                       f"rerun the same command to resume")
-    workdir_lib.write_json(made_by, _settings_of(command))
+    workdir_lib.write_json(os.path.join(folder, MADE_BY), _made_by(command))
   rows = _rows(runs)
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(), rows=rows)
   if "tables" in steps:
@@ -125,26 +129,50 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   return results
 
 
-def _settings_of(command) -> list:
-  """What a run's results depend on in the command that runs it: the script and its flags,
-  less the interpreter's path and the ``--config.runtime.*`` flags (which change no result)."""
-  return [os.path.basename(command[1])] + [
+def _made_by(command) -> dict:
+  """What a run's results depend on in the command that runs it: the script and its flags
+  (less the interpreter's path and the ``--config.runtime.*`` flags, which change no result)
+  and the SHA-256 of the weights it attacks (a retrained net keeps its name)."""
+  args = [os.path.basename(command[1])] + [
       a for a in command[2:] if not a.startswith("--config.runtime.")]
+  made = dict(command=args)
+  model = [a.split("=", 1)[1] for a in args if a.startswith("--config.model=")]
+  if model:
+    meta = os.path.join(models.checkpoint_dir(), f"{model[-1]}.json")
+    made["weights_sha256"] = (workdir_lib.read_json(meta).get("sha256")
+                              if os.path.exists(meta) else None)
+  return made
+
+
+def _made_by_differences(folder: str, command) -> str:
+  """"" if ``command`` made the finished run in ``folder``, else what differs."""
+  stored, now = workdir_lib.read_json(os.path.join(folder, MADE_BY)), _made_by(command)
+  if stored == now:
+    return ""
+  if stored.get("weights_sha256") != now.get("weights_sha256"):
+    return (f"the weights: sha256 {stored.get('weights_sha256')} -> "
+            f"{now.get('weights_sha256')}")
+  old, new = stored.get("command", []), now["command"]
+  if sorted(old) == sorted(new):
+    return "the same flags in another order"
+  return (f"{' '.join(a for a in old if a not in new) or '(none)'} -> "
+          f"{' '.join(a for a in new if a not in old) or '(none)'}")
 
 
 def _check_made_by(folder: str, command) -> None:
-  """A finished run counts as done for ``command`` only if that command made it (its script
-  checks unfinished runs itself: they resume or refuse). Folders finished before this record
-  existed are taken as they are."""
-  path = os.path.join(folder, MADE_BY)
-  if not os.path.exists(path):
-    return
-  stored, now = workdir_lib.read_json(path), _settings_of(command)
-  if stored != now:
-    old = " ".join(a for a in stored if a not in now) or "(none)"
-    new = " ".join(a for a in now if a not in stored) or "(none)"
-    raise UserError(f"{folder} holds a finished run made with other settings ({old} -> {new}); "
+  """Refuses a finished run that ``command`` did not make (its script checks unfinished ones:
+  they resume or refuse)."""
+  diff = _made_by_differences(folder, command)
+  if diff:
+    raise UserError(f"{folder} holds a finished run made with other settings ({diff}); "
                     f"restore them, or move the folder away to redo the run")
+
+
+def migrate_config(stored: dict) -> dict:
+  """A programme folder's config.json from before ``train_recipe``: its ``train_epochs`` and
+  ``train_dropout`` (now ``train_recipe``'s) are dropped; nothing in the folder depends on
+  them (each training run claims its own)."""
+  return {k: v for k, v in stored.items() if k not in ("train_epochs", "train_dropout")}
 
 
 def nets(config) -> list:
@@ -169,10 +197,13 @@ def _rows(runs):
   """One row per finished attack run and pixel count."""
   rows = []
   published = published_cells()
-  for step, folder, _ in runs:
+  for step, folder, command in runs:
     path = os.path.join(folder, "results.json")
     if step == "train" or not os.path.exists(path):
       continue
+    if not os.path.exists(os.path.join(folder, MADE_BY)) or _made_by_differences(folder,
+                                                                                  command):
+      continue        # not (yet) this programme's: made by other settings
     res = workdir_lib.read_json(path)
     model = res["config"]["model"]
     mode = "targeted" if res["config"]["attack"]["targeted"] else "untargeted"
@@ -302,4 +333,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "reproduce.py", report=report, extendable=EXTENDABLE)
+  cli.main(run, "reproduce.py", report=report, migrate=migrate_config, extendable=EXTENDABLE)

@@ -328,8 +328,9 @@ class Workdir:
 
     ``migrate`` maps the stored config.json to the current format before it is compared.
     ``extendable`` names (dotted) settings, each with all settings under it, that the
-    experiment checks against its stored work itself (fooling's ``generations``: more extends the run, fewer than it holds is refused);
-    config.json takes their new values when the run completes (``finish``). A folder holding
+    experiment checks against its stored work itself (fooling's ``generations``: more extends
+    the run, fewer than it holds is refused); config.json takes their new values when the run
+    completes (``finish``). A folder holding
     only a config.json of other settings (a start that stopped before any work) takes the new
     one. A folder holding work but no config.json resumes: the work's own settings files
     decide, and config.json is written only when the run completes, so that a start they
@@ -399,18 +400,27 @@ class Workdir:
     if self._lock is None or not (self.pending or self._extended):
       return
     stored = self.config if self.pending else read_json(self.file(CONFIG_FILE))
-    for key, value in self._extended.items():
+    # Settings the new config no longer has first (removed, with parents left empty), then
+    # the new values: a setting that became a value where it held others is then just set.
+    for key in [k for k, v in self._extended.items() if v is _MISSING]:
       *parents, last = key.split(".")
-      if value is not _MISSING:
-        functools.reduce(lambda d, p: d.setdefault(p, {}), parents, stored)[last] = value
-        continue
-      chain = [stored]     # a setting the new config no longer has: removed, empty parents too
+      chain = [stored]
       for p in parents:
-        chain.append(chain[-1].get(p, {}))
-      chain[-1].pop(last, None)
+        chain.append(chain[-1].get(p) if isinstance(chain[-1], dict) else None)
+      if isinstance(chain[-1], dict):
+        chain[-1].pop(last, None)
       for parent, p in zip(reversed(chain[:-1]), reversed(parents)):
-        if parent.get(p) == {}:
+        if isinstance(parent, dict) and parent.get(p) == {}:
           del parent[p]
+    for key, value in self._extended.items():
+      if value is not _MISSING:
+        *parents, last = key.split(".")
+        parent = stored
+        for p in parents:
+          if not isinstance(parent.get(p), dict):
+            parent[p] = {}
+          parent = parent[p]
+        parent[last] = value
     write_json(self.file(CONFIG_FILE), stored)
     self.pending, self._extended = False, {}
 

@@ -90,6 +90,23 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
   assert more.returncode == 2, more.stderr[-3000:]
   assert "holds a finished run made with other settings (--config.num_images=2 -> " \
          "--config.num_images=3)" in more.stderr
+  # ... and the tables leave it out rather than label it with these settings.
+  other = subprocess.run(cmd + ["--config.reimplementation_images=3",
+                                "--config.runtime.steps=tables"], cwd=ROOT,
+                         capture_output=True, text=True)
+  assert other.returncode == 0, other.stderr[-3000:]
+  with open(tmp_path / "r" / "results.json") as f:
+    assert json.load(f)["rows"] == []
+  # A finished run with no record of what made it (the programme stopped between its script's
+  # end and the record) goes back through its script, which checks the settings.
+  made_by = tmp_path / "r" / "reimplementation_targeted_cifar10_lenet_hyperparticle" / \
+      reproduce.MADE_BY
+  recorded = json.loads(made_by.read_text())
+  assert recorded["weights_sha256"] and recorded["command"][0] == "one_pixel.py"
+  made_by.unlink()
+  back = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  assert back.returncode == 0 and back.stderr.count(": done") == 1, back.stderr[-3000:]
+  assert json.loads(made_by.read_text()) == recorded
 
 
 def test_the_programme_folder_claims_none_of_its_settings():

@@ -41,6 +41,14 @@ def test_extendable_settings_cover_what_lies_under_them_and_may_disappear(tmp_pa
   wd.close()
   with open(tmp_path / workdir.CONFIG_FILE) as f:
     assert json.load(f) == new        # removed settings leave no empty parents behind
+  with pytest.raises(workdir.SettingsMismatch):       # a name that merely starts alike
+    workdir.Workdir.open(str(tmp_path), dict(new, recipes=1), extendable=("recipe",))
+  flat = {"a": 1, "recipe": "short"}                  # settings under it become one value
+  wd = workdir.Workdir.open(str(tmp_path), flat, extendable=("recipe",))
+  wd.finish()
+  wd.close()
+  with open(tmp_path / workdir.CONFIG_FILE) as f:
+    assert json.load(f) == flat
 
 
 def test_open_refuses_or_starts_a_new_run(tmp_path):
