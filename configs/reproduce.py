@@ -36,13 +36,14 @@ def get_config(arg=None):
   c.paper_nets = ",".join(PAPER_NETS)
   c.reimplementation_nets = ",".join(REIMPLEMENTATION_NETS)
   # Training recipes: configs/train.py's defaults (SGD, Nesterov, cosine, crop + flip, batch
-  # 128, weight decay 5e-4) with these ``TrainConfig`` overrides per net. Sized to finish in
-  # one ~2.5 h sitting of this project's 2-core CPU (~34 images/s: 5 epochs), since a sitting
-  # may start on a fresh machine: a short one-cycle-like schedule (one warm-up epoch to 0.1,
-  # cosine to 0). The nets' dropout layers are off in training (``dropout``): with them,
-  # made for the originals' 300-350 epochs, All-CNN-C stood at 80% train accuracy after 15
-  # epochs (underfitting; results/training/). The nets keep batch norm, crop + flip and
-  # weight decay as regularisers.
+  # 128, weight decay 5e-4) with these ``TrainConfig`` overrides per net. Sized for one
+  # 3-hour sitting of this project's 2-core CPU, since a sitting may start on a fresh machine
+  # where only what landed in git remains: 5 epochs (All-CNN-C: 25-26 images/s measured in
+  # the run, ~2.7 h), a short one-cycle-like schedule (one warm-up epoch to 0.1, cosine to 0).
+  # The nets' dropout layers are off in training (``dropout``): with them, made for the
+  # originals' 300-350 epochs, All-CNN-C stood at 80% train accuracy after 15 epochs
+  # (underfitting; results/training/). The nets keep batch norm, crop + flip and weight decay
+  # as regularisers.
   recipe = dict(epochs=5, learning_rate=0.1, warmup_epochs=1.0, dropout=False)
   c.train_recipe = ConfigDict({net: dict(recipe) for net in PAPER_NETS})
   # How each checkpoint is stored: bfloat16 (All-CNN-C 2.7 MB, NiN 1.9 MB); VGG16's 15.0 M
