@@ -70,7 +70,8 @@ def plan(config, root: str):
   runs = []
   nets = [n for n in str(config.paper_nets).split(",") if n]
   for net in nets:
-    if not os.path.exists(os.path.join(ROOT, "checkpoints", f"{net}.msgpack")):
+    _check_recipe(config, net)
+    if not os.path.exists(os.path.join(models.checkpoint_dir(), f"{net}.msgpack")):
       if any(net not in config[key] for key in ("train_recipe", "store_dtype")):
         if "train" in steps:
           raise UserError(f"{net} has no checkpoint and no training recipe here (train_recipe "
@@ -82,7 +83,8 @@ def plan(config, root: str):
           f"--config.train.{k}={v}" for k, v in sorted(config.train_recipe[net].items())] + [
           f"--config.store_dtype={config.store_dtype[net]}",
           # the accuracy every epoch and in the checkpoint: on the exact test images
-          f"--config.test_data={EXACT}", "--config.out_dir=checkpoints"]))
+          f"--config.test_data={EXACT}",
+          f"--config.out_dir={os.path.relpath(models.checkpoint_dir(), ROOT)}"]))
   attack = lambda named, net, images: _script("one_pixel.py") + [
       f"--config=configs/one_pixel.py:{named}", f"--config.model={net}",
       f"--config.data={EXACT}", f"--config.num_images={images}", f"--config.pixels={pixels}",
@@ -99,6 +101,29 @@ def plan(config, root: str):
                        "--config.attack.generations=75", "--config.attack.stop=first_success",
                        f"--config.attack.targeted={mode == 'targeted'}"]))
   return steps, runs
+
+
+def _check_recipe(config, net: str) -> None:
+  """Refuses a shipped checkpoint of ``net`` trained or stored otherwise than ``train_recipe``
+  and ``store_dtype`` say (the programme would neither retrain it nor show the recipe it
+  claims): its metadata's ``recipe`` and ``stored_dtype`` against each setting named here."""
+  meta_path = os.path.join(models.checkpoint_dir(), f"{net}.json")
+  if net not in config.train_recipe or not os.path.exists(meta_path):
+    return
+  meta = workdir_lib.read_json(meta_path)
+  recorded = dict(meta.get("recipe") or {})
+  wanted = {f"train.{k}": v for k, v in config.train_recipe[net].items()}
+  found = {f"train.{k}": recorded.get(k) for k in config.train_recipe[net]}
+  if net in config.store_dtype:
+    wanted["store_dtype"], found["store_dtype"] = config.store_dtype[net], meta.get(
+        "stored_dtype")
+  differ = [k for k in wanted if found[k] != wanted[k]]
+  if differ:
+    raise UserError(
+        f"{meta_path[:-len('.json')]}.msgpack was made with "
+        + ", ".join(f"{k}={found[k]}" for k in differ) + " and configs/reproduce.py asks "
+        + ", ".join(f"{k}={wanted[k]}" for k in differ) + f"; set the recipe to match, or "
+        f"move {meta_path[:-len('.json')]}.* away to retrain it")
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:

@@ -4,14 +4,18 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from configs.reproduce import get_config
 from experiments import reproduce
+from pixeljax.errors import UserError
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path):
-  steps, runs = reproduce.plan(get_config(), str(tmp_path))
+  config = get_config()
+  steps, runs = reproduce.plan(config, str(tmp_path))
   assert steps == ["train", "paper", "reimplementation", "tables"]
   names = [os.path.basename(folder) for _, folder, _ in runs]
   trained = [n for n in names if n.startswith("train_")]
@@ -23,9 +27,10 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
       assert "--config.store_dtype=" + ("int8" if "vgg16" in folder else "bfloat16") in cmd
       # the short schedule trains without the nets' dropout (All-CNN-C underfit with it),
       # every setting of the recipe passed as a TrainConfig override
-      for flag in ("--config.train.dropout=False", "--config.train.epochs=5",
-                   "--config.train.learning_rate=0.1", "--config.train.warmup_epochs=1.0"):
-        assert flag in cmd
+      net = os.path.basename(folder)[len("train_"):]
+      assert "--config.train.dropout=False" in cmd
+      for k, v in config.train_recipe[net].items():
+        assert f"--config.train.{k}={v}" in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
   cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
   assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
@@ -112,3 +117,24 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
 def test_the_programme_folder_claims_none_of_its_settings():
   from configs import reproduce as programme
   assert set(reproduce.EXTENDABLE) == set(programme.get_config()) - {"runtime"}
+
+
+def test_a_checkpoint_made_by_another_recipe_is_refused_by_name(tmp_path, monkeypatch):
+  monkeypatch.setenv("PIXELJAX_CHECKPOINT_DIR", str(tmp_path))
+  config = get_config()
+  recipe = {**config.train_recipe["cifar10_nin"].to_dict(), "batch_size": 128}
+  meta = dict(recipe=dict(recipe), stored_dtype=config.store_dtype["cifar10_nin"])
+  (tmp_path / "cifar10_nin.json").write_text(json.dumps(meta))
+  (tmp_path / "cifar10_nin.msgpack").write_bytes(b"")
+  _, runs = reproduce.plan(config, str(tmp_path / "p"))       # the recipe's: not retrained
+  names = [os.path.basename(folder) for _, folder, _ in runs]
+  assert "train_cifar10_nin" not in names and "train_cifar10_allcnn" in names
+  assert "--config.out_dir=" + os.path.relpath(str(tmp_path), ROOT) in runs[0][2]
+  meta["recipe"]["epochs"] = recipe["epochs"] + 1
+  meta["stored_dtype"] = "float32"
+  (tmp_path / "cifar10_nin.json").write_text(json.dumps(meta))
+  with pytest.raises(UserError, match=(
+      rf"cifar10_nin.msgpack was made with train.epochs={recipe['epochs'] + 1}, "
+      rf"store_dtype=float32 and configs/reproduce.py asks train.epochs={recipe['epochs']}, "
+      rf"store_dtype=bfloat16; set the recipe to match")):
+    reproduce.plan(config, str(tmp_path / "p"))
