@@ -107,7 +107,8 @@ def _check_recipe(config, net: str) -> None:
   """Refuses a shipped checkpoint of ``net`` trained or stored otherwise than ``train_recipe``
   and ``store_dtype`` say (the programme would neither retrain it nor show the recipe it
   claims): its metadata's ``recipe`` and ``stored_dtype`` against each setting named here."""
-  meta_path = os.path.join(models.checkpoint_dir(), f"{net}.json")
+  stem = os.path.join(models.checkpoint_dir(), net)
+  meta_path = stem + ".json"
   if net not in config.train_recipe or not os.path.exists(meta_path):
     return
   meta = workdir_lib.read_json(meta_path)
@@ -120,10 +121,10 @@ def _check_recipe(config, net: str) -> None:
   differ = [k for k in wanted if found[k] != wanted[k]]
   if differ:
     raise UserError(
-        f"{meta_path[:-len('.json')]}.msgpack was made with "
+        f"{stem}.msgpack was made with "
         + ", ".join(f"{k}={found[k]}" for k in differ) + " and configs/reproduce.py asks "
         + ", ".join(f"{k}={wanted[k]}" for k in differ) + f"; set the recipe to match, or "
-        f"move {meta_path[:-len('.json')]}.* away to retrain it")
+        f"move {stem}.* away to retrain it")
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
