@@ -65,7 +65,7 @@ def get_config(arg: str = "paper") -> ConfigDict:
   c.seed = 0
   c.pixels = (1, 3, 5)
   c.attack = attack_defaults()
-  c.exhaustive = False                # also the exhaustive one-pixel baseline
+  c.exhaustive = False                # also the exhaustive one-pixel bound (pixels=(): alone)
   c.exhaustive_levels = (0., 255.)    # its colour grid: 0,255 = the 8 RGB-cube corners
   c.figures = True
   c.runtime = ConfigDict(dict(

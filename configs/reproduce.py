@@ -15,7 +15,8 @@ experiments/reproduce.py):
   * ``paper``: the paper's experiment on each trained net -- DE/rand/1, population 400, 100
     generations, the paper's stopping rule, 1 / 3 / 5 pixels, untargeted on
     ``paper_images`` correctly classified exact test images, targeted on
-    ``paper_targeted_images`` x 9 targets;
+    ``paper_targeted_images`` x 9 targets; beside the untargeted run, the exhaustive
+    one-pixel bound on its images (every position x the 8 corners of the colour cube);
   * ``reimplementation``: the Keras reimplementation's twelve cells on the shipped
     Hyperparticle LeNet and ResNet-32 -- SciPy's best1bin, population 400, 75 generations,
     first success, 1 / 3 / 5 pixels, ``reimplementation_images`` images, untargeted and

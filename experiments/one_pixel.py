@@ -69,6 +69,10 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   """The paper's experiment on one model: for each pixel count, attack ``num_images``
   correctly classified images; write records, metrics (``results.json``) and figures."""
   pixels = [int(k) for k in config.pixels]
+  if not pixels and not config.exhaustive:
+    raise UserError("pixels is empty: name the pixel counts to attack with (e.g. "
+                    "--config.pixels='(1,3,5)'), or set exhaustive=True for the exhaustive "
+                    "one-pixel bound alone")
   mesh = sharding.attack_mesh() if config.runtime.shard else None
   configs = {k: attack_config(config, k) for k in pixels}           # validates before work
   if config.seed < 0:
@@ -100,9 +104,10 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   if len(chosen) < config.num_images:
     log(f"warning: {dataset.name} has only {len(chosen)} images that {classifier.name} "
         f"classifies correctly, fewer than num_images={config.num_images}; attacking those")
-  log(f"{classifier.name}: {mode} {describe(config)} attack on {len(chosen)} correctly "
-      f"classified images of {dataset.name}, {pixels} pixel(s), at most "
-      f"{configs[pixels[0]].budget:,} queries per attack")
+  if pixels:
+    log(f"{classifier.name}: {mode} {describe(config)} attack on {len(chosen)} correctly "
+        f"classified images of {dataset.name}, {pixels} pixel(s), at most "
+        f"{configs[pixels[0]].budget:,} queries per attack")
   # What the settings name only by reference: the exact weights, and the attacked images and
   # labels (a data file rewritten in place keeps its name and the ids the chunks are keyed by).
   inputs = dict(weights_sha256=classifier.metadata.get("sha256"),
@@ -157,6 +162,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
       workdir.save_figure(f"class_pairs_{tag}.png", plots.class_pair_heatmap(
           np.asarray(m["class_pairs"]), dataset.class_names))
   if config.exhaustive:
+    log(f"{classifier.name}: exhaustive one-pixel bound on {len(chosen)} correctly classified "
+        f"images of {dataset.name}, {len(colours)} colours x every position")
     t0 = time.time()
     ex = exhaustive_one_pixel(classifier, sub.images, sub.labels, colours, mesh=mesh)
     results["exhaustive_one_pixel"] = dict(
@@ -167,7 +174,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
         seconds=time.time() - t0)
     workdir.write_npz("exhaustive_one_pixel.npz", image_id=sub.index, **ex)
     log(f"exhaustive one-pixel baseline: {np.mean(ex['fooled']):.1%} of images fooled")
-  if config.figures:
+  if config.figures and all_records:
     workdir.save_figure(f"success_vs_queries_{mode}.png", plots.success_vs_queries(
         {f"{k} px": metrics.query_curve(r) for k, r in all_records.items()},
         title=f"{classifier.name}, {mode}: {describe(config)}"))

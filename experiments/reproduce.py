@@ -90,8 +90,17 @@ def plan(config, root: str):
       f"--config.data={EXACT}", f"--config.num_images={images}", f"--config.pixels={pixels}",
       f"--config.seed={config.seed}", "--config.figures=False"] + extra
   for net in nets:
+    # First (minutes, where the attacks take hours), the exhaustive one-pixel bound on the
+    # images the paper's run attacks (same data, count and seed: the same draw): how many
+    # does some single pixel set to a corner of the colour cube fool at all? It tells a weak
+    # search from a robust net, at 8,192 queries per image.
+    runs.append(("paper", os.path.join(root, f"bound_{net}"), [
+        a for a in attack("paper", net, config.paper_images)
+        if not a.startswith("--config.pixels=")] + ["--config.pixels=()",
+                                                     "--config.exhaustive=True"]))
     runs.append(("paper", os.path.join(root, f"paper_{net}"),
                  attack("paper", net, config.paper_images)))
+  for net in nets:     # every net's untargeted runs before the targeted ones (~12 h each here)
     runs.append(("paper", os.path.join(root, f"paper_targeted_{net}"),
                  attack("paper_targeted", net, config.paper_targeted_images)))
   for net in [n for n in str(config.reimplementation_nets).split(",") if n]:
@@ -147,10 +156,11 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                       f"rerun the same command to resume")
     workdir_lib.write_json(os.path.join(folder, MADE_BY), _made_by(command))
   rows = _rows(runs)
-  results = dict(config=config.to_dict(), versions=workdir_lib.versions(), rows=rows)
+  results = dict(config=config.to_dict(), versions=workdir_lib.versions(), rows=rows,
+                 bounds=_bounds(runs, rows))
   if "tables" in steps:
     results["nets"] = nets(config)
-    workdir.write_text("summary.md", summary(rows, results["nets"]))
+    workdir.write_text("summary.md", summary(rows, results["nets"], results["bounds"]))
     workdir.write_json("results.json", results)
   return results
 
@@ -274,6 +284,33 @@ def _rows(runs):
   return rows
 
 
+def _bounds(runs, rows):
+  """One row per finished exhaustive-bound run: the share of its images that some single
+  pixel at a corner of the colour cube fools, beside the paper's DE at 1 pixel on the same
+  images (its row, when finished)."""
+  out = []
+  for step, folder, command in runs:
+    path = os.path.join(folder, "results.json")
+    if not os.path.basename(folder).startswith("bound_") or not os.path.exists(path):
+      continue
+    if not os.path.exists(os.path.join(folder, MADE_BY)) or _made_by_differences(folder,
+                                                                                  command):
+      continue
+    res = workdir_lib.read_json(path)
+    ex = np.load(os.path.join(folder, "exhaustive_one_pixel.npz"))
+    model, fooled = res["config"]["model"], ex["fooled"].astype(bool)
+    de = [r for r in rows if r["step"] == "paper" and r["model"] == model
+          and r["mode"] == "untargeted" and r["pixels"] == 1]
+    row = dict(model=model, images=int(len(fooled)), fooled=float(fooled.mean()),
+               ci95=list(metrics.wilson_interval(int(fooled.sum()), len(fooled))),
+               colours=res["exhaustive_one_pixel"]["colours"],
+               queries_per_image=res["exhaustive_one_pixel"]["queries_per_image"],
+               fooling_changes_per_image=float(np.mean(ex["num_fooling_changes"])),
+               de_1px=de[0]["success"] if de else None, folder=os.path.basename(folder))
+    out.append(row)
+  return out
+
+
 def published_cells() -> dict:
   """{(net, mode, pixels): the reimplementation's cell from its own records}: attacks,
   images, success as it counted it (any misclassification) and, targeted, the target
@@ -298,7 +335,7 @@ def published_cells() -> dict:
   return out
 
 
-def summary(rows, trained=()) -> str:
+def summary(rows, trained=(), bounds=()) -> str:
   pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
   lines = []
   if trained:
@@ -346,6 +383,18 @@ def summary(rows, trained=()) -> str:
           f"{ours_any} | {span(r['success'], r['success_ci95_images']) if targeted else ''} | "
           f"{t['attacks']} ({t['images']}) | {span(t['success'], t['success_ci95_images'])} | "
           f"{span(t['target_reached'], t['target_reached_ci95_images']) if targeted else ''} |")
+  if bounds:
+    lines += ["", "The exhaustive one-pixel bound: every position x each colour below, on the "
+              "images of the paper's untargeted run (the same draw):", "",
+              "| model | images | fooled by some single pixel (95% interval) | DE/rand/1, 1 px, "
+              "same images | fooling changes per image (mean) | colours | queries per image |",
+              "|" + "---|" * 7]
+    for b in bounds:
+      lo, hi = b["ci95"]
+      lines.append(f"| {b['model']} | {b['images']} | {pct(b['fooled'])} ({pct(lo)}-{pct(hi)})"
+                   f" | {'' if b['de_1px'] is None else pct(b['de_1px'])} | "
+                   f"{b['fooling_changes_per_image']:.1f} | {b['colours']} | "
+                   f"{b['queries_per_image']:,} |")
   lines.append("")
   lines.append(f"Published: the one-pixel paper's mean over All-CNN, NiN and VGG16 "
                f"(untargeted; confidence {pct(PAPER_CONFIDENCE)}); the Keras "
@@ -355,7 +404,7 @@ def summary(rows, trained=()) -> str:
 
 
 def report(results: dict) -> str:
-  return summary(results["rows"], results.get("nets", ()))
+  return summary(results["rows"], results.get("nets", ()), results.get("bounds", ()))
 
 
 if __name__ == "__main__":

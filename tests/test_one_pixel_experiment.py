@@ -56,6 +56,26 @@ def test_experiment_writes_results_and_figures(tmp_path):
   assert "3px" in one_pixel.report(res)
 
 
+def test_the_exhaustive_bound_alone_is_the_library_bound_on_the_same_images(tmp_path):
+  import pixeljax
+  from pixeljax import data, models
+  config = _config(exhaustive=True, figures=False, pixels=())
+  res = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path), config),
+                      log=lambda s: None)
+  assert res["metrics"] == {} and len(res["image_ids"]) == 4
+  assert not os.path.exists(tmp_path / "chunks")
+  stored = np.load(tmp_path / "exhaustive_one_pixel.npz")
+  np.testing.assert_array_equal(stored["image_id"], res["image_ids"])
+  d = data.load(config.data)
+  pos = [int(np.flatnonzero(d.index == i)[0]) for i in res["image_ids"]]
+  direct = pixeljax.exhaustive_one_pixel(models.load(config.model), d.images[pos],
+                                         d.labels[pos])
+  np.testing.assert_array_equal(stored["fooled"], direct["fooled"])
+  np.testing.assert_array_equal(stored["num_fooling_changes"], direct["num_fooling_changes"])
+  assert res["exhaustive_one_pixel"]["images_fooled"] == np.mean(direct["fooled"])
+  assert "exhaustive one pixel" in one_pixel.report(res)
+
+
 def test_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path):
   config = _config(**{"attack.success_first": True, "figures": False})
   config.runtime.attacks_per_call = 2
@@ -164,6 +184,7 @@ def test_bad_flags_exit_with_one_line(tmp_path, arg, message):
     ({"attack.method": "corner_search", "attack.top_candidates": 2, "pixels": (5,)},
      r"top_candidates \(2\) must be >= pixels \(5\)"),
     ({"exhaustive": True, "exhaustive_levels": (0., 300.)}, "300"),
+    ({"pixels": ()}, "pixels is empty"),
 ])
 def test_bad_settings_are_named_before_any_attack(tmp_path, over, message):
   config = _config(**over)

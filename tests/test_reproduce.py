@@ -32,6 +32,12 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
       for k, v in config.train_recipe[net].items():
         assert f"--config.train.{k}={v}" in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
+  # Beside each net's untargeted run, the exhaustive one-pixel bound on the same draw.
+  by_name = {n: cmd for (_, _, cmd), n in zip(runs, names)}
+  for net in ("cifar10_allcnn", "cifar10_nin", "cifar10_vgg16"):
+    bound, paper = by_name[f"bound_{net}"], by_name[f"paper_{net}"]
+    assert bound[-2:] == ["--config.pixels=()", "--config.exhaustive=True"]
+    assert [a for a in paper if not a.startswith("--config.pixels=")] == bound[:-2]
   cells = {n: cmd for (_, f, cmd), n in zip(runs, names) if n.startswith("reimplementation")}
   assert len(cells) == 4          # 2 nets x untargeted / targeted, each 1 / 3 / 5 px: 12 cells
   cmd = " ".join(cells["reimplementation_targeted_cifar10_resnet32_hyperparticle"])
@@ -138,3 +144,26 @@ def test_a_checkpoint_made_by_another_recipe_is_refused_by_name(tmp_path, monkey
       rf"store_dtype=float32 and configs/reproduce.py asks train.epochs={recipe['epochs']}, "
       rf"store_dtype=bfloat16; set the recipe to match")):
     reproduce.plan(config, str(tmp_path / "p"))
+
+
+def test_the_paper_step_reports_the_exhaustive_bound_on_the_attacked_images(tmp_path):
+  smoke_flags = get_config("smoke").attack_flags
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"),
+         "--config=configs/reproduce.py:smoke", "--workdir", str(tmp_path / "r"),
+         "--config.runtime.steps=paper,tables", "--config.paper_nets=cifar10_lenet_hyperparticle",
+         "--config.paper_images=3", "--config.paper_targeted_images=1",
+         "--config.attack_flags=" + smoke_flags]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tmp_path / "r" / "results.json") as f:
+    results = json.load(f)
+  [bound] = results["bounds"]
+  assert bound["images"] == 3 and bound["queries_per_image"] == 32 * 32 * 8
+  de = [r for r in results["rows"] if r["mode"] == "untargeted"]
+  assert len(de) == 1 and bound["de_1px"] == de[0]["success"]
+  # the same images as the untargeted run's
+  with open(tmp_path / "r" / "paper_cifar10_lenet_hyperparticle" / "results.json") as f:
+    attacked = json.load(f)["image_ids"]
+  with open(tmp_path / "r" / "bound_cifar10_lenet_hyperparticle" / "results.json") as f:
+    assert json.load(f)["image_ids"] == attacked
+  assert "The exhaustive one-pixel bound" in (tmp_path / "r" / "summary.md").read_text()
