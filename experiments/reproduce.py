@@ -229,6 +229,13 @@ def nets(config) -> list:
   return out
 
 
+def _made_by_this(folder: str, command) -> bool:
+  """Whether ``folder``'s run records ``command`` as what made it (else: not yet this
+  programme's, or made by other settings)."""
+  return os.path.exists(os.path.join(folder, MADE_BY)) and not _made_by_differences(folder,
+                                                                                     command)
+
+
 def _rows(runs):
   """One row per finished attack run and pixel count."""
   rows = []
@@ -237,8 +244,7 @@ def _rows(runs):
     path = os.path.join(folder, "results.json")
     if step == "train" or not os.path.exists(path):
       continue
-    if not os.path.exists(os.path.join(folder, MADE_BY)) or _made_by_differences(folder,
-                                                                                  command):
+    if not _made_by_this(folder, command):
       continue        # not (yet) this programme's: made by other settings
     res = workdir_lib.read_json(path)
     model = res["config"]["model"]
@@ -293,8 +299,7 @@ def _bounds(runs, rows):
     path = os.path.join(folder, "results.json")
     if not os.path.basename(folder).startswith("bound_") or not os.path.exists(path):
       continue
-    if not os.path.exists(os.path.join(folder, MADE_BY)) or _made_by_differences(folder,
-                                                                                  command):
+    if not _made_by_this(folder, command):
       continue
     res = workdir_lib.read_json(path)
     ex = np.load(os.path.join(folder, "exhaustive_one_pixel.npz"))
