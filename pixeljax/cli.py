@@ -112,16 +112,25 @@ def run(main) -> None:
 
 @functools.lru_cache(maxsize=None)
 def code_version() -> dict:
-  """{commit, dirty, version}: the git commit and whether tracked files differ from it, when
+  """{commit, dirty, version}: the git commit and whether tracked code differs from it, when
   the package runs from a checkout (None without git), and the installed version. Read once,
   when first asked (``main`` asks at the start, before the run could change the files)."""
   import importlib.metadata as md
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     version = md.version("pixeljax")
   except md.PackageNotFoundError:
     version = None
-  out = dict(commit=None, dirty=None, version=version)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return dict(_git_state(root), version=version)
+
+
+def _git_state(root: str) -> dict:
+  """{commit, dirty} of the checkout at ``root`` (None, None without git).
+
+  ``results/`` and ``checkpoints/`` do not count as code: a run started while an earlier
+  run's results are still uncommitted would otherwise be labelled dirty, and a checkpoint is
+  recorded by its own hash among a run's inputs."""
+  out = dict(commit=None, dirty=None)
   if not os.path.exists(os.path.join(root, ".git")):
     return out
   git = lambda *args: subprocess.run(["git", "-C", root, *args], capture_output=True,
@@ -129,7 +138,8 @@ def code_version() -> dict:
   try:
     head = git("rev-parse", "HEAD")
     if head.returncode == 0:
-      status = git("status", "--porcelain", "--untracked-files=no")
+      status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                   ":(exclude)results", ":(exclude)checkpoints")
       out.update(commit=head.stdout.strip(),
                  dirty=bool(status.stdout.strip()) if status.returncode == 0 else None)
   except (OSError, subprocess.SubprocessError):   # no git, or it hangs

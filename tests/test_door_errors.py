@@ -113,6 +113,24 @@ def test_results_record_the_code_and_the_command(monkeypatch):
   assert cli.named_config(["x.py", "--config.seed=2"]) is None     # the script's default
 
 
+def test_uncommitted_results_do_not_make_the_code_dirty(tmp_path):
+  git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True,
+                                  capture_output=True)
+  git("init", "-q")
+  for name in ("pixeljax/a.py", "results/run/summary.md", "checkpoints/net.json"):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text("0")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+  assert cli._git_state(str(tmp_path))["dirty"] is False
+  (tmp_path / "results/run/summary.md").write_text("1")      # an earlier run's new tables
+  (tmp_path / "checkpoints/net.json").write_text("1")
+  assert cli._git_state(str(tmp_path))["dirty"] is False
+  (tmp_path / "pixeljax/a.py").write_text("1")               # the code itself
+  assert cli._git_state(str(tmp_path))["dirty"] is True
+  assert cli._git_state(str(tmp_path / "pixeljax")) == dict(commit=None, dirty=None)
+
+
 def _ctrl_c_heard():
   """In the child before exec: Ctrl-C at its default. A runner started in the background of
   a non-interactive shell (``make test &``) ignores SIGINT, its children inherit that, and
