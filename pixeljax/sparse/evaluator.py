@@ -109,10 +109,12 @@ def model_parts(model):
                   f"probabilities, got {type(model).__name__}")
 
 
-def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh] = None,
-                     **insist) -> Execution:
+def choose_execution(model, pixels: int, segment_kind: str = "de",
+                     mesh: Optional[Mesh] = None, **insist) -> Execution:
   """The fastest exact ``Execution`` for ``model``'s ``pixels``-pixel candidates on this
   backend and ``mesh``; ``insist``: fields the caller fixes (a resumed run: the stored ones).
+  ``segment_kind`` picks the default segment (``SEGMENT``): an attack method, or
+  "de_immediate" (``PixelAttackConfig.segment_kind``).
 
   On CPU: incremental whenever the net factors, windows for one pixel where the net has a
   local prefix (going on through strides and pooling where it can), calls of up to 400 by the
@@ -164,7 +166,7 @@ def choose_execution(model, pixels: int, method: str = "de", mesh: Optional[Mesh
                     f"(runtime.cpu_devices), or leave devices unset")
   return Execution(call_size=int(call_size), incremental=bool(incremental), window=bool(window),
                    strided_window=bool(strided_window), devices=int(devices),
-                   segment=int(insist.get("segment", SEGMENT[method])))
+                   segment=int(insist.get("segment", SEGMENT[segment_kind])))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -323,16 +325,16 @@ def _cached(model, execution: Execution, mesh, count_rows) -> Evaluator:
   return Evaluator(model, execution, mesh, count_rows)
 
 
-def evaluator_for(model, pixels: int = 1, method: str = "de", mesh: Optional[Mesh] = None,
-              execution=None, count_rows=None) -> Evaluator:
-  """The ``Evaluator`` of ``model`` for ``pixels``-pixel candidates of ``method`` on ``mesh``
-  (``sharding.attack_mesh``; on one host's CPU devices its model calls may be dealt to
-  them). ``execution``: an ``Execution`` or a dict of the fields to insist on (a resumed run
+def evaluator_for(model, pixels: int = 1, segment_kind: str = "de",
+                  mesh: Optional[Mesh] = None, execution=None, count_rows=None) -> Evaluator:
+  """The ``Evaluator`` of ``model`` for ``pixels``-pixel candidates of an attack of
+  ``segment_kind`` (``choose_execution``) on ``mesh`` (``sharding.attack_mesh``; on one
+  host's CPU devices its model calls may be dealt to them). ``execution``: an ``Execution`` or a dict of the fields to insist on (a resumed run
   passes the stored one); the rest is chosen (``choose_execution``). The same arguments give
   the same object, so the attacks compiled for it are reused."""
   if isinstance(execution, Execution):
     execution = dataclasses.asdict(execution)
-  chosen = choose_execution(model, pixels, method, mesh, **(execution or {}))
+  chosen = choose_execution(model, pixels, segment_kind, mesh, **(execution or {}))
   dealing = sharding.dealing_mesh(mesh, chosen.devices)
   return _cached(model, chosen, dealing, count_rows)
 
