@@ -11,11 +11,12 @@ r"""One-pixel / few-pixel attack of Su, Vargas & Sakurai on a zoo model or your 
 
 The config (``configs/one_pixel.py``) is the run's one source of settings. Writes to
 --workdir: config.json (first), results.json (config, versions, metrics), records_*.npz (one row
-per attack) and figures; finished chunks of attacks live in --workdir/chunks, so rerunning the
-same command after an interruption resumes. A rerun with other settings is refused (or, with
+per attack) and figures; finished chunks of attacks (and parts of the exhaustive bound) live
+in --workdir/chunks, so rerunning the same command after an interruption resumes. A rerun with other settings is refused (or, with
 --new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
 every host.
 """
+import os
 import time
 
 import numpy as np
@@ -63,6 +64,39 @@ def execution_overrides(config) -> dict:
   """The ``Execution`` fields the run insists on (``runtime.execution``; unset: the engine's
   choice, or a resumed run's stored one)."""
   return {k: v for k, v in config.runtime.execution.to_dict().items() if v is not None}
+
+
+# Images per saved part of the exhaustive bound: a multiple of exhaustive_one_pixel's 8 images
+# per model call, so the parts make exactly the calls an unsaved run makes (same bits).
+BOUND_PART = 24
+
+
+def exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.log) -> dict:
+  """``exhaustive_one_pixel`` on ``sub`` in parts of ``BOUND_PART`` images, each saved as it
+  finishes (``chunks/exhaustive/``, bound to ``inputs`` as attack chunks are), so a bound
+  stopped after minutes of a large net resumes from its last part instead of from nothing."""
+  folder = workdir.file("chunks", "exhaustive")
+  if workdir_lib.is_writer():
+    workdir_lib.bind(folder, inputs)
+  parts = []
+  for start in range(0, len(sub.index), BOUND_PART):
+    ids = sub.index[start:start + BOUND_PART]
+    path = os.path.join(folder, f"part_{start:05d}.npz")
+    if os.path.exists(path):
+      part = workdir_lib.read_npz(path)
+      if not np.array_equal(part["image_id"], ids):
+        raise workdir_lib.SettingsMismatch(
+            f"{path} holds the bound of other images ({part['image_id'].tolist()[:3]}..., "
+            f"expected {ids.tolist()[:3]}...); remove {folder} to redo the bound")
+    else:
+      sl = slice(start, start + len(ids))
+      part = dict(image_id=ids, **exhaustive_one_pixel(classifier, sub.images[sl],
+                                                       sub.labels[sl], colours, mesh=mesh))
+      if workdir_lib.is_writer():
+        workdir_lib.write_npz(path, **part)
+      log(f"exhaustive bound: {start + len(ids)} of {len(sub.index)} images done")
+    parts.append(part)
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "image_id"}
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -165,7 +199,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     log(f"{classifier.name}: exhaustive one-pixel bound on {len(chosen)} correctly classified "
         f"images of {dataset.name}, {len(colours)} colours x every position")
     t0 = time.time()
-    ex = exhaustive_one_pixel(classifier, sub.images, sub.labels, colours, mesh=mesh)
+    ex = exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log)
     results["exhaustive_one_pixel"] = dict(
         colours=f"{len(colours)}: every channel in {sorted(set(levels))}",
         images_fooled=float(np.mean(ex["fooled"])),

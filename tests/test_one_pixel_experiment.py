@@ -63,7 +63,7 @@ def test_the_exhaustive_bound_alone_is_the_library_bound_on_the_same_images(tmp_
   res = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path), config),
                       log=lambda s: None)
   assert res["metrics"] == {} and len(res["image_ids"]) == 4
-  assert not os.path.exists(tmp_path / "chunks")
+  assert os.listdir(tmp_path / "chunks") == ["exhaustive"]       # no attack ran
   stored = np.load(tmp_path / "exhaustive_one_pixel.npz")
   np.testing.assert_array_equal(stored["image_id"], res["image_ids"])
   d = data.load(config.data)
@@ -74,6 +74,41 @@ def test_the_exhaustive_bound_alone_is_the_library_bound_on_the_same_images(tmp_
   np.testing.assert_array_equal(stored["num_fooling_changes"], direct["num_fooling_changes"])
   assert res["exhaustive_one_pixel"]["images_fooled"] == np.mean(direct["fooled"])
   assert "exhaustive one pixel" in one_pixel.report(res)
+
+
+def test_an_interrupted_bound_resumes_from_its_saved_parts(tmp_path, monkeypatch):
+  config = _config(exhaustive=True, figures=False, pixels=())
+  monkeypatch.setattr(one_pixel, "BOUND_PART", 2)
+  whole = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "whole"), config),
+                        log=lambda s: None)
+  real, calls = one_pixel.exhaustive_one_pixel, []
+
+  def stopped_after_one(*args, **kwargs):
+    calls.append(len(args[1]))
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(one_pixel, "exhaustive_one_pixel", stopped_after_one)
+  folder = str(tmp_path / "resumed")
+  wd = workdir_lib.Workdir.open(folder, config)
+  with pytest.raises(KeyboardInterrupt):
+    one_pixel.run(config, wd, log=lambda s: None)
+  wd.close()
+  assert sorted(os.listdir(os.path.join(folder, "chunks", "exhaustive"))) == [
+      "inputs.json", "part_00000.npz"]
+  calls.clear()
+  monkeypatch.setattr(one_pixel, "exhaustive_one_pixel",
+                      lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+  resumed = one_pixel.run(config, workdir_lib.Workdir.open(folder, config), log=lambda s: None)
+  assert calls == [2]                       # only the second part was computed again
+  assert resumed["exhaustive_one_pixel"]["images_fooled"] == (
+      whole["exhaustive_one_pixel"]["images_fooled"])
+  a, b = (np.load(os.path.join(f, "exhaustive_one_pixel.npz")) for f in (tmp_path / "whole",
+                                                                          folder))
+  assert set(a.files) == set(b.files)
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path):
