@@ -12,8 +12,8 @@ r"""One-pixel / few-pixel attack of Su, Vargas & Sakurai on a zoo model or your 
 The config (``configs/one_pixel.py``) is the run's one source of settings. Writes to
 --workdir: config.json (first), results.json (config, versions, metrics), records_*.npz (one row
 per attack) and figures; finished chunks of attacks (and parts of the exhaustive bound) live
-in --workdir/chunks, so rerunning the same command after an interruption resumes. A rerun with other settings is refused (or, with
---new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
+in --workdir/chunks, so rerunning the same command after an interruption resumes. A rerun
+with other settings is refused (or, with --new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
 every host.
 """
 import os
@@ -71,7 +71,7 @@ def execution_overrides(config) -> dict:
 BOUND_PART = 24
 
 
-def exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.log) -> dict:
+def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.log) -> dict:
   """``exhaustive_one_pixel`` on ``sub`` in parts of ``BOUND_PART`` images, each saved as it
   finishes (``chunks/exhaustive/``, bound to ``inputs`` as attack chunks are), so a bound
   stopped after minutes of a large net resumes from its last part instead of from nothing."""
@@ -199,7 +199,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     log(f"{classifier.name}: exhaustive one-pixel bound on {len(chosen)} correctly classified "
         f"images of {dataset.name}, {len(colours)} colours x every position")
     t0 = time.time()
-    ex = exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log)
+    ex = _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log)
     results["exhaustive_one_pixel"] = dict(
         colours=f"{len(colours)}: every channel in {sorted(set(levels))}",
         images_fooled=float(np.mean(ex["fooled"])),
