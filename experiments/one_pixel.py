@@ -13,8 +13,8 @@ The config (``configs/one_pixel.py``) is the run's one source of settings. Write
 --workdir: config.json (first), results.json (config, versions, metrics), records_*.npz (one row
 per attack) and figures; finished chunks of attacks (and parts of the exhaustive bound) live
 in --workdir/chunks, so rerunning the same command after an interruption resumes. A rerun
-with other settings is refused (or, with --new_run, goes to a new folder beside it). Multi-host: --config.runtime.distributed=True on
-every host.
+with other settings is refused (or, with --new_run, goes to a new folder beside it).
+Multi-host: --config.runtime.distributed=True on every host.
 """
 import os
 import time
