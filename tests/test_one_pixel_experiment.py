@@ -77,7 +77,7 @@ def test_the_exhaustive_bound_alone_is_the_library_bound_on_the_same_images(tmp_
 
 
 def test_an_interrupted_bound_resumes_from_its_saved_parts(tmp_path, monkeypatch):
-  config = _config(exhaustive=True, figures=False, pixels=())
+  config = _config(exhaustive=True, figures=False, pixels=(), exhaustive_levels=(255.,))
   monkeypatch.setattr(one_pixel, "BOUND_PART", 2)
   whole = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path / "whole"), config),
                         log=lambda s: None)
