@@ -10,7 +10,8 @@ r"""One-pixel / few-pixel attack of Su, Vargas & Sakurai on a zoo model or your 
       --config.model_preprocess.scale=0.00392156862745098 --workdir runs/torch
 
 The config (``configs/one_pixel.py``) is the run's one source of settings. Writes to
---workdir: config.json (first), results.json (config, versions, metrics), records_*.npz (one row
+--workdir: config.json (first), results.json (config, versions, metrics; rewritten as each
+pixel count finishes, its ``pending`` naming what is still to run), records_*.npz (one row
 per attack) and figures; finished chunks of attacks (and parts of the exhaustive bound) live
 in --workdir/chunks, so rerunning the same command after an interruption resumes. A rerun
 with other settings is refused (or, with --new_run, goes to a new folder beside it).
@@ -182,6 +183,11 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     curve[k] = m["success_rate"]
     all_records[k] = rec
     workdir.write_npz(f"records_{tag}.npz", **rec.as_dict())
+    # What is finished is written at once (one pixel count can take a sitting); ``pending``
+    # names what is still to run, so a partial results.json cannot pass for a whole one.
+    later = [f"{j}px" for j in pixels[pixels.index(k) + 1:]]
+    workdir.write_json("results.json", {**results, "pending": later + (
+        ["exhaustive_one_pixel"] if config.exhaustive else [])})
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
     log(f"{classifier.name} {mode} {k} pixel(s): success {m['success_rate']:.1%} (returned "
         f"candidate fools; fooled at some query: {m['fooled_at_some_query_rate']:.1%}), "
@@ -217,6 +223,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     workdir.save_figure(f"success_vs_pixels_{mode}.png", plots.success_vs_pixels(
         {f"pixeljax ({describe(config)})": curve},
         {"Hyperparticle (Keras)": ref} if ref else None, title=f"{classifier.name}, {mode}"))
+  results["pending"] = []
   workdir.write_json("results.json", results)
   return results
 

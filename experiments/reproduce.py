@@ -9,7 +9,8 @@ resumes by itself and claims its own settings; a run whose folder holds results.
 ``made_by.json`` naming this command's settings and weights is done and skipped (others:
 refused, named; the tables leave such runs out). A rerun of the same command continues
 where the last one stopped, runtime flags free to change. Writes ``summary.md`` (every
-finished run beside its published figure, with 95% intervals) and ``results.json``.
+finished run beside its published figure, with 95% intervals; a run still going with the
+pixel counts it has finished, marked running) and ``results.json``.
 
 ``results/reproduce`` is the project's own programme folder, committed as it grows (finished
 chunks of unfinished runs too: a later sitting, on a fresh machine, resumes from a clone);
@@ -236,24 +237,42 @@ def _made_by_this(folder: str, command) -> bool:
                                                                                      command)
 
 
+def _started_by_this(folder: str, command, res: dict) -> bool:
+  """Whether an unfinished run's partial ``res`` (results.json, written as each pixel count
+  finishes; its ``pending`` names the rest) was made by ``command`` on today's weights: the
+  flags its start recorded, as ``_made_by`` reads them, and the weights it attacked."""
+  if os.path.exists(os.path.join(folder, MADE_BY)) or not res.get("pending"):
+    return False      # finished: _made_by_this decides
+  argv = list(res["versions"]["command"])
+  if "--workdir" in argv:
+    i = argv.index("--workdir")
+    argv = argv[:i] + argv[i + 2:]
+  now = _made_by(command)
+  return (_made_by([sys.executable] + argv)["command"] == now["command"]
+          and res["inputs"].get("weights_sha256") == now.get("weights_sha256"))
+
+
 def _rows(runs):
-  """One row per finished attack run and pixel count."""
+  """One row per attack run and finished pixel count; a run still going (``finished``
+  False) shows the pixel counts it has finished."""
   rows = []
   published = published_cells()
   for step, folder, command in runs:
     path = os.path.join(folder, "results.json")
     if step == "train" or not os.path.exists(path):
       continue
-    if not _made_by_this(folder, command):
-      continue        # not (yet) this programme's: made by other settings
     res = workdir_lib.read_json(path)
+    finished = _made_by_this(folder, command)
+    if not finished and not _started_by_this(folder, command, res):
+      continue        # not (yet) this programme's: made by other settings
     model = res["config"]["model"]
     mode = "targeted" if res["config"]["attack"]["targeted"] else "untargeted"
     for key, m in res["metrics"].items():
       k = int(key.rstrip("px"))
       row = dict(step=step, model=model, mode=mode, pixels=k, attacks=m["attacks"],
                  success=m["success_rate"], ci95=m["success_rate_ci95"],
-                 confidence=m["confidence"], folder=os.path.basename(folder))
+                 confidence=m["confidence"], folder=os.path.basename(folder),
+                 finished=finished)
       if step == "paper":
         row["published"] = PAPER.get(k) if mode == "untargeted" else None
       else:
@@ -356,7 +375,8 @@ def summary(rows, trained=(), bounds=()) -> str:
     any_mis = ("" if "any_misclassification" not in r else
                f"{pct(r['any_misclassification'])} ({pct(r['any_misclassification_ci95'][0])}"
                f"-{pct(r['any_misclassification_ci95'][1])})")
-    lines.append(f"| {r['step']} | {r['model']} | {r['mode']} | {r['pixels']} | "
+    lines.append(f"| {r['step']}{'' if r.get('finished', True) else ' (running)'} | "
+                 f"{r['model']} | {r['mode']} | {r['pixels']} | "
                  f"{r['attacks']} | {pct(r['success'])} ({pct(lo)}-{pct(hi)}) | {any_mis} | "
                  f"{pct(r['confidence'])} | {pct(r['published'])} |")
   lines += ["", "| step | model | mode | px | targets reached per image (of 9) | images fooled "
@@ -404,7 +424,8 @@ def summary(rows, trained=(), bounds=()) -> str:
   lines.append(f"Published: the one-pixel paper's mean over All-CNN, NiN and VGG16 "
                f"(untargeted; confidence {pct(PAPER_CONFIDENCE)}); the Keras "
                f"reimplementation's README for the Hyperparticle nets (its targeted figures "
-               f"count any misclassification).")
+               f"count any misclassification). \"(running)\": a run still going, its finished "
+               f"pixel counts.")
   return "\n".join(lines) + "\n"
 
 

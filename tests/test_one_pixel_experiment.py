@@ -111,6 +111,31 @@ def test_an_interrupted_bound_resumes_from_its_saved_parts(tmp_path, monkeypatch
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_each_finished_pixel_count_lands_in_results_json_at_once(tmp_path, monkeypatch):
+  from pixeljax.sparse import campaign
+  config = _config(figures=False, exhaustive=True, exhaustive_levels=(255.,))
+  real = campaign.run
+
+  def stopped_at_3px(*args, **kwargs):
+    if args[4].pixels == 3:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(campaign, "run", stopped_at_3px)
+  with pytest.raises(KeyboardInterrupt):
+    one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path), config), log=lambda s: None)
+  partial = workdir_lib.read_json(str(tmp_path / "results.json"))
+  assert set(partial["metrics"]) == {"1px"}
+  assert partial["pending"] == ["3px", "exhaustive_one_pixel"]
+  monkeypatch.setattr(campaign, "run", real)
+  whole = one_pixel.run(config, workdir_lib.Workdir.open(str(tmp_path), config),
+                        log=lambda s: None)
+  assert whole["pending"] == [] and set(whole["metrics"]) == {"1px", "3px"}
+  assert workdir_lib.read_json(str(tmp_path / "results.json"))["pending"] == []
+  for key in ("success_rate", "confidence", "attacks"):
+    assert whole["metrics"]["1px"][key] == partial["metrics"]["1px"][key]
+
+
 def test_resumed_run_gives_the_records_of_an_uninterrupted_one(tmp_path):
   config = _config(**{"attack.success_first": True, "figures": False})
   config.runtime.attacks_per_call = 2

@@ -167,3 +167,25 @@ def test_the_paper_step_reports_the_exhaustive_bound_on_the_attacked_images(tmp_
   with open(tmp_path / "r" / "bound_cifar10_lenet_hyperparticle" / "results.json") as f:
     assert json.load(f)["image_ids"] == attacked
   assert "The exhaustive one-pixel bound" in (tmp_path / "r" / "summary.md").read_text()
+  # A run still going shows the pixel counts it has finished, marked as running, as long as
+  # its partial results.json was written by this command.
+  folder = tmp_path / "r" / "paper_cifar10_lenet_hyperparticle"
+  (folder / reproduce.MADE_BY).unlink()
+  partial = json.loads((folder / "results.json").read_text())
+  (folder / "results.json").write_text(json.dumps({**partial, "pending": ["3px"]}))
+  tables_only = [a if not a.startswith("--config.runtime.steps=") else
+                 "--config.runtime.steps=tables" for a in cmd]
+  tables = subprocess.run(tables_only, cwd=ROOT, capture_output=True, text=True)
+  assert tables.returncode == 0, tables.stderr[-3000:]
+  [running] = [r for r in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
+               if r["mode"] == "untargeted"]
+  assert not running["finished"] and running["success"] == de[0]["success"]
+  assert "| paper (running) | cifar10_lenet_hyperparticle | untargeted | 1 |" in (
+      tmp_path / "r" / "summary.md").read_text()
+  other = partial["versions"]["command"]
+  other[other.index("--config.num_images=3")] = "--config.num_images=4"
+  (folder / "results.json").write_text(json.dumps(
+      {**partial, "pending": ["3px"], "versions": {**partial["versions"], "command": other}}))
+  assert subprocess.run(tables_only, cwd=ROOT, capture_output=True).returncode == 0
+  assert not [r for r in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
+              if r["mode"] == "untargeted"]       # another command's: left out
