@@ -361,6 +361,7 @@ def published_cells() -> dict:
 
 def summary(rows, trained=(), bounds=()) -> str:
   pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
+  step = lambda r: r["step"] + ("" if r.get("finished", True) else " (running)")
   lines = []
   if trained:
     lines += ["| net | accuracy, exact test images 0..1016 | recorded in its checkpoint | "
@@ -375,8 +376,7 @@ def summary(rows, trained=(), bounds=()) -> str:
     any_mis = ("" if "any_misclassification" not in r else
                f"{pct(r['any_misclassification'])} ({pct(r['any_misclassification_ci95'][0])}"
                f"-{pct(r['any_misclassification_ci95'][1])})")
-    lines.append(f"| {r['step']}{'' if r.get('finished', True) else ' (running)'} | "
-                 f"{r['model']} | {r['mode']} | {r['pixels']} | "
+    lines.append(f"| {step(r)} | {r['model']} | {r['mode']} | {r['pixels']} | "
                  f"{r['attacks']} | {pct(r['success'])} ({pct(lo)}-{pct(hi)}) | {any_mis} | "
                  f"{pct(r['confidence'])} | {pct(r['published'])} |")
   lines += ["", "| step | model | mode | px | targets reached per image (of 9) | images fooled "
@@ -386,7 +386,7 @@ def summary(rows, trained=(), bounds=()) -> str:
   for r in rows:
     pairs = ", ".join(f"{names(t)} -> {names(a)}: {n}" for t, a, n in r["top_class_pairs"])
     per_image = r.get("targets_per_image")
-    lines.append(f"| {r['step']} | {r['model']} | {r['mode']} | {r['pixels']} | "
+    lines.append(f"| {step(r)} | {r['model']} | {r['mode']} | {r['pixels']} | "
                  f"{'' if per_image is None else f'{per_image:.2f}'} | "
                  f"{pct(r.get('images_fooled_to_any_target')) if per_image is not None else ''}"
                  f" | {pairs} |")
