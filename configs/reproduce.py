@@ -4,7 +4,7 @@ r"""The whole one-pixel programme of issue 26 as one resumable command.
   python experiments/reproduce.py --config.runtime.steps=reimplementation \
       --workdir results/reproduce
 
-Steps (``runtime.steps``, in this order, never compared on resume; each is a run of an
+Steps (``runtime.steps``, never compared on resume; each is a run of an
 existing experiment script in its own folder under --workdir, resumable, skipped once
 finished by the same command and weights, refused if finished by others; see
 experiments/reproduce.py):
@@ -22,6 +22,10 @@ experiments/reproduce.py):
     first success, 1 / 3 / 5 pixels, ``reimplementation_images`` images, untargeted and
     targeted (every image x 9 targets);
   * ``tables``: ``summary.md`` in --workdir, every finished run beside the published figure.
+
+Runs go in this order: training, each net's bound and untargeted run, the reimplementation's
+untargeted cells, then every targeted run (paper nets, then the reimplementation's), so the
+cheaper untargeted cells land first.
 
 On a GPU or TPU host the same command runs there (JAX picks the accelerator); on a CPU it
 runs for many hours: start it in the background, and rerun the same command to resume.

@@ -101,15 +101,19 @@ def plan(config, root: str):
                                                      "--config.exhaustive=True"]))
     runs.append(("paper", os.path.join(root, f"paper_{net}"),
                  attack("paper", net, config.paper_images)))
-  for net in nets:     # every net's untargeted runs before the targeted ones (~12 h each here)
-    runs.append(("paper", os.path.join(root, f"paper_targeted_{net}"),
-                 attack("paper_targeted", net, config.paper_targeted_images)))
-  for net in [n for n in str(config.reimplementation_nets).split(",") if n]:
-    for mode in ("untargeted", "targeted"):
-      runs.append(("reimplementation", os.path.join(root, f"reimplementation_{mode}_{net}"),
-                   attack("best1bin", net, config.reimplementation_images) + [
-                       "--config.attack.generations=75", "--config.attack.stop=first_success",
-                       f"--config.attack.targeted={mode == 'targeted'}"]))
+  # Every untargeted run before any targeted one: the untargeted cells are the cheaper (first
+  # success or the paper's stop comes sooner) and the ones read first; the targeted runs are
+  # ~10 h per paper net and ~25 h for ResNet-32 on this CPU.
+  reimplementation = lambda mode, net: (
+      "reimplementation", os.path.join(root, f"reimplementation_{mode}_{net}"),
+      attack("best1bin", net, config.reimplementation_images) + [
+          "--config.attack.generations=75", "--config.attack.stop=first_success",
+          f"--config.attack.targeted={mode == 'targeted'}"])
+  others = [n for n in str(config.reimplementation_nets).split(",") if n]
+  runs += [reimplementation("untargeted", net) for net in others]
+  runs += [("paper", os.path.join(root, f"paper_targeted_{net}"),
+            attack("paper_targeted", net, config.paper_targeted_images)) for net in nets]
+  runs += [reimplementation("targeted", net) for net in others]
   return steps, runs
 
 
@@ -306,7 +310,8 @@ def _rows(runs):
         row["targets_per_image"] = float(np.dot(np.arange(len(hist)), hist))
         row["images_fooled_to_any_target"] = m["images_fooled_to_any_target"]
       rows.append(row)
-  return rows
+  # Grouped by step (the paper's, then the reimplementation's), in run order within a step.
+  return sorted(rows, key=lambda r: r["step"] != "paper")
 
 
 def _bounds(runs, rows):

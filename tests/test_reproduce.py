@@ -32,6 +32,10 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
       for k, v in config.train_recipe[net].items():
         assert f"--config.train.{k}={v}" in cmd
   assert len([n for n in names if n.startswith("paper_")]) == 6
+  # Every untargeted run (the cheaper cells) before any targeted one.
+  targeted = [i for i, n in enumerate(names) if "targeted_" in n and "untargeted_" not in n]
+  untargeted = [i for i, n in enumerate(names) if i not in targeted and not n.startswith("train_")]
+  assert len(targeted) == 5 and len(untargeted) == 8 and max(untargeted) < min(targeted)
   # Beside each net's untargeted run, the exhaustive one-pixel bound on the same draw.
   by_name = {n: cmd for (_, _, cmd), n in zip(runs, names)}
   for net in ("cifar10_allcnn", "cifar10_nin", "cifar10_vgg16"):
