@@ -56,10 +56,12 @@ def get_config(arg=None):
   recipe = dict(epochs=8, learning_rate=0.1, warmup_epochs=1.0, dropout=False)
   c.train_recipe = ConfigDict({net: dict(recipe) for net in PAPER_NETS})
   # How each checkpoint is stored: bfloat16 (All-CNN-C 2.7 MB, NiN 1.9 MB); VGG16's 15.0 M
-  # parameters would be 30 MB so, int8 kernels per output channel (15 MB; on the shipped
-  # ResNets and LeNet int8 moved accuracy on the exact images by <= 0.2 points, as bfloat16).
+  # parameters would be 30 MB so, 4-bit kernels with a float32 scale per output channel
+  # (7.6 MB; on the 1,017 exact images 87.61%, int8 87.91%, float32 88.00%, 3-bit levels
+  # 85.05%). The small nets stay bfloat16: int4 cost LeNet (Hyperparticle) 74.7 -> 61.1% and
+  # ResNet-32 93.2 -> 91.4%.
   c.store_dtype = ConfigDict(dict(cifar10_allcnn="bfloat16", cifar10_nin="bfloat16",
-                                  cifar10_vgg16="int8"))
+                                  cifar10_vgg16="int4"))
   c.paper_images = 100
   # Targeted: every image x 9 targets. 10 images are 90 attacks per net and pixel count (the
   # issue asks >= 30); on this project's 2-core CPU each net's targeted run is ~12 h at that

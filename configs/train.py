@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.test_data = ""          # data set or .npz for testing; "" = the test split of train_data
   c.num_train = 0           # use only the first N training images; 0 = all
   c.out_dir = ""            # where the checkpoint goes; "" = <workdir>/checkpoint
-  c.store_dtype = "float32"   # checkpoint dtype: float32, bfloat16 or int8 (kernels per channel)
+  c.store_dtype = "float32"   # checkpoint: float32, bfloat16, int8 or int4 (kernels per channel)
   # never change a result: progress shown (bar or log lines), seconds between lines,
   # training steps between updates, seconds between saves of the state within an epoch
   c.runtime = ConfigDict(dict(progress=True, progress_interval=5.0, log_every=100,

@@ -8,8 +8,10 @@ Settings: ``configs/train.py`` (``:name`` picks a model and its recipe; ``--conf
 is ``pixeljax.train.TrainConfig``). ``train_data`` / ``test_data``: a data set name or
 ``.npz`` path (see ``pixeljax.data``; JPEG-compressed .npz files such as the CIFAR copy
 ``cifar10_jpeg75.npz`` are decoded on load). An interrupted run resumes from --workdir; one
-with other settings refuses. The
-checkpoint goes to ``<out_dir>/<model>.msgpack`` (default ``<workdir>/checkpoint``).
+with other settings refuses, except ``store_dtype`` and ``out_dir``: they shape only the
+checkpoint written at the end, so a finished run started again with another ``store_dtype``
+writes its trained net again in that storage (accuracy measured again), without training.
+The checkpoint goes to ``<out_dir>/<model>.msgpack`` (default ``<workdir>/checkpoint``).
 """
 import dataclasses
 import os
@@ -72,4 +74,6 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-  cli.main(run, "train.py", report=report, migrate=migrate_config)
+  # The training state does not depend on how the checkpoint is stored or where it goes.
+  cli.main(run, "train.py", report=report, migrate=migrate_config,
+           extendable=("store_dtype", "out_dir"))

@@ -29,47 +29,75 @@ class CheckpointError(UserError):
   """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
 
 
-STORE_DTYPES = ("float32", "bfloat16", "int8")
-# An int8-stored array: its integers and one float32 scale per output channel (last axis).
-_INT8, _SCALE = "int8_values", "int8_scale"
+STORE_DTYPES = ("float32", "bfloat16", "int8", "int4")
+# A quantized kernel is stored as its integers and one float32 scale per output channel (last
+# axis), under these two keys per dtype; int4 packs two values per byte along that axis.
+_LEVELS = {"int8": 127, "int4": 7}
+_KEYS = {d: (f"{d}_values", f"{d}_scale") for d in _LEVELS}
 
 
 def _floating(a) -> bool:
   return jnp.issubdtype(a.dtype, jnp.floating)   # bfloat16 too (numpy's test says no)
 
 
-def _int8(a: np.ndarray):
-  """A kernel (ndim >= 2) as symmetric int8 per output channel (its last axis: HWIO and
-  (in, out) kernels), ``a ~ q * scale``; other arrays (biases, batch-norm statistics: a tiny
-  share of a net) stay as they are."""
+def _quantize(a: np.ndarray, dtype: str):
+  """A kernel (ndim >= 2) as symmetric integers per output channel (its last axis: HWIO and
+  (in, out) kernels), ``a ~ q * scale`` with ``|q| <= 127`` (int8) or ``7`` (int4, packed two
+  to a byte); other arrays (biases, batch-norm statistics: a tiny share of a net) stay as
+  they are."""
   if a.ndim < 2 or a.size == 0 or not _floating(a):
     return a
   a = a.astype(np.float32)
   if not np.all(np.isfinite(a)):
-    raise CheckpointError(f"int8 storage needs finite weights; a {a.shape} kernel holds NaN or "
-                          f"infinity")
+    raise CheckpointError(f"{dtype} storage needs finite weights; a {a.shape} kernel holds "
+                          f"NaN or infinity")
+  levels = _LEVELS[dtype]
   top = np.max(np.abs(a.reshape(-1, a.shape[-1])), axis=0)
-  scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-  q = np.clip(np.rint(a / scale), -127, 127).astype(np.int8)
-  return {_INT8: q, _SCALE: scale}
+  scale = np.where(top > 0, top / levels, 1.0).astype(np.float32)
+  q = np.clip(np.rint(a / scale), -levels, levels).astype(np.int8)
+  values, scales = _KEYS[dtype]
+  return {values: _pack4(q) if dtype == "int4" else q, scales: scale}
 
 
-def _from_int8(state, template):
-  """``state`` with its int8-stored arrays back in float32: wherever the model (``template``)
-  has an array and the file the two-key dict ``_int8`` writes."""
+def _pack4(q: np.ndarray) -> np.ndarray:
+  """Signed 4-bit values (..., n) as uint8 (..., ceil(n / 2)): even channels in the low
+  nibble, odd ones in the high (a zero pads an odd n)."""
+  if q.shape[-1] % 2:
+    q = np.concatenate([q, np.zeros(q.shape[:-1] + (1,), q.dtype)], axis=-1)
+  nibbles = q.astype(np.uint8) & 0xF
+  return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def _unpack4(packed: np.ndarray, n: int) -> np.ndarray:
+  """``_pack4``'s inverse: the first ``n`` signed values along the last axis, as int8."""
+  packed = np.asarray(packed, np.uint8)
+  nibbles = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[:-1] + (-1,))
+  signed = nibbles.astype(np.int8)
+  return np.where(signed > 7, signed - 16, signed)[..., :n].astype(np.int8)
+
+
+def _dequantize(state, template, dtype: str):
+  """``state`` with its ``dtype``-stored arrays back in float32: wherever the model
+  (``template``) has an array and the file the two-key dict ``_quantize`` writes."""
   if isinstance(template, dict):
     if not isinstance(state, dict):
       return state
-    return {k: _from_int8(state[k], template[k]) if k in template else state[k] for k in state}
-  if isinstance(state, dict) and set(state) == {_INT8, _SCALE}:
-    return np.asarray(state[_INT8], np.float32) * np.asarray(state[_SCALE], np.float32)
+    return {k: _dequantize(state[k], template[k], dtype) if k in template else state[k]
+            for k in state}
+  values, scales = _KEYS[dtype]
+  if isinstance(state, dict) and set(state) == {values, scales}:
+    scale = np.asarray(state[scales], np.float32)
+    q = state[values]
+    if dtype == "int4":
+      q = _unpack4(q, scale.shape[-1])
+    return np.asarray(q, np.float32) * scale
   return state
 
 
 def _encode(variables, dtype: Optional[str]) -> bytes:
   tree = jax.tree_util.tree_map(np.asarray, variables)
-  if dtype == "int8":
-    tree = jax.tree_util.tree_map(_int8, tree)
+  if dtype in _LEVELS:
+    tree = jax.tree_util.tree_map(lambda a: _quantize(a, dtype), tree)
   elif dtype not in (None, "float32"):
     tree = jax.tree_util.tree_map(lambda a: a.astype(dtype) if _floating(a) else a, tree)
   return flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(tree))
@@ -81,8 +109,8 @@ def _decode(data: bytes, stored_dtype: Optional[str], template: Any, path: str):
   except Exception as e:  # msgpack raises several types for garbage
     raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
   template_state = flax.serialization.to_state_dict(template)
-  if stored_dtype == "int8":
-    state = _from_int8(state, template_state)
+  if stored_dtype in _LEVELS:
+    state = _dequantize(state, template_state, stored_dtype)
   _check_structure(state, template_state, path)
   restored = flax.serialization.from_state_dict(template, state)
   return jax.tree_util.tree_map(lambda t, a: np.asarray(a).astype(np.asarray(t).dtype),
@@ -107,7 +135,8 @@ def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
 
   ``dtype`` keeps big nets small: ``"bfloat16"`` casts floating arrays before writing (half
   the bytes), ``"int8"`` stores kernels as int8 with a float32 scale per output channel (a
-  quarter; the rest float32). ``load`` returns the template's dtype. The stored values are the
+  quarter; the rest float32), ``"int4"`` as 4-bit integers (levels -7..7) packed two to a
+  byte (an eighth). ``load`` returns the template's dtype. The stored values are the
   net from then on: measure a checkpoint's accuracy on what ``load`` returns.
   """
   _check_dtype(dtype)
@@ -192,8 +221,8 @@ def _check_structure(state, template, path, where=""):
     raise CheckpointError(
         f"checkpoint {path} does not match the model at '{where}': the file has a dict (keys "
         f"{sorted(state)}) where the model has an array"
-        + (" (int8-stored, but its metadata does not say stored_dtype int8)"
-           if set(state) == {_INT8, _SCALE} else ""))
+        + "".join(f" ({d}-stored, but its metadata does not say stored_dtype {d})"
+                  for d, keys in _KEYS.items() if set(state) == set(keys)))
   else:
     if np.shape(state) != np.shape(template):
       raise CheckpointError(

@@ -228,8 +228,49 @@ def test_int8_storage_keeps_a_real_net_and_is_a_quarter_of_its_bytes(cifar_lenet
     json.dump(meta, f)
   with pytest.raises(checkpoint.CheckpointError, match="does not say stored_dtype int8"):
     models.load(name, str(tmp_path / "int8"))
-  with pytest.raises(errors.UserError, match="checkpoint dtype must be one of .* 'int4'"):
-    checkpoint.save(str(tmp_path / "x"), cifar_lenet.variables, dtype="int4")
+  with pytest.raises(errors.UserError, match="checkpoint dtype must be one of .* 'int2'"):
+    checkpoint.save(str(tmp_path / "x"), cifar_lenet.variables, dtype="int2")
+
+
+def test_int4_storage_packs_two_values_a_byte_and_loads_what_as_stored_says(cifar_lenet,
+                                                                          tmp_path):
+  """int4 (VGG16's storage): kernels within half a step of their channel's scale / 7, an
+  eighth of float32's bytes plus the scales; odd channel counts (a zero pads the last byte)
+  and negative values survive the packing; ``as_stored`` is what ``load`` returns."""
+  name = "cifar10_lenet_hyperparticle"
+  sizes = {}
+  for dtype in ("float32", "int4"):
+    os.makedirs(tmp_path / dtype)
+    sizes[dtype] = os.path.getsize(checkpoint.save(str(tmp_path / dtype / name),
+                                                   cifar_lenet.variables, {"model": name},
+                                                   dtype=dtype))
+  assert sizes["int4"] < 0.17 * sizes["float32"]
+  clf = models.load(name, str(tmp_path / "int4"))
+  assert clf.metadata["stored_dtype"] == "int4"
+  expected = checkpoint.as_stored(cifar_lenet.variables, "int4")
+  for path, before in jax.tree_util.tree_leaves_with_path(cifar_lenet.variables):
+    after = dict(jax.tree_util.tree_leaves_with_path(clf.variables))[path]
+    np.testing.assert_array_equal(after, dict(jax.tree_util.tree_leaves_with_path(expected))[path])
+    before = np.asarray(before)
+    if before.ndim >= 2:
+      step = np.abs(before.reshape(-1, before.shape[-1])).max(0) / 7
+      assert np.all(np.abs(after - before) <= step / 2 + 1e-6)
+      assert len(np.unique(after[..., 0])) <= 15          # levels -7..7 times one scale
+  # Odd output channels and every level, exactly: q * scale with q in -7..7, each channel
+  # with its own scale (its largest |q| is 7).
+  levels = np.append(np.arange(-7, 8), 7).astype(np.float32)
+  q = np.stack([np.roll(levels, j) for j in range(5)], axis=-1)            # (16, 5)
+  odd = {"params": {"kernel": q * (0.25 * np.arange(1, 6, dtype=np.float32))}}
+  prefix = str(tmp_path / "odd")
+  checkpoint.save(prefix, odd, dtype="int4")
+  back, _ = checkpoint.load(prefix, odd)
+  np.testing.assert_array_equal(back["params"]["kernel"], odd["params"]["kernel"])
+  meta = checkpoint.read_metadata(prefix)
+  del meta["stored_dtype"]
+  with open(prefix + ".json", "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(checkpoint.CheckpointError, match="does not say stored_dtype int4"):
+    checkpoint.load(prefix, odd)
 
 
 @pytest.mark.parametrize("features", [1, 6, 8, 10])

@@ -24,7 +24,7 @@ def test_the_plan_trains_what_is_missing_then_attacks_as_the_papers_did(tmp_path
   for (_, folder, cmd) in runs:    # the trained nets' accuracy is measured on the exact images
     if os.path.basename(folder).startswith("train_"):
       assert f"--config.test_data={reproduce.EXACT}" in cmd
-      assert "--config.store_dtype=" + ("int8" if "vgg16" in folder else "bfloat16") in cmd
+      assert "--config.store_dtype=" + ("int4" if "vgg16" in folder else "bfloat16") in cmd
       # the short schedule trains without the nets' dropout (All-CNN-C underfit with it),
       # every setting of the recipe passed as a TrainConfig override
       net = os.path.basename(folder)[len("train_"):]

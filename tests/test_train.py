@@ -239,3 +239,32 @@ def test_dropout_off_takes_the_nets_dropout_out_of_training_and_old_runs_keep_it
   assert train_lib._legacy({"config": {"epochs": 3}})["config"] == {"dropout": True, "epochs": 3}
   assert train_lib.migrate_config({"train": {"epochs": 3}, "model": "x"}) == {
       "train": {"dropout": True, "epochs": 3}, "model": "x"}
+
+
+def test_a_finished_run_started_again_with_another_store_dtype_only_stores_again(tmp_path,
+                                                                                shared_dir):
+  """``store_dtype`` and ``out_dir`` shape only the checkpoint written at the end (how VGG16's
+  int8 checkpoint became int4 without training again): the script resumes the finished
+  state, stores it in the new dtype and measures it again; other settings are still refused."""
+  run = lambda *flags: subprocess.run(
+      [sys.executable, "experiments/train.py", "--config=configs/train.py:mnist_lenet",
+       f"--config.train_data={os.path.join(shared_dir, 'data', 'mnist.npz')}",
+       "--config.test_data=mnist_samples", "--config.num_train=200",
+       "--config.train.epochs=1", "--config.train.batch_size=50",
+       "--config.runtime.progress=False", f"--workdir={tmp_path / 'run'}", *flags],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+      text=True)
+  first = run("--config.store_dtype=int8")
+  assert first.returncode == 0, first.stderr
+  again = run("--config.store_dtype=float32", f"--config.out_dir={tmp_path / 'ckpt'}")
+  assert again.returncode == 0, again.stderr
+  assert "resumed from" in again.stderr and "at epoch 1" in again.stderr
+  meta = json.load(open(tmp_path / "ckpt" / "mnist_lenet.json"))
+  old = json.load(open(tmp_path / "run" / "checkpoint" / "mnist_lenet.json"))
+  assert (meta["stored_dtype"], old["stored_dtype"]) == ("float32", "int8")
+  assert meta["history"] == old["history"]          # the same training, stored otherwise
+  assert meta["accuracy"] == meta["accuracy_before_storage"]      # float32 is the net itself
+  stored = json.load(open(tmp_path / "run" / "config.json"))
+  assert stored["store_dtype"] == "float32"
+  refused = run("--config.store_dtype=float32", "--config.train.epochs=2")
+  assert refused.returncode == 2 and "train.epochs: 1 -> 2" in refused.stderr
