@@ -196,27 +196,36 @@ def test_bfloat16_storage_round_trip(tmp_path):
                              atol=1e-3)
 
 
+def _stored_lenet(lenet, tmp_path, dtype):
+  """The Hyperparticle LeNet saved as float32 and as ``dtype``: (the ``dtype`` file's share
+  of float32's bytes, the loaded ``dtype`` net), after checking each array: kernels within
+  half a step of their output channel's scale, the rest (biases and the like) as they were."""
+  name = "cifar10_lenet_hyperparticle"
+  sizes = {}
+  for d in ("float32", dtype):
+    os.makedirs(tmp_path / d)
+    sizes[d] = os.path.getsize(checkpoint.save(str(tmp_path / d / name), lenet.variables,
+                                               {"model": name}, dtype=d))
+  clf = models.load(name, str(tmp_path / dtype))
+  assert clf.metadata["stored_dtype"] == dtype
+  levels = {"int8": 127, "int4": 7}[dtype]
+  loaded = dict(jax.tree_util.tree_leaves_with_path(clf.variables))
+  for path, before in jax.tree_util.tree_leaves_with_path(lenet.variables):
+    after, before = loaded[path], np.asarray(before)
+    assert after.dtype == np.float32 and after.shape == before.shape
+    if before.ndim < 2:
+      np.testing.assert_array_equal(after, before)
+    else:
+      step = np.abs(before.reshape(-1, before.shape[-1])).max(0) / levels
+      assert np.all(np.abs(after - before) <= step / 2 + 1e-6)
+  return sizes[dtype] / sizes["float32"], clf
+
+
 def test_int8_storage_keeps_a_real_net_and_is_a_quarter_of_its_bytes(cifar_lenet, shared_dir,
                                                                      tmp_path):
   name = "cifar10_lenet_hyperparticle"
-  sizes = {}
-  for dtype in ("float32", "int8"):
-    os.makedirs(tmp_path / dtype)
-    sizes[dtype] = os.path.getsize(checkpoint.save(str(tmp_path / dtype / name),
-                                                   cifar_lenet.variables, {"model": name},
-                                                   dtype=dtype))
-  assert sizes["int8"] < 0.3 * sizes["float32"]
-  clf = models.load(name, str(tmp_path / "int8"))
-  assert clf.metadata["stored_dtype"] == "int8"
-  for path, before in jax.tree_util.tree_leaves_with_path(cifar_lenet.variables):
-    after = dict(jax.tree_util.tree_leaves_with_path(clf.variables))[path]
-    assert after.dtype == np.float32 and after.shape == before.shape
-    before = np.asarray(before)
-    if before.ndim < 2:        # biases and the like are kept as they are
-      np.testing.assert_array_equal(after, before)
-    else:                      # within half a step of its output channel's int8 scale
-      step = np.abs(before.reshape(-1, before.shape[-1])).max(0) / 127
-      assert np.all(np.abs(after - before) <= step / 2 + 1e-6)
+  share, clf = _stored_lenet(cifar_lenet, tmp_path, "int8")
+  assert share < 0.3
   # What is measured is the stored net: on the 1,017 exact images it stays within 0.5 points
   # (measured: 74.73% against 74.93%; ResNet-20 / 32: within 0.1 point).
   exact = data.load(os.path.join(shared_dir, "data", "cifar10_test_exact1017.npz"))
@@ -237,24 +246,13 @@ def test_int4_storage_packs_two_values_a_byte_and_loads_what_as_stored_says(cifa
   """int4 (VGG16's storage): kernels within half a step of their channel's scale / 7, an
   eighth of float32's bytes plus the scales; odd channel counts (a zero pads the last byte)
   and negative values survive the packing; ``as_stored`` is what ``load`` returns."""
-  name = "cifar10_lenet_hyperparticle"
-  sizes = {}
-  for dtype in ("float32", "int4"):
-    os.makedirs(tmp_path / dtype)
-    sizes[dtype] = os.path.getsize(checkpoint.save(str(tmp_path / dtype / name),
-                                                   cifar_lenet.variables, {"model": name},
-                                                   dtype=dtype))
-  assert sizes["int4"] < 0.17 * sizes["float32"]
-  clf = models.load(name, str(tmp_path / "int4"))
-  assert clf.metadata["stored_dtype"] == "int4"
-  expected = checkpoint.as_stored(cifar_lenet.variables, "int4")
-  for path, before in jax.tree_util.tree_leaves_with_path(cifar_lenet.variables):
-    after = dict(jax.tree_util.tree_leaves_with_path(clf.variables))[path]
-    np.testing.assert_array_equal(after, dict(jax.tree_util.tree_leaves_with_path(expected))[path])
-    before = np.asarray(before)
-    if before.ndim >= 2:
-      step = np.abs(before.reshape(-1, before.shape[-1])).max(0) / 7
-      assert np.all(np.abs(after - before) <= step / 2 + 1e-6)
+  share, clf = _stored_lenet(cifar_lenet, tmp_path, "int4")
+  assert share < 0.17
+  expected = dict(jax.tree_util.tree_leaves_with_path(
+      checkpoint.as_stored(cifar_lenet.variables, "int4")))
+  for path, after in jax.tree_util.tree_leaves_with_path(clf.variables):
+    np.testing.assert_array_equal(after, expected[path])
+    if after.ndim >= 2:
       assert len(np.unique(after[..., 0])) <= 15          # levels -7..7 times one scale
   # Odd output channels and every level, exactly: q * scale with q in -7..7, each channel
   # with its own scale (its largest |q| is 7).
