@@ -93,11 +93,14 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
       sl = slice(start, start + len(ids))
       part = dict(image_id=ids, **exhaustive_one_pixel(classifier, sub.images[sl],
                                                        sub.labels[sl], colours, mesh=mesh))
+      # The images were selected as correctly classified: parts keep the fields they had.
+      part.pop("already_misclassified")
       if workdir_lib.is_writer():
-        workdir_lib.write_npz(path, **part)
+        workdir_lib.write_npz(path, **part, **campaign.code_stamp(cli.code_version()))
       log(f"exhaustive bound: {start + len(ids)} of {len(sub.index)} images done")
     parts.append(part)
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "image_id"}
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
+          if k not in ("image_id", "code")}
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -167,7 +170,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                        execution=execution_overrides(config),
                        desc=f"{k} px", progress=config.runtime.progress, log=log,
                        on_saved=lambda done, total, k=k: cli.note_saved(
-                           f"{done} of {total} {k}-pixel attacks saved"))
+                           f"{done} of {total} {k}-pixel attacks saved"),
+                       code=cli.code_version())
     m = metrics.summary(rec, classifier.num_classes)
     made = formats.migrate(campaign.stored_settings(folder))   # the settings that made it
     m["attack"] = made["attack"]
@@ -175,6 +179,9 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     m["attack_keys"] = made["attack_keys"]
     m["seconds"] = time.time() - t0    # this start only (a resumed run loads its chunks)
     m["attack_seconds"] = campaign.attack_seconds(workdir.file("chunks", tag))   # all starts
+    # Which code made the records, chunk by chunk (a run resumed across commits names each):
+    # results.json's "code" is only this start's.
+    m["code_versions"] = campaign.code_versions(workdir.file("chunks", tag))
     compiled = compilation.since(c0)   # this start only, like seconds
     m["compile_seconds"] = compiled["compile_seconds"]
     m["programs_compiled"] = int(compiled["programs"])
@@ -211,7 +218,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
         images_fooled=float(np.mean(ex["fooled"])),
         queries_per_image=int(ex["queries"][0]),
         mean_fooling_changes_per_image=float(np.mean(ex["num_fooling_changes"])),
-        seconds=time.time() - t0)
+        seconds=time.time() - t0,
+        code_versions=campaign.code_versions(workdir.file("chunks", "exhaustive"), "part_"))
     workdir.write_npz("exhaustive_one_pixel.npz", image_id=sub.index, **ex)
     log(f"exhaustive one-pixel baseline: {np.mean(ex['fooled']):.1%} of images fooled")
   if config.figures and all_records:

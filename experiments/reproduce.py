@@ -17,6 +17,7 @@ chunks of unfinished runs too: a later sitting, on a fresh machine, resumes from
 its ``.gitignore`` keeps locks and training state out.
 """
 import os
+import signal
 import subprocess
 import sys
 
@@ -141,21 +142,45 @@ def _check_recipe(config, net: str) -> None:
         f"move {stem}.* away to retrain it")
 
 
+def _dying_with_parent():
+  """A ``preexec_fn`` for a step's child: on Linux, the child gets SIGKILL when the
+  programme dies, however it dies. Otherwise a programme killed by ``kill -9`` (or the end of
+  a session) leaves its step running for hours, holding the step's folder: the rerun that
+  resumes would be refused as a second writer. None elsewhere (stop the child too). The libc
+  function is looked up here, in the parent: between fork and exec only the call runs."""
+  try:
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+  except (OSError, AttributeError):
+    return None
+  return lambda: prctl(1, int(signal.SIGKILL))     # 1: PR_SET_PDEATHSIG
+
+
+def _finished(folder: str) -> bool:
+  """The run in ``folder`` finished (its results.json has nothing ``pending``) and recorded
+  what made it. A finished run started again by hand and stopped part way has pending work
+  beside its old record: it is not done."""
+  path = os.path.join(folder, "results.json")
+  return (os.path.exists(path) and os.path.exists(os.path.join(folder, MADE_BY))
+          and not workdir_lib.read_json(path).get("pending"))
+
+
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
-  steps, runs = plan(config, workdir.path)
+  # Absolute: each step's script runs from the repository root, the programme from anywhere.
+  steps, runs = plan(config, os.path.abspath(workdir.path))
   for step, folder, command in runs:
     if step not in steps:
       continue
     # Done: finished, by this command. A finished run with no record of its command (the
     # programme stopped between the two) goes back through its script, which checks the
     # folder's settings and, finding the work complete, only writes its results again.
-    if os.path.exists(os.path.join(folder, "results.json")) and os.path.exists(
-        os.path.join(folder, MADE_BY)):
+    if _finished(folder):
       _check_made_by(folder, command)
       log(f"[{step}] {os.path.basename(folder)}: done")
       continue
     log(f"[{step}] {os.path.basename(folder)}: {' '.join(command[1:])} --workdir {folder}")
-    done = subprocess.run(command + ["--workdir", folder], cwd=ROOT)
+    done = subprocess.run(command + ["--workdir", folder], cwd=ROOT,
+                          preexec_fn=_dying_with_parent())
     if done.returncode:
       raise UserError(f"[{step}] {os.path.basename(folder)} stopped (exit {done.returncode}); "
                       f"rerun the same command to resume")
@@ -237,15 +262,14 @@ def nets(config) -> list:
 def _made_by_this(folder: str, command) -> bool:
   """Whether ``folder``'s run records ``command`` as what made it (else: not yet this
   programme's, or made by other settings)."""
-  return os.path.exists(os.path.join(folder, MADE_BY)) and not _made_by_differences(folder,
-                                                                                     command)
+  return _finished(folder) and not _made_by_differences(folder, command)
 
 
 def _started_by_this(folder: str, command, res: dict) -> bool:
   """Whether an unfinished run's partial ``res`` (results.json, written as each pixel count
   finishes; its ``pending`` names the rest) was made by ``command`` on today's weights: the
   flags its start recorded, as ``_made_by`` reads them, and the weights it attacked."""
-  if os.path.exists(os.path.join(folder, MADE_BY)) or not res.get("pending"):
+  if not res.get("pending"):
     return False      # finished: _made_by_this decides
   argv = list(res["versions"]["command"])
   if "--workdir" in argv:

@@ -9,3 +9,16 @@ exception is a programming error and keeps its traceback.
 
 class UserError(ValueError):
   """A mistake in what the user asked for, explained in one line."""
+
+
+# What another library says of a failure, quoted inside a UserError line: its first
+# characters only (a framework's message can run to pages).
+_MESSAGE_CHARS = 400
+
+
+def one_line(e: BaseException) -> str:
+  """``e`` as ``Type: message`` on one line, for a ``UserError`` that quotes it."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  if len(text) > _MESSAGE_CHARS:
+    text = text[:_MESSAGE_CHARS] + " ..."
+  return f"{type(e).__name__}: {text}"

@@ -202,6 +202,12 @@ def _endless_batches(m, d, t):
     return _attack(m, d, attacks_per_call=-1)
 
 
+def _flat_net(inputs: int):
+  """A linear net of ``inputs`` pixels -> 10 classes, as a JAX function of NHWC images."""
+  w = jnp.full((inputs, 10), 1e-4, jnp.float32)
+  return lambda x: jax.nn.softmax(x.reshape(x.shape[0], -1) @ w)
+
+
 def _one_black_colour(m, d, images=None, labels=None, colours=((0., 0., 0.),)):
   return pixeljax.exhaustive_one_pixel(m, d.images[:1] if images is None else images,
                                        d.labels[:1] if labels is None else labels,
@@ -248,6 +254,43 @@ FIXED = [
      r"label",
      "no error: every change 'fools' label 10 (num_fooling_changes=1024 of 1024) and "
      "lowest_true_prob is class 9's (JAX clamps the index)"),
+    ("attack: num_classes above the model's outputs",
+     lambda m, d, t: _attack(m, d, labels=np.array([3, 42]), num_classes=100),
+     r"^num_classes=100, but cifar10_lenet_hyperparticle outputs 10 class probabilities$",
+     "no error: label 42 reads the last output column (JAX clamps the index), the clean image "
+     "counts as misclassified by it and the attack as fooled at once"),
+    ("attack: fractional labels",
+     lambda m, d, t: _attack(m, d, labels=np.array([3.7, 6.0])),
+     r"^labels must be integer class indices, got float64$",
+     "no error: label 3.7 is attacked as class 3"),
+    ("attack: a batch of keys",
+     lambda m, d, t: _attack(m, d, key=jax.random.split(KEY, 4)),
+     r"^key must be one JAX random key \(jax\.random\.PRNGKey\(seed\) or "
+     r"jax\.random\.key\(seed\)\), got .* uint32 \(4, 2\)$",
+     "ValueError: fold_in accepts a single key, but was given a key array of shape (4, 2) != "
+     "(). Use jax.vmap for batching."),
+    ("attack: a float array for the key",
+     lambda m, d, t: _attack(m, d, key=np.zeros(2)),
+     r"^key must be one JAX random key .* got ndarray float64 \(2,\)$",
+     "TypeError: JAX encountered invalid PRNG key data: expected key_data.dtype = uint32; "
+     "got dtype=float64"),
+    ("from_jax: a net built for other images",
+     lambda m, d, t: pixeljax.models.from_jax(_flat_net(32 * 32 * 3), input_shape=(28, 28, 1)),
+     r"^the function cannot take images of shape \(28, 28, 1\) \(H, W, C\): TypeError: .*; "
+     r"give input_shape \(--config\.model_input_shape\) and layout as it was built for$",
+     "TypeError: dot_general requires contracting dimensions to have the same shape, got "
+     "(784,) and (3072,). (a traceback from jax.eval_shape)"),
+    ("from_jax: preprocess mean with 2 values for 3 channels",
+     lambda m, d, t: pixeljax.models.from_jax(_flat_net(32 * 32 * 3), input_shape=(32, 32, 3),
+                                              preprocess=dict(mean=(1., 2.))),
+     r"^preprocess\.mean must hold 1 or 3 values \(one per channel\), got 2$",
+     "ValueError: Incompatible shapes for broadcasting: shapes=[(1, 32, 32, 3), (2,)] "
+     "(a traceback; the same dict through --config.model_preprocess was one line)"),
+    ("from_jax: preprocess std 0",
+     lambda m, d, t: pixeljax.models.from_jax(_flat_net(32 * 32 * 3), input_shape=(32, 32, 3),
+                                              preprocess=dict(std=0.)),
+     r"^preprocess\.std must be non-zero, got \(0\.0,\)$",
+     "no error: every pixel divided by 0, the net sees inf and returns NaN at the first call"),
     ("select_images: labels of the wrong shape",
      lambda m, d, t: pixeljax.select_images(m, d.images[:2], d.labels[:1], 1, 0),
      r"labels",
@@ -343,3 +386,17 @@ def test_cli_mistake_is_one_line_and_exit_2(setup, message, tmp_path):
 def test_the_table_has_at_least_25_cases():
   assert len(LIBRARY) + len(CLI) >= 25
   assert len({i for i, _, _ in LIBRARY + CLI}) == len(LIBRARY) + len(CLI)
+
+
+def test_exhaustive_one_pixel_does_not_count_an_already_misclassified_image(cifar_lenet,
+                                                                          cifar_samples):
+  """Given a label the net does not predict, every change 'fooled' it (all 1,024 counted):
+  the image is marked instead, not fooled, as an attack's records mark it."""
+  d = cifar_samples
+  wrong = (d.labels[:2] + np.array([1, 0])) % 10      # image 0 mislabelled, image 1 right
+  out = _one_black_colour(cifar_lenet, d, images=d.images[:2], labels=wrong)
+  assert out["already_misclassified"].tolist() == [True, False]
+  assert not out["fooled"][0] and out["num_fooling_changes"][0] == 0
+  right = _one_black_colour(cifar_lenet, d, images=d.images[1:2], labels=d.labels[1:2])
+  assert out["fooled"][1] == right["fooled"][0]
+  assert out["num_fooling_changes"][1] == right["num_fooling_changes"][0]

@@ -32,17 +32,24 @@ def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_sam
   full = campaign.run(*args, str(tmp_path / "a"), 10, attacks_per_call=2, progress=False,
                       execution=SEGMENT)
   # "Kill" a run after its second chunk: keep only the first two chunk files, then rerun.
+  first, fixed = dict(commit="a" * 40, dirty=False), dict(commit="b" * 40, dirty=True)
   campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False,
-               execution=SEGMENT)
+               execution=SEGMENT, code=first)
   chunks = _chunks(tmp_path / "b")
   assert len(chunks) == 3
   os.remove(tmp_path / "b" / chunks[-1])
   logs = []
   resumed = campaign.run(*args, str(tmp_path / "b"), 10, attacks_per_call=2, progress=False,
-                         log=logs.append)      # the stored execution (segment 2) is reused
+                         log=logs.append, code=fixed)   # the stored execution (segment 2)
   assert any("4 attacks loaded" in line for line in logs)
   assert _chunks(tmp_path / "b") == chunks
   chex.assert_trees_all_equal(full, resumed)
+  # The run was made by two code versions, chunk by chunk; a run made without saying so has
+  # its chunks counted as unrecorded.
+  assert campaign.code_versions(str(tmp_path / "b")) == [dict(first, chunks=2),
+                                                         dict(fixed, chunks=1)]
+  assert campaign.code_versions(str(tmp_path / "a")) == [dict(commit=None, unrecorded=True,
+                                                              chunks=3)]
   # Each chunk keeps the seconds it took, so a resumed run still reports its whole cost.
   per_chunk = [float(np.load(tmp_path / "b" / c)["seconds"]) for c in chunks]
   assert all(s > 0 for s in per_chunk)

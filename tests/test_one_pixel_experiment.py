@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import one_pixel
-from pixeljax import workdir as workdir_lib
+from pixeljax import cli, workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.sparse import records
 
@@ -45,6 +45,10 @@ def test_experiment_writes_results_and_figures(tmp_path):
   assert saved["config"]["attack"]["generations"] == 2 and len(saved["image_ids"]) == 4
   assert set(saved["metrics"]) == {"1px", "3px"} and res["metrics"] == saved["metrics"]
   assert saved["exhaustive_one_pixel"]["queries_per_image"] == 32 * 32 * 8
+  # Each saved part names the code that made it (this checkout; one chunk or part each here).
+  made = [dict(cli.code_version(), chunks=1)]
+  assert [saved["metrics"][k]["code_versions"] for k in ("1px", "3px")] == [made, made]
+  assert saved["exhaustive_one_pixel"]["code_versions"] == made
   for f in ("adversarial_untargeted_1px.png", "class_pairs_untargeted_3px.png",
             "success_vs_pixels_untargeted.png", "records_untargeted_1px.npz", "config.json"):
     assert os.path.getsize(tmp_path / f) > 0

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -119,9 +120,48 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
   recorded = json.loads(made_by.read_text())
   assert recorded["weights_sha256"] and recorded["command"][0] == "one_pixel.py"
   made_by.unlink()
-  back = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  assert back.returncode == 0 and back.stderr.count(": done") == 1, back.stderr[-3000:]
+  # A finished run started again by hand and stopped part way (its results.json pending) beside
+  # its old record is not done either: it goes back through its script, which finishes it.
+  untargeted = tmp_path / "r" / "reimplementation_untargeted_cifar10_lenet_hyperparticle"
+  res = json.loads((untargeted / "results.json").read_text())
+  (untargeted / "results.json").write_text(json.dumps(dict(res, pending=["1px"])))
+  # Started from another folder with a relative --workdir: the scripts (run from the
+  # repository root) work in the same folders.
+  away = [cmd[0], cmd[1], f"--config={ROOT}/configs/reproduce.py:smoke", "--workdir", "r",
+          *cmd[5:]]
+  back = subprocess.run(away, cwd=tmp_path, capture_output=True, text=True)
+  assert back.returncode == 0 and back.stderr.count(": done") == 0, back.stderr[-3000:]
   assert json.loads(made_by.read_text()) == recorded
+  assert json.loads((untargeted / "results.json").read_text())["pending"] == []
+  assert not os.path.exists(os.path.join(ROOT, "r"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux")
+def test_a_step_dies_with_a_killed_programme(tmp_path):
+  """A programme killed with SIGKILL (or by the end of a session) takes its running step
+  with it, so the rerun that resumes is not refused by an orphan holding the folder."""
+  parent = subprocess.Popen(
+      [sys.executable, "-c",
+       "import subprocess, sys, time\n"
+       "from experiments.reproduce import _dying_with_parent\n"
+       "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+       "                         preexec_fn=_dying_with_parent())\n"
+       "print(child.pid, flush=True)\n"
+       "time.sleep(120)\n"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  child = int(parent.stdout.readline())
+  parent.kill()
+  parent.wait()
+
+  def alive():
+    try:
+      with open(f"/proc/{child}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"    # a zombie has ended
+    except FileNotFoundError:
+      return False
+  deadline = time.time() + 10
+  while alive() and time.time() < deadline:
+    time.sleep(0.1)
+  assert not alive()
 
 
 def test_the_programme_folder_claims_none_of_its_settings():

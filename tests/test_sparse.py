@@ -257,9 +257,9 @@ def test_bad_input_is_named(cifar_lenet, cifar_samples):
     PixelAttackConfig(pixels=0)
   with pytest.raises(UserError, match="exceeds the 1024 pixels"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(pixels=1025, **SMALL))
+  uniform_1001 = lambda x: jnp.full((x.shape[0], 1001), 1 / 1001, jnp.float32)
   with pytest.raises(UserError, match="at most 1000 classes"):     # the former key derivation
-    attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(**SMALL),
-           num_classes=1001, attack_keys="id_x1000")
+    attack(uniform_1001, imgs, labels, key, PixelAttackConfig(**SMALL), attack_keys="id_x1000")
   with pytest.raises(UserError, match="unknown attack_keys"):
     attack(cifar_lenet.predict, imgs, labels, key, PixelAttackConfig(**SMALL),
            attack_keys="id_x2000")

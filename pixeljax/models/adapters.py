@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixeljax.errors import UserError
+from pixeljax.errors import UserError, one_line
 from pixeljax.models import layers
 from pixeljax.models.registry import check_images
 
@@ -75,23 +75,70 @@ class ImportedModel:
     return self._jit_predict(check_images(images, self.input_shape, self.name))
 
 
-def _preprocessor(preprocess) -> Tuple[Callable[[jax.Array], jax.Array], Any]:
-  """(function of float32 pixels, what ``metadata["preprocess"]`` records)."""
+def clean_preprocess(preprocess, channels: Optional[int], what: str = "preprocess"):
+  """``preprocess`` with unset (None) entries dropped (None if nothing is left); a dict's
+  mean and std checked: one value or one per channel, std non-zero."""
+  if preprocess is None or callable(preprocess):
+    return preprocess
+  if hasattr(preprocess, "to_dict"):
+    preprocess = preprocess.to_dict()
+  if not isinstance(preprocess, dict):
+    raise UserError(f"{what} must be None, a dict(scale=, mean=, std=) or a function of the "
+                    f"pixels, got {type(preprocess).__name__}")
+  out = {k: v for k, v in preprocess.items() if v is not None}
+  unknown = set(out) - {"scale", "mean", "std"}
+  if unknown:
+    raise UserError(f"{what} takes scale, mean and std; got unknown key(s) {sorted(unknown)}")
+  if not out:
+    return None
+  for key in ("mean", "std"):
+    if key not in out:
+      continue
+    values = out[key]
+    values = (values,) if isinstance(values, (int, float)) else values
+    try:
+      values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+      raise UserError(f"{what}.{key} must be numbers, got {out[key]!r}") from None
+    if len(values) not in (1, channels or len(values)):
+      raise UserError(f"{what}.{key} must hold 1 or {channels} values (one per channel), got "
+                      f"{len(values)}")
+    if key == "std" and any(v == 0 for v in values):
+      raise UserError(f"{what}.std must be non-zero, got {values}")
+    out[key] = values
+  if "scale" in out:
+    try:
+      out["scale"] = float(out["scale"])
+    except (TypeError, ValueError):
+      raise UserError(f"{what}.scale must be a number, got {out['scale']!r}") from None
+  return out
+
+
+def _preprocessor(preprocess, channels: int) -> Tuple[Callable[[jax.Array], jax.Array], Any]:
+  """(function of float32 pixels, what ``metadata["preprocess"]`` records), for images of
+  ``channels`` channels."""
+  preprocess = clean_preprocess(preprocess, channels)
   if preprocess is None:
     return (lambda x: x), None
   if callable(preprocess):
     return preprocess, getattr(preprocess, "__name__", type(preprocess).__name__)
-  if isinstance(preprocess, dict):
-    unknown = set(preprocess) - {"scale", "mean", "std"}
-    if unknown:
-      raise UserError(f"preprocess takes scale, mean and std; got unknown key(s) "
-                      f"{sorted(unknown)}")
-    norm = layers.Normalize(**preprocess)
-    record = {"scale": float(norm.scale), "mean": [float(m) for m in np.ravel(norm.mean)],
-              "std": [float(s) for s in np.ravel(norm.std)]}
-    return norm.__call__, record
-  raise UserError(f"preprocess must be None, a dict(scale=, mean=, std=) or a function of the "
-                  f"pixels, got {type(preprocess).__name__}")
+  norm = layers.Normalize(**preprocess)
+  record = {"scale": float(norm.scale), "mean": [float(m) for m in np.ravel(norm.mean)],
+            "std": [float(s) for s in np.ravel(norm.std)]}
+  return norm.__call__, record
+
+
+def _output_shape(net, shape, what: str):
+  """``net``'s output shape on one image of ``shape`` (H, W, C), or one line: a net built
+  for another size or channel count fails deep inside its framework."""
+  try:
+    return jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+  except UserError:
+    raise
+  except Exception as e:   # whatever the framework raises for that input: one line
+    raise UserError(f"{what} cannot take images of shape {shape} (H, W, C): {one_line(e)}; "
+                    f"give input_shape (--config.model_input_shape) and layout as it was built "
+                    f"for") from None
 
 
 def _weights_sha256(arrays) -> str:
@@ -203,7 +250,7 @@ def from_keras(model, *, preprocess: Union[None, dict, Callable] = None,
   non_trainable = [jnp.array(np.array(v.value), copy=True)
                    for v in model.non_trainable_variables]
   digest = _weights_sha256(list(trainable) + list(non_trainable))
-  pre, pre_record = _preprocessor(preprocess)
+  pre, pre_record = _preprocessor(preprocess, shape[-1])
 
   def net(images):
     x = pre(jnp.asarray(images, jnp.float32))
@@ -214,7 +261,7 @@ def from_keras(model, *, preprocess: Union[None, dict, Callable] = None,
       out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
     return out
 
-  out_shape = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+  out_shape = _output_shape(net, shape, f"the Keras model {model.name}")
   if len(out_shape) != 2:
     raise UserError(f"the Keras model must output (N, classes); it outputs {out_shape}")
   predict, added = _with_softmax(net, shape, softmax)
@@ -240,9 +287,9 @@ def from_jax(f: Callable, *, input_shape: Tuple[int, int, int],
   shape = tuple(int(s) for s in input_shape)
   if len(shape) != 3:
     raise UserError(f"input_shape must be (H, W, C), got {shape}")
-  pre, pre_record = _preprocessor(preprocess)
+  pre, pre_record = _preprocessor(preprocess, shape[-1])
   net = lambda images: f(pre(jnp.asarray(images, jnp.float32)))
-  out_shape = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+  out_shape = _output_shape(net, shape, "the function")
   if len(out_shape) != 2:
     raise UserError(f"the function must output (N, classes); it outputs {out_shape}")
   predict, added = _with_softmax(net, shape, softmax)
@@ -368,7 +415,7 @@ def from_torch(module, *, input_shape: Tuple[int, int, int],
   states = jax.tree_util.tree_map(lambda a: jnp.array(np.array(a), copy=True), states)
   names = sorted(states)
   digest = _weights_sha256([states[k] for k in names])
-  pre, pre_record = _preprocessor(preprocess)
+  pre, pre_record = _preprocessor(preprocess, shape[-1])
 
   def forward(x):
     return jax_fn(states, (x,))
@@ -382,7 +429,7 @@ def from_torch(module, *, input_shape: Tuple[int, int, int],
     with jax.default_matmul_precision("highest"):
       return core(x)
 
-  out_shape = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+  out_shape = _output_shape(net, shape, f"the torch module {type(module).__name__}")
   if len(out_shape) != 2:
     raise UserError(f"the torch module must output (N, classes); it outputs {out_shape}")
   predict, added = _with_softmax(net, shape, softmax)

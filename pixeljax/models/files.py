@@ -32,7 +32,8 @@ import os
 import sys
 from typing import Callable, Optional, Sequence, Tuple, Union
 
-from pixeljax.errors import UserError
+from pixeljax.errors import UserError, one_line
+from pixeljax.models.adapters import clean_preprocess
 
 KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
 FACTORY_SOURCES = ("torch", "keras")
@@ -45,14 +46,6 @@ _OTHER_FILES = {
     ".pth": "is a PyTorch file: write a function that builds the module and loads its "
             "weights, then pass torch:module:function (or torch:path/to/file.py:function)",
 }
-_MESSAGE_CHARS = 400
-
-
-def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split()) or type(e).__name__
-  if len(text) > _MESSAGE_CHARS:
-    text = text[:_MESSAGE_CHARS] + " ..."
-  return f"{type(e).__name__}: {text}"
 
 
 def _keras():
@@ -84,43 +77,6 @@ def _shape(value, what: str) -> Optional[Tuple[int, int, int]]:
   return shape
 
 
-def _clean_preprocess(preprocess, channels: Optional[int], what: str = "preprocess"):
-  """``preprocess`` with unset (None) entries dropped (None if nothing is left); a dict's
-  mean and std checked: one value or one per channel, std non-zero."""
-  if preprocess is None or callable(preprocess):
-    return preprocess
-  if hasattr(preprocess, "to_dict"):
-    preprocess = preprocess.to_dict()
-  if not isinstance(preprocess, dict):
-    raise UserError(f"{what} must be None, a dict(scale=, mean=, std=) or a function of the "
-                    f"pixels, got {type(preprocess).__name__}")
-  out = {k: v for k, v in preprocess.items() if v is not None}
-  unknown = set(out) - {"scale", "mean", "std"}
-  if unknown:
-    raise UserError(f"{what} takes scale, mean and std; got unknown key(s) {sorted(unknown)}")
-  if not out:
-    return None
-  for key in ("mean", "std"):
-    if key not in out:
-      continue
-    values = out[key]
-    values = (values,) if isinstance(values, (int, float)) else values
-    try:
-      values = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-      raise UserError(f"{what}.{key} must be numbers, got {out[key]!r}") from None
-    if len(values) not in (1, channels or len(values)):
-      raise UserError(f"{what}.{key} must hold 1 or {channels} values (one per channel), got "
-                      f"{len(values)}")
-    if key == "std" and any(v == 0 for v in values):
-      raise UserError(f"{what}.std must be non-zero, got {values}")
-    out[key] = values
-  if "scale" in out:
-    try:
-      out["scale"] = float(out["scale"])
-    except (TypeError, ValueError):
-      raise UserError(f"{what}.scale must be a number, got {out['scale']!r}") from None
-  return out
 
 
 def _softmax(value, what: str = "softmax") -> Union[str, bool]:
@@ -200,13 +156,13 @@ def from_file(path: str, *, input_shape: Optional[Sequence[int]] = None,
     raise UserError(f"model file {path} is a folder, not a saved Keras model")
   input_shape, data_shape = _shape(input_shape, "input_shape"), _shape(data_shape, "data_shape")
   shape = input_shape or data_shape
-  preprocess = _clean_preprocess(preprocess, shape[-1] if shape else None)
+  preprocess = clean_preprocess(preprocess, shape[-1] if shape else None)
   softmax, layout = _softmax(softmax), _layout(layout)
   keras = _keras()
   try:
     net = keras.saving.load_model(path, compile=False)
   except Exception as e:   # whatever Keras says of a file it cannot read: one line
-    raise UserError(f"cannot load the Keras model {path} ({_one_line(e)})") from None
+    raise UserError(f"cannot load the Keras model {path} ({one_line(e)})") from None
   if not isinstance(net, keras.Model):
     raise UserError(f"{path} holds a {type(net).__name__}, not a keras.Model")
   model = _from_keras_model(net, input_shape=input_shape, data_shape=data_shape,
@@ -247,7 +203,7 @@ def _import(spec: str, target: str):
     except BaseException as e:
       del sys.modules[name]
       if isinstance(e, Exception):
-        raise UserError(f"{spec}: importing {target} failed ({_one_line(e)})") from None
+        raise UserError(f"{spec}: importing {target} failed ({one_line(e)})") from None
       raise
     return module
   if os.getcwd() not in sys.path:
@@ -259,9 +215,9 @@ def _import(spec: str, target: str):
       raise UserError(f"{spec}: no module named {target!r} (put its folder on PYTHONPATH, "
                       f"run from its folder, or name its file: "
                       f"{spec.split(':')[0]}:path/to/file.py:function)") from None
-    raise UserError(f"{spec}: importing {target} failed ({_one_line(e)})") from None
+    raise UserError(f"{spec}: importing {target} failed ({one_line(e)})") from None
   except Exception as e:     # a syntax error or anything else its code raises on import
-    raise UserError(f"{spec}: importing {target} failed ({_one_line(e)})") from None
+    raise UserError(f"{spec}: importing {target} failed ({one_line(e)})") from None
 
 
 def from_factory(spec: str, *, input_shape: Optional[Sequence[int]] = None,
@@ -282,7 +238,7 @@ def from_factory(spec: str, *, input_shape: Optional[Sequence[int]] = None,
   source, target, function = parse_factory(spec)
   input_shape, data_shape = _shape(input_shape, "input_shape"), _shape(data_shape, "data_shape")
   shape = input_shape or data_shape
-  preprocess = _clean_preprocess(preprocess, shape[-1] if shape else None)
+  preprocess = clean_preprocess(preprocess, shape[-1] if shape else None)
   softmax, layout = _softmax(softmax), _layout(layout)
   # The framework first: a missing install is named as such, not as the module's ImportError.
   framework = _torch() if source == "torch" else _keras()
@@ -297,7 +253,7 @@ def from_factory(spec: str, *, input_shape: Optional[Sequence[int]] = None,
     try:
       made = made()
     except Exception as e:
-      raise UserError(f"{spec}: {function}() raised {_one_line(e)}") from None
+      raise UserError(f"{spec}: {function}() raised {one_line(e)}") from None
   want = "torch.nn.Module" if source == "torch" else "keras.Model"
   if not isinstance(made, kind):
     raise UserError(f"{spec}: {function}() returned a {type(made).__name__}, not a {want}")
@@ -378,7 +334,7 @@ def from_config(config, data_shape: Optional[Sequence[int]] = None):
                  softmax=config.get("model_softmax", "auto"),
                  input_shape=config.get("model_input_shape"), layout=config.get("model_layout"))
   if config.get("model") in _zoo_names():
-    pre = _clean_preprocess(options["preprocess"], None, "model_preprocess")
+    pre = clean_preprocess(options["preprocess"], None, "model_preprocess")
     given = [f"model_{k}" for k in ("preprocess", "input_shape", "layout")
              if (pre if k == "preprocess" else options[k]) is not None]
     if _softmax(options["softmax"], "model_softmax") != "auto":
@@ -393,7 +349,7 @@ def from_config(config, data_shape: Optional[Sequence[int]] = None):
   return load_model(
       config.get("model"), data_shape=data_shape,
       input_shape=_shape(options["input_shape"], "model_input_shape"),
-      preprocess=_clean_preprocess(options["preprocess"], channels, "model_preprocess"),
+      preprocess=clean_preprocess(options["preprocess"], channels, "model_preprocess"),
       softmax=_softmax(options["softmax"], "model_softmax"),
       layout=_layout(options["layout"], "model_layout"))
 

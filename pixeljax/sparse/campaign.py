@@ -10,8 +10,11 @@ chunks are computed exactly as its old ones. Each chunk file name carries a key 
 the settings and from the image ids and targets of its rows, and the file stores them; a chunk
 is reused only if all of them match. Every attack's randomness depends only on the seed, its
 image id and its target, so a resumed run gives exactly the records of an uninterrupted one.
+The code may change between starts (a fix, a new feature); each chunk stores the code version
+that made it (``code``), and ``code_versions`` lists them, so a run made across commits says so.
 """
 import dataclasses
+import json
 import os
 import time
 from typing import Callable, Mapping, Optional
@@ -80,7 +83,8 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
         inputs: Optional[Mapping] = None, attacks_per_call: Optional[int] = None, mesh=None,
         execution: Optional[Mapping] = None, desc: str = "attack", progress: bool = True,
         log: Callable[[str], None] = None,
-        on_saved: Optional[Callable[[int, int], None]] = None) -> AttackRecords:
+        on_saved: Optional[Callable[[int, int], None]] = None,
+        code: Optional[Mapping] = None) -> AttackRecords:
   """Attacks the given images (all K-1 targets of each when ``config.targeted``), chunk by
   chunk, saving each chunk in ``folder``; returns the records of the whole campaign (the
   settings that made them: ``stored_settings(folder)``).
@@ -90,7 +94,9 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
   the weights' SHA-256) binds the folder to the exact inputs behind those names
   (``workdir.bind``): a resume against retrained weights of the same model is refused.
   ``execution``: ``Execution`` fields to insist on (else the stored run's, else the engine's
-  choice). ``on_saved(attacks saved, attacks in all)``: called as chunks are saved."""
+  choice). ``on_saved(attacks saved, attacks in all)``: called as chunks are saved. ``code``:
+  the code version attacking now (e.g. ``cli.code_version()``), stored in each chunk this call
+  saves (``code_versions``)."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
   mesh = sharding.default_mesh() if mesh is None else mesh
   stored = stored_settings(folder)
@@ -166,7 +172,7 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
                    image_ids=image_ids[r], num_classes=num_classes, mesh=mesh,
                    attacks_per_call=attacks_per_call, progress=report, attack_keys=keys)
       if workdir.is_writer():
-        records_lib.save(path, rec, seconds=np.float64(time.time() - t0))
+        records_lib.save(path, rec, seconds=np.float64(time.time() - t0), **code_stamp(code))
       parts.append(rec)
       state["attacks"] += len(rec)
       state["successes"] += int(np.sum(rec.success))
@@ -203,3 +209,23 @@ def attack_seconds(folder: str) -> Optional[float]:
           return None
         total += float(d["seconds"])
   return total
+
+
+def code_stamp(code: Optional[Mapping]) -> dict:
+  """The ``code`` entry a saved part of a run carries (none when ``code`` is None)."""
+  return {} if code is None else dict(code=np.asarray(json.dumps(dict(code), sort_keys=True)))
+
+
+def code_versions(folder: str, prefix: str = "chunk_") -> list:
+  """The code versions that made the ``prefix*.npz`` parts saved in ``folder`` (a campaign's
+  chunks by default), in the order they first appear, each with how many parts it made:
+  ``[{commit, dirty, version, chunks}]``; parts saved without a version (before they stored
+  it, or without ``code``) count under ``{"commit": None, "unrecorded": True}``."""
+  seen = {}
+  for name in sorted(os.listdir(folder)):
+    if name.startswith(prefix) and name.endswith(".npz"):
+      with np.load(os.path.join(folder, name)) as d:   # reads only this one entry
+        text = str(d["code"]) if "code" in d.files else None
+      seen[text] = seen.get(text, 0) + 1
+  return [dict(json.loads(t) if t else dict(commit=None, unrecorded=True), chunks=n)
+          for t, n in seen.items()]

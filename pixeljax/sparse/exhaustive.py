@@ -75,7 +75,9 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
 
   ``model``: as ``pixeljax.attack`` takes it (a zoo model, an ``Evaluator`` or a black-box
   function); ``mesh`` and ``execution`` as there. Returns a dict of numpy arrays;
-  ``queries`` = H * W * len(colours) per image."""
+  ``queries`` = H * W * len(colours) per image. An image the net already misclassifies is
+  marked ``already_misclassified`` and counts as not fooled (no fooling changes): there was
+  nothing to fool, as ``AttackRecords.already_misclassified`` says of an attack."""
   images = door.images_for(model, images)
   h, w, c = images.shape[1:]
   colours = rgb_cube_corners(c) if colours is None else door.colours_for(colours, c)
@@ -84,6 +86,10 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
   probs = door.probabilities(ev.probabilities(images[:256]), door.model_name(model),
                              rows=len(images[:256]))
   labels = door.labels_for(labels, len(images), probs.shape[1])
+  # An image the net already gets wrong has nothing to fool: every change would count.
+  clean = np.concatenate([probs] + [np.asarray(ev.probabilities(images[s:s + 256]))
+                                    for s in range(256, len(images), 256)])
+  misclassified = clean.argmax(-1) != labels
   total = h * w * len(colours)
   block = min(candidates_per_call, total)
   fn = _sweep(ev, (h, w, c), len(colours), block)
@@ -92,5 +98,6 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
     sl = slice(start, start + images_per_call)
     outs.append([np.asarray(o) for o in fn(images[sl], labels[sl], jnp.asarray(colours))])
   found, lowest, cand, count = [np.concatenate(o) for o in zip(*outs)]
-  return dict(fooled=found, lowest_true_prob=lowest, best_candidate=cand,
-              num_fooling_changes=count, queries=np.full(len(images), total))
+  return dict(fooled=found & ~misclassified, lowest_true_prob=lowest, best_candidate=cand,
+              num_fooling_changes=np.where(misclassified, 0, count),
+              queries=np.full(len(images), total), already_misclassified=misclassified)

@@ -223,6 +223,23 @@ def _padded_batches(rows: np.ndarray, cap: int, devices: int):
     yield idx, np.concatenate([idx, np.full(size - len(idx), idx[0])])
 
 
+def _check_key(key):
+  """One JAX random key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``), or one
+  ``UserError`` line (a batch of keys or an int would fail deep inside ``fold_in``)."""
+  bad = UserError(f"key must be one JAX random key (jax.random.PRNGKey(seed) or "
+                  f"jax.random.key(seed)), got {type(key).__name__} "
+                  f"{getattr(key, 'dtype', '')} {getattr(key, 'shape', '')}".rstrip())
+  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
+    raise bad
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    try:
+      key = jax.random.wrap_key_data(jnp.asarray(key))
+    except (TypeError, ValueError):
+      raise bad from None
+  if key.shape != ():
+    raise bad
+
+
 def _validate_inputs(model, images, labels, targets, num_classes: int,
                     config: PixelAttackConfig):
   """The rest of ``attack``'s door (``images``: already through ``door.images_for``): one
@@ -239,6 +256,9 @@ def _validate_inputs(model, images, labels, targets, num_classes: int,
   if labels.shape != (n,) or targets.shape != (n,):
     raise UserError(f"labels and targets must have shape ({n},), got {labels.shape} "
                     f"and {targets.shape}")
+  for what, arr in (("labels", labels), ("targets", targets)):
+    if not np.issubdtype(arr.dtype, np.integer):   # 3.7 would be attacked as class 3
+      raise UserError(f"{what} must be integer class indices, got {arr.dtype}")
   for what, arr, low in (("label", labels, 0), ("target", targets, -1)):
     if arr.size and (arr.min() < low or arr.max() >= num_classes):
       raise UserError(f"{what} out of range [{low}, {num_classes}): found "
@@ -280,21 +300,21 @@ def attack(model, images, labels, key, config: PixelAttackConfig, targets=None,
   image_ids = np.arange(n) if image_ids is None else np.asarray(image_ids, np.int64)
   if image_ids.shape != (n,):
     raise UserError(f"image_ids must have shape ({n},), one per image, got {image_ids.shape}")
-  if not (hasattr(key, "dtype") and hasattr(key, "shape")):
-    raise UserError(f"key must be a JAX random key (jax.random.PRNGKey(seed) or "
-                    f"jax.random.key(seed)), got {type(key).__name__} {key!r}")
+  _check_key(key)
   if attacks_per_call is not None and attacks_per_call < 1:
     raise UserError(f"attacks_per_call must be >= 1 (or None: all at once), got "
                     f"{attacks_per_call}")
-  if num_classes is None:
-    num_classes = int(jax.eval_shape(ev.full, jax.ShapeDtypeStruct(
-        (1,) + images.shape[1:], jnp.float32)).shape[-1])
-  images, labels, targets = _validate_inputs(model, images, labels, targets, num_classes,
-                                             config)
   # The model's first outputs, before anything is compiled: probabilities, or one clear line
   # (a first call's worth of images; the final check computes every clean image's anyway).
-  door.probabilities(ev.probabilities(images[:256]), door.model_name(model),
-                     rows=len(images[:256]))
+  outputs = door.probabilities(ev.probabilities(images[:256]), door.model_name(model),
+                               rows=len(images[:256])).shape[1]
+  if num_classes is None:
+    num_classes = outputs
+  elif num_classes != outputs:   # else a label past the outputs reads a clamped column: "fooled"
+    raise UserError(f"num_classes={num_classes}, but {door.model_name(model)} outputs "
+                    f"{outputs} class probabilities")
+  images, labels, targets = _validate_inputs(model, images, labels, targets, num_classes,
+                                             config)
   if attack_keys == "id_x1000" and num_classes > 1000:
     raise UserError(f"attack_keys='id_x1000' supports at most 1000 classes, the model has "
                     f"{num_classes}")
