@@ -302,7 +302,11 @@ def _holder(fd: int) -> str:
 
 
 def _work_in(folder: str):
-  """What the folder holds besides its lock and the temporary files of interrupted writes."""
+  """What the folder holds besides its lock and the temporary files of interrupted writes
+  (nothing if it does not exist yet: a multi-process run's other processes take no lock, so
+  they may look before process 0 has made it)."""
+  if not os.path.isdir(folder):
+    return []
   return sorted(f for f in os.listdir(folder) if f != LOCK_FILE and not f.startswith(".tmp-"))
 
 

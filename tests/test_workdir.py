@@ -75,6 +75,19 @@ def test_a_start_that_did_no_work_does_not_block_the_next(tmp_path):
   assert wd.path == path and not wd.resumed
 
 
+def test_a_process_that_does_not_write_may_open_a_folder_not_made_yet(tmp_path, monkeypatch):
+  """Process 1 of a multi-process run takes no lock and writes nothing: opening before
+  process 0 has made the folder is a new run, not a FileNotFoundError."""
+  import jax
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  monkeypatch.setattr(workdir, "is_writer", lambda: False)
+  path = str(tmp_path / "not_yet")
+  wd = workdir.Workdir.open(path, {"generations": 2})
+  assert not wd.resumed and not os.path.exists(path)
+  wd.write_json("results.json", {"x": 1})           # process 0 writes; this one does not
+  assert not os.path.exists(path)
+
+
 def test_atomic_writes_leave_no_partial_file(tmp_path, monkeypatch):
   path = str(tmp_path / "a.npz")
   workdir.write_npz(path, x=np.arange(3))
