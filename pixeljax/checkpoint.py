@@ -73,7 +73,7 @@ def _unpack4(packed: np.ndarray, n: int) -> np.ndarray:
   packed = np.asarray(packed, np.uint8)
   nibbles = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[:-1] + (-1,))
   signed = nibbles.astype(np.int8)
-  return np.where(signed > 7, signed - 16, signed)[..., :n].astype(np.int8)
+  return np.where(signed > 7, signed - 16, signed)[..., :n]
 
 
 def _dequantize(state, template, dtype: str):

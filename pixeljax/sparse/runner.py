@@ -256,10 +256,9 @@ def _validate_inputs(model, images, labels, targets, num_classes: int,
   if labels.shape != (n,) or targets.shape != (n,):
     raise UserError(f"labels and targets must have shape ({n},), got {labels.shape} "
                     f"and {targets.shape}")
-  for what, arr in (("labels", labels), ("targets", targets)):
-    if not np.issubdtype(arr.dtype, np.integer):   # 3.7 would be attacked as class 3
-      raise UserError(f"{what} must be integer class indices, got {arr.dtype}")
   for what, arr, low in (("label", labels, 0), ("target", targets, -1)):
+    if not np.issubdtype(arr.dtype, np.integer):   # 3.7 would be attacked as class 3
+      raise UserError(f"{what}s must be integer class indices, got {arr.dtype}")
     if arr.size and (arr.min() < low or arr.max() >= num_classes):
       raise UserError(f"{what} out of range [{low}, {num_classes}): found "
                       f"{arr.min()}..{arr.max()}")
