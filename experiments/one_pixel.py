@@ -43,7 +43,8 @@ REFERENCE = {
 # What results.json records of an imported model (a Keras file, torch:module:function) beside
 # the zoo's fields: where it came from and what was put around it.
 IMPORTED_METADATA = ("path", "factory", "input_shape", "layout", "preprocess", "softmax_added",
-                     "parameters", "keras_version", "torch_version", "torchax_version")
+                     "output_dtype", "parameters", "keras_version", "torch_version",
+                     "torchax_version")
 
 
 # Per-pixel-count fields of results.json that describe a start's time, not the attack: a

@@ -76,9 +76,23 @@ def images_for(model, images) -> np.ndarray:
   return images
 
 
+def probability_tolerance(dtype) -> float:
+  """How far from 1 a row of probabilities held in ``dtype`` may sum: 1e-3, or two of the
+  dtype's eps where that is more (bfloat16: 0.0156, float16: 0.0020). Rounding each
+  probability to the dtype moves the row's sum by at most half an eps (the row sums to 1), the
+  normalisation computed in it as much again: a net whose softmax runs in bfloat16 sums to
+  1 +- 4e-3, and a 1e-3 rule would call its probabilities logits."""
+  try:
+    eps = float(np.finfo(dtype).eps)
+  except (TypeError, ValueError):     # integers, objects: no finer rule than the default
+    eps = 0.0
+  return max(1e-3, 2 * eps)
+
+
 def probabilities(probs, who: str = "the model", rows: int = None) -> np.ndarray:
-  """``probs`` (N, K), checked to be probabilities: rows in [0, 1] summing to 1 (1e-3);
-  ``rows``: the N it must have (one per image)."""
+  """``probs`` (N, K), checked to be probabilities: rows in [0, 1] summing to 1 (within
+  ``probability_tolerance`` of their dtype); ``rows``: the N it must have (one per image)."""
+  tolerance = probability_tolerance(getattr(probs, "dtype", np.float64))
   probs = np.asarray(probs, np.float64)
   if probs.ndim != 2 or probs.shape[1] < 2 or (rows is not None and len(probs) != rows):
     raise UserError(f"{who} returned outputs of shape {probs.shape} for "
@@ -88,9 +102,9 @@ def probabilities(probs, who: str = "the model", rows: int = None) -> np.ndarray
     raise UserError(f"{who} returned NaN or infinite outputs; check its weights and "
                     f"preprocessing")
   sums = probs.sum(-1)
-  if probs.min() >= -1e-6 and probs.max() <= 1 + 1e-6 and np.all(np.abs(sums - 1) <= 1e-3):
+  if probs.min() >= -1e-6 and probs.max() <= 1 + 1e-6 and np.all(np.abs(sums - 1) <= tolerance):
     return probs
-  if probs.max() <= 1e-6 and np.all(np.abs(np.log(np.exp(probs).sum(-1))) <= 1e-3):
+  if probs.max() <= 1e-6 and np.all(np.abs(np.log(np.exp(probs).sum(-1))) <= tolerance):
     raise UserError(f"{who} returns log-probabilities (rows of exp sum to 1), not "
                     f"probabilities: wrap it as lambda x: jnp.exp(predict(x))")
   raise UserError(f"{who} returns logits, not probabilities (values in [{probs.min():.3g}, "

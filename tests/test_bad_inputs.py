@@ -400,3 +400,30 @@ def test_exhaustive_one_pixel_does_not_count_an_already_misclassified_image(cifa
   right = _one_black_colour(cifar_lenet, d, images=d.images[1:2], labels=d.labels[1:2])
   assert out["fooled"][1] == right["fooled"][0]
   assert out["num_fooling_changes"][1] == right["num_fooling_changes"][0]
+
+
+def test_a_net_whose_softmax_runs_in_bfloat16_gives_probabilities(cifar_lenet, cifar_samples):
+  """The shipped LeNet with its softmax in bfloat16: rows sum to 1 +- 4e-3. Before, the 1e-3
+  rule took them for logits: ``from_jax`` added a second softmax (largest probability 0.23
+  where the net says 1.0) and ``attack`` refused the function as returning logits."""
+  from pixeljax import door
+  d = cifar_samples
+  bf16 = lambda x: jax.nn.softmax(_logits(cifar_lenet)(x).astype(jnp.bfloat16), axis=-1)
+  images = d.images[:32]
+  raw = np.asarray(jax.jit(bf16)(jnp.asarray(images, jnp.float32)), np.float64)
+  assert np.abs(raw.sum(-1) - 1).max() > 1e-3          # the case: outside float32's rule
+  assert door.probability_tolerance(jnp.float32) == 1e-3
+  assert door.probability_tolerance(jnp.bfloat16) == 2 ** -6
+  model = pixeljax.models.from_jax(bf16, input_shape=(32, 32, 3))
+  assert model.metadata["softmax_added"] is False
+  assert model.metadata["output_dtype"] == "bfloat16"
+  probs = np.asarray(model(images), np.float64)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)   # re-normalised in float32
+  # The net's own probabilities to bfloat16's precision (XLA may drop the bfloat16 rounding
+  # inside a program that casts on to float32: not every bit is the standalone net's).
+  np.testing.assert_allclose(probs, raw / raw.sum(-1, keepdims=True), rtol=2 ** -7, atol=1e-5)
+  # As a black box: attacked, not refused; its logits in bfloat16 are still logits.
+  records = _attack(cifar_lenet, d, model=bf16)
+  assert len(records) == 2 and np.all(records.queries > 0)
+  with pytest.raises(UserError, match="returns logits"):
+    _attack(cifar_lenet, d, model=lambda x: _logits(cifar_lenet)(x).astype(jnp.bfloat16))

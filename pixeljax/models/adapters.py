@@ -20,7 +20,10 @@ Preprocessing is the user's: ``preprocess=dict(scale=..., mean=(...), std=(...))
 JAX function of the pixels. A model that ends in logits (or log-probabilities) gets a softmax:
 with ``softmax="auto"`` the model is run once on a few deterministic random images and the
 softmax is added unless every row is already a probability vector (values in [0, 1] summing
-to 1 within 1e-3); the decision is recorded in ``metadata["softmax_added"]``.
+to 1 within 1e-3, or two eps of a coarser output dtype: ``door.probability_tolerance``); the
+decision is recorded in ``metadata["softmax_added"]``. Probabilities a net outputs in bfloat16
+or float16 are re-normalised in float32 (their rows sum to 1 +- 4e-3 in bfloat16), so what the
+engine reads sums to 1 as a float32 net's does; ``metadata["output_dtype"]`` names the dtype.
 
 ``factored`` gives an imported net the zoo's fast paths: its traced program split at its first
 convolution (incremental evaluation) and its local prefix on windows for one-pixel candidates
@@ -38,12 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixeljax import door
 from pixeljax.errors import UserError, one_line
 from pixeljax.models import layers
 from pixeljax.models.registry import check_images
 
-# Rows that sum to 1 within this are taken as probabilities by ``softmax="auto"``.
-_PROBABILITY_TOLERANCE = 1e-3
 # The probe ``softmax="auto"`` runs: a few uniform-random images from a fixed seed.
 _PROBE_IMAGES = 4
 _PROBE_SEED = 0
@@ -128,11 +130,11 @@ def _preprocessor(preprocess, channels: int) -> Tuple[Callable[[jax.Array], jax.
   return norm.__call__, record
 
 
-def _output_shape(net, shape, what: str):
-  """``net``'s output shape on one image of ``shape`` (H, W, C), or one line: a net built
-  for another size or channel count fails deep inside its framework."""
+def _output_spec(net, shape, what: str) -> jax.ShapeDtypeStruct:
+  """``net``'s output (shape and dtype) on one image of ``shape`` (H, W, C), or one line: a
+  net built for another size or channel count fails deep inside its framework."""
   try:
-    return jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape
+    return jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
   except UserError:
     raise
   except Exception as e:   # whatever the framework raises for that input: one line
@@ -153,9 +155,11 @@ def _weights_sha256(arrays) -> str:
 
 
 def _are_probabilities(out) -> bool:
+  """Every row of ``out`` a probability vector, to within the rounding of its dtype."""
+  tolerance = door.probability_tolerance(out.dtype)
   out = np.asarray(out, np.float64)
   return bool(np.all(np.isfinite(out)) and out.min() >= 0.0 and out.max() <= 1.0
-              and np.all(np.abs(out.sum(-1) - 1.0) <= _PROBABILITY_TOLERANCE))
+              and np.all(np.abs(out.sum(-1) - 1.0) <= tolerance))
 
 
 def _probe_images(input_shape) -> np.ndarray:
@@ -163,15 +167,27 @@ def _probe_images(input_shape) -> np.ndarray:
   return rng.uniform(0.0, 255.0, (_PROBE_IMAGES,) + tuple(input_shape)).astype(np.float32)
 
 
-def _with_softmax(net, input_shape, softmax) -> Tuple[Callable, bool]:
-  """``net`` (pixels -> outputs) ending in probabilities, and whether a softmax was added."""
+def _in_float32(p):
+  """Probabilities ``p`` in float32; rows of a coarser float (bfloat16, float16) divided by
+  their float32 sum, which takes out the dtype's rounding of the row's total (argmax and
+  ratios stay the net's)."""
+  if jnp.issubdtype(p.dtype, jnp.floating) and jnp.finfo(p.dtype).bits < 32:
+    p = p.astype(jnp.float32)
+    return p / jnp.sum(p, axis=-1, keepdims=True)
+  return p.astype(jnp.float32)
+
+
+def _with_softmax(net, input_shape, softmax, dtype) -> Tuple[Callable, Dict[str, Any]]:
+  """``net`` (pixels -> outputs of ``dtype``) ending in float32 probabilities, and its
+  metadata: whether a softmax was added (``softmax_added``) and the net's ``output_dtype``."""
   if softmax not in ("auto", True, False):
     raise UserError(f"softmax must be 'auto', True or False, got {softmax!r}")
   if softmax == "auto":
     softmax = not _are_probabilities(jax.jit(net)(_probe_images(input_shape)))
+  record = {"softmax_added": bool(softmax), "output_dtype": str(dtype)}
   if softmax:
-    return (lambda x: jax.nn.softmax(net(x).astype(jnp.float32), axis=-1)), True
-  return (lambda x: net(x).astype(jnp.float32)), False
+    return (lambda x: jax.nn.softmax(net(x).astype(jnp.float32), axis=-1)), record
+  return (lambda x: _in_float32(net(x))), record
 
 
 def _import_keras():
@@ -261,15 +277,16 @@ def from_keras(model, *, preprocess: Union[None, dict, Callable] = None,
       out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
     return out
 
-  out_shape = _output_shape(net, shape, f"the Keras model {model.name}")
+  spec = _output_spec(net, shape, f"the Keras model {model.name}")
+  out_shape = spec.shape
   if len(out_shape) != 2:
     raise UserError(f"the Keras model must output (N, classes); it outputs {out_shape}")
-  predict, added = _with_softmax(net, shape, softmax)
+  predict, output = _with_softmax(net, shape, softmax, spec.dtype)
   name = name or f"keras:{model.name}"
   metadata = {"source": "keras", "keras_version": keras.__version__, "name": name,
               "model_name": model.name, "input_shape": list(shape), "layout": layout,
               "num_classes": int(out_shape[-1]), "preprocess": pre_record,
-              "softmax_added": added, "softmax": softmax, "sha256": digest,
+              **output, "softmax": softmax, "sha256": digest,
               "parameters": int(sum(np.size(a) for a in trainable + non_trainable))}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
                        num_classes=int(out_shape[-1]), metadata=metadata)
@@ -289,14 +306,15 @@ def from_jax(f: Callable, *, input_shape: Tuple[int, int, int],
     raise UserError(f"input_shape must be (H, W, C), got {shape}")
   pre, pre_record = _preprocessor(preprocess, shape[-1])
   net = lambda images: f(pre(jnp.asarray(images, jnp.float32)))
-  out_shape = _output_shape(net, shape, "the function")
+  spec = _output_spec(net, shape, "the function")
+  out_shape = spec.shape
   if len(out_shape) != 2:
     raise UserError(f"the function must output (N, classes); it outputs {out_shape}")
-  predict, added = _with_softmax(net, shape, softmax)
+  predict, output = _with_softmax(net, shape, softmax, spec.dtype)
   name = name or f"jax:{getattr(f, '__name__', type(f).__name__)}"
   metadata = {"source": "jax", "name": name, "input_shape": list(shape),
               "num_classes": int(out_shape[-1]), "preprocess": pre_record,
-              "softmax_added": added, "softmax": softmax}
+              **output, "softmax": softmax}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
                        num_classes=int(out_shape[-1]), metadata=metadata)
 
@@ -429,16 +447,17 @@ def from_torch(module, *, input_shape: Tuple[int, int, int],
     with jax.default_matmul_precision("highest"):
       return core(x)
 
-  out_shape = _output_shape(net, shape, f"the torch module {type(module).__name__}")
+  spec = _output_spec(net, shape, f"the torch module {type(module).__name__}")
+  out_shape = spec.shape
   if len(out_shape) != 2:
     raise UserError(f"the torch module must output (N, classes); it outputs {out_shape}")
-  predict, added = _with_softmax(net, shape, softmax)
+  predict, output = _with_softmax(net, shape, softmax, spec.dtype)
   name = name or f"torch:{type(module).__name__}"
   metadata = {"source": "torch", "torch_version": torch.__version__,
               "torchax_version": getattr(torchax, "__version__", None), "name": name,
               "module": type(module).__name__, "input_shape": list(shape), "layout": layout,
               "nhwc_convolutions": bool(nhwc), "num_classes": int(out_shape[-1]),
-              "preprocess": pre_record, "softmax_added": added, "softmax": softmax,
+              "preprocess": pre_record, **output, "softmax": softmax,
               "sha256": digest, "parameters": int(sum(np.size(states[k]) for k in names))}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
                        num_classes=int(out_shape[-1]), metadata=metadata)
