@@ -68,9 +68,10 @@ def images_for(model, images) -> np.ndarray:
       and (want is None or tuple(shape[1:]) != want)):
     raise UserError(f"images of shape {tuple(shape)} look like NCHW; pixeljax takes NHWC "
                     f"(N, H, W, C): pass images.transpose(0, 2, 3, 1)")
-  floating = np.issubdtype(np.asarray(images).dtype, np.floating)
   images = np.asarray(check_images(images, want, who))
-  if floating and images.max() <= 1.0:
+  # Any dtype (integer 0/1 images too); an all-black batch (largest value 0) is the same
+  # image in either scale.
+  if 0 < images.max() <= 1.0:
     raise UserError(f"the images look scaled to [0, 1] (largest value {images.max():.3g}); "
                     f"pixeljax takes pixels in [0, 255]: pass images * 255")
   return images

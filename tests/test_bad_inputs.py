@@ -254,6 +254,10 @@ FIXED = [
      r"label",
      "no error: every change 'fools' label 10 (num_fooling_changes=1024 of 1024) and "
      "lowest_true_prob is class 9's (JAX clamps the index)"),
+    ("attack: uint8 images of 0 and 1",
+     lambda m, d, t: _attack(m, d, images=(_two(d)[0] > 127).astype(np.uint8)),
+     r"^the images look scaled to \[0, 1\] \(largest value 1\)",
+     "no error: the net saw two nearly black images"),
     ("attack: num_classes above the model's outputs",
      lambda m, d, t: _attack(m, d, labels=np.array([3, 42]), num_classes=100),
      r"^num_classes=100, but cifar10_lenet_hyperparticle outputs 10 class probabilities$",
@@ -427,3 +431,10 @@ def test_a_net_whose_softmax_runs_in_bfloat16_gives_probabilities(cifar_lenet, c
   assert len(records) == 2 and np.all(records.queries > 0)
   with pytest.raises(UserError, match="returns logits"):
     _attack(cifar_lenet, d, model=lambda x: _logits(cifar_lenet)(x).astype(jnp.bfloat16))
+
+
+def test_an_all_black_float_batch_is_attacked(cifar_lenet, cifar_samples):
+  """Largest value 0 is the same image in [0, 1] and [0, 255]: the [0, 1] rule let no float
+  black batch in ("pass images * 255")."""
+  records = _attack(cifar_lenet, cifar_samples, images=np.zeros((2, 32, 32, 3), np.float32))
+  assert len(records) == 2
