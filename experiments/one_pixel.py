@@ -46,6 +46,10 @@ IMPORTED_METADATA = ("path", "factory", "input_shape", "layout", "preprocess", "
                      "output_dtype", "parameters", "keras_version", "torch_version",
                      "torchax_version")
 
+# How an imported model's outputs are read from its file, beyond the weights' hash (its
+# preprocessing, softmax and layout options): bound with the weights, so a run folder whose
+# config.json is gone cannot resume under another reading of the same file.
+IMPORTED_READING = ("preprocess", "softmax_added", "layout", "output_dtype")
 
 # Per-pixel-count fields of results.json that describe a start's time, not the attack: a
 # resumed run reports what its own start spent (attack_seconds sums every start's chunks).
@@ -90,10 +94,17 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
         raise workdir_lib.SettingsMismatch(
             f"{path} holds the bound of other images ({part['image_id'].tolist()[:3]}..., "
             f"expected {ids.tolist()[:3]}...); remove {folder} to redo the bound")
+      # Parts saved before they kept their colours have none to compare.
+      if "colours" in part and not np.array_equal(part["colours"], colours):
+        raise workdir_lib.SettingsMismatch(
+            f"{path} holds the bound over other colours (levels "
+            f"{np.unique(part['colours']).tolist()}); set exhaustive_levels to them, or "
+            f"remove {folder} to redo the bound")
     else:
       sl = slice(start, start + len(ids))
-      part = dict(image_id=ids, **exhaustive_one_pixel(classifier, sub.images[sl],
-                                                       sub.labels[sl], colours, mesh=mesh))
+      part = dict(image_id=ids, colours=colours,
+                  **exhaustive_one_pixel(classifier, sub.images[sl], sub.labels[sl], colours,
+                                         mesh=mesh))
       # The images were selected as correctly classified: parts keep the fields they had.
       part.pop("already_misclassified")
       if workdir_lib.is_writer():
@@ -101,7 +112,7 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
       log(f"exhaustive bound: {start + len(ids)} of {len(sub.index)} images done")
     parts.append(part)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
-          if k not in ("image_id", "code")}
+          if k not in ("image_id", "code", "colours")}
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -150,7 +161,9 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
   # What the settings name only by reference: the exact weights, and the attacked images and
   # labels (a data file rewritten in place keeps its name and the ids the chunks are keyed by).
   inputs = dict(weights_sha256=classifier.metadata.get("sha256"),
-                images_sha256=workdir_lib.arrays_sha256(sub.images, sub.labels, sub.index))
+                images_sha256=workdir_lib.arrays_sha256(sub.images, sub.labels, sub.index),
+                **{f"model_{k}": classifier.metadata[k] for k in IMPORTED_READING
+                   if k in classifier.metadata})
   results = dict(config=config.to_dict(), versions=workdir_lib.versions(), inputs=inputs,
                  image_ids=sub.index.tolist(),
                  model_metadata={**{k: classifier.metadata.get(k) for k in (

@@ -101,6 +101,13 @@ def test_an_interrupted_bound_resumes_from_its_saved_parts(tmp_path, monkeypatch
   wd.close()
   assert sorted(os.listdir(os.path.join(folder, "chunks", "exhaustive"))) == [
       "inputs.json", "part_00000.npz"]
+  # Its config.json gone (as a corrupt one's message invites), other levels: the saved part
+  # names its colours (before, it was taken as this bound's and the bound mixed two grids).
+  os.remove(os.path.join(folder, "config.json"))
+  other = _config(exhaustive=True, figures=False, pixels=(), exhaustive_levels=(0.,))
+  with pytest.raises(workdir_lib.SettingsMismatch, match=r"other colours \(levels \[255\.0\]\); "
+                     r"set exhaustive_levels"):
+    one_pixel.run(other, workdir_lib.Workdir.open(folder, other), log=lambda s: None)
   calls.clear()
   monkeypatch.setattr(one_pixel, "exhaustive_one_pixel",
                       lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
