@@ -8,7 +8,8 @@ existing experiment script (train.py, one_pixel.py) in its own folder under --wo
 resumes by itself and claims its own settings; a run whose folder holds results.json and
 ``made_by.json`` naming this command's settings and weights is done and skipped (others:
 refused, named; the tables leave such runs out). A rerun of the same command continues
-where the last one stopped, runtime flags free to change. Writes ``summary.md`` (every
+where the last one stopped, runtime flags free to change (an execution,
+``runtime.execution.*``, is a setting). Writes ``summary.md`` (every
 finished run beside its published figure, with 95% intervals; a run still going with the
 pixel counts it has finished, marked running) and ``results.json``.
 
@@ -46,9 +47,9 @@ REIMPLEMENTATION = {
 }
 # The programme's folder claims none of its settings: every run in it claims its own folder
 # (train.py and one_pixel.py refuse other settings there; a finished run must match its
-# made_by.json), so runtime flags may change freely, another net list adds folders, and a
-# changed recipe or image count is refused by name in the runs it concerns, never relabels
-# them. config.json keeps the settings of the last completed start.
+# made_by.json), so runtime flags (not runtime.execution) may change freely, another net
+# list adds folders, and a changed recipe or image count is refused by name in the runs it
+# concerns, never relabels them. config.json keeps the settings of the last completed start.
 MADE_BY = "made_by.json"   # in each run's folder: what made it (command, weights); see _made_by
 EXTENDABLE = ("paper_nets", "reimplementation_nets", "train_recipe", "store_dtype",
               "paper_images", "paper_targeted_images", "reimplementation_images", "pixels",
@@ -197,10 +198,13 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
 
 def _made_by(command) -> dict:
   """What a run's results depend on in the command that runs it: the script and its flags
-  (less the interpreter's path and the ``--config.runtime.*`` flags, which change no result)
-  and the SHA-256 of the weights it attacks (a retrained net keeps its name)."""
+  (less the interpreter's path and the ``--config.runtime.*`` flags, which change no result,
+  but with ``--config.runtime.execution.*``: an execution can change float bits, and the
+  script refuses to resume under another) and the SHA-256 of the weights it attacks (a
+  retrained net keeps its name)."""
   args = [os.path.basename(command[1])] + [
-      a for a in command[2:] if not a.startswith("--config.runtime.")]
+      a for a in command[2:] if not a.startswith("--config.runtime.")
+      or a.startswith("--config.runtime.execution.")]
   made = dict(command=args)
   model = [a.split("=", 1)[1] for a in args if a.startswith("--config.model=")]
   if model:

@@ -101,6 +101,14 @@ def test_a_smoke_run_writes_the_summary_and_a_rerun_skips_finished_runs(tmp_path
                                  " --config.runtime.attacks_per_call=3"], cwd=ROOT,
                           capture_output=True, text=True)
   assert faster.returncode == 0 and faster.stderr.count(": done") == 2, faster.stderr[-3000:]
+  # ... but not an execution (it can change float bits; the script refuses a resume under
+  # another): before, the finished runs counted as done for it.
+  segment = subprocess.run(cmd + ["--config.attack_flags=" + smoke_flags +
+                                  " --config.runtime.execution.segment=5"], cwd=ROOT,
+                           capture_output=True, text=True)
+  assert segment.returncode == 2, segment.stderr[-3000:]
+  assert "made with other settings ((none) -> --config.runtime.execution.segment=5)" in (
+      segment.stderr)
   more = subprocess.run(cmd + ["--config.reimplementation_images=3"], cwd=ROOT,
                         capture_output=True, text=True)
   assert more.returncode == 2, more.stderr[-3000:]
