@@ -98,8 +98,8 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
       if "colours" in part and not np.array_equal(part["colours"], colours):
         raise workdir_lib.SettingsMismatch(
             f"{path} holds the bound over other colours (levels "
-            f"{np.unique(part['colours']).tolist()}); set exhaustive_levels to them, or "
-            f"remove {folder} to redo the bound")
+            f"{list(dict.fromkeys(part['colours'][:, 0].tolist()))}, in this order); set "
+            f"exhaustive_levels to them, or remove {folder} to redo the bound")
     else:
       sl = slice(start, start + len(ids))
       part = dict(image_id=ids, colours=colours,

@@ -83,8 +83,9 @@ def probability_tolerance(dtype) -> float:
   probability to the dtype moves the row's sum by at most half an eps (the row sums to 1), the
   normalisation computed in it as much again: a net whose softmax runs in bfloat16 sums to
   1 +- 4e-3, and a 1e-3 rule would call its probabilities logits."""
+  import jax.numpy as jnp           # its finfo knows bfloat16 (numpy's alone does not)
   try:
-    eps = float(np.finfo(dtype).eps)
+    eps = float(jnp.finfo(dtype).eps)
   except (TypeError, ValueError):     # integers, objects: no finer rule than the default
     eps = 0.0
   return max(1e-3, 2 * eps)

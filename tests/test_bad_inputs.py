@@ -284,6 +284,12 @@ FIXED = [
      r"give input_shape \(--config\.model_input_shape\) and layout as it was built for$",
      "TypeError: dot_general requires contracting dimensions to have the same shape, got "
      "(784,) and (3072,). (a traceback from jax.eval_shape)"),
+    ("from_jax: a net with two outputs",
+     lambda m, d, t: pixeljax.models.from_jax(
+         lambda x: (_flat_net(32 * 32 * 3)(x),) * 2, input_shape=(32, 32, 3)),
+     r"^the function must output one array \(N, classes\); it outputs a tuple of 2 arrays$",
+     "the function cannot take images of shape (32, 32, 3) (H, W, C): AttributeError: 'tuple' "
+     "object has no attribute 'shape'; give input_shape ... (a wrong cause)"),
     ("from_jax: preprocess mean with 2 values for 3 channels",
      lambda m, d, t: pixeljax.models.from_jax(_flat_net(32 * 32 * 3), input_shape=(32, 32, 3),
                                               preprocess=dict(mean=(1., 2.))),
@@ -431,6 +437,13 @@ def test_a_net_whose_softmax_runs_in_bfloat16_gives_probabilities(cifar_lenet, c
   assert len(records) == 2 and np.all(records.queries > 0)
   with pytest.raises(UserError, match="returns logits"):
     _attack(cifar_lenet, d, model=lambda x: _logits(cifar_lenet)(x).astype(jnp.bfloat16))
+  # softmax=False on bfloat16 scores that are not probabilities: cast, not re-normalised
+  # into probabilities, so the door still names them.
+  scores = pixeljax.models.from_jax(
+      lambda x: jax.nn.relu(_logits(cifar_lenet)(x)).astype(jnp.bfloat16),
+      input_shape=(32, 32, 3), softmax=False)
+  with pytest.raises(UserError, match="returns logits"):
+    _attack(cifar_lenet, d, model=scores)
 
 
 def test_an_all_black_float_batch_is_attacked(cifar_lenet, cifar_samples):

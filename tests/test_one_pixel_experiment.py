@@ -105,8 +105,8 @@ def test_an_interrupted_bound_resumes_from_its_saved_parts(tmp_path, monkeypatch
   # names its colours (before, it was taken as this bound's and the bound mixed two grids).
   os.remove(os.path.join(folder, "config.json"))
   other = _config(exhaustive=True, figures=False, pixels=(), exhaustive_levels=(0.,))
-  with pytest.raises(workdir_lib.SettingsMismatch, match=r"other colours \(levels \[255\.0\]\); "
-                     r"set exhaustive_levels"):
+  with pytest.raises(workdir_lib.SettingsMismatch, match=r"other colours \(levels \[255\.0\], in this "
+                     r"order\); set exhaustive_levels"):
     one_pixel.run(other, workdir_lib.Workdir.open(folder, other), log=lambda s: None)
   calls.clear()
   monkeypatch.setattr(one_pixel, "exhaustive_one_pixel",

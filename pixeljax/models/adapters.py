@@ -22,8 +22,9 @@ with ``softmax="auto"`` the model is run once on a few deterministic random imag
 softmax is added unless every row is already a probability vector (values in [0, 1] summing
 to 1 within 1e-3, or two eps of a coarser output dtype: ``door.probability_tolerance``); the
 decision is recorded in ``metadata["softmax_added"]``. Probabilities a net outputs in bfloat16
-or float16 are re-normalised in float32 (their rows sum to 1 +- 4e-3 in bfloat16), so what the
-engine reads sums to 1 as a float32 net's does; ``metadata["output_dtype"]`` names the dtype.
+or float16 (checked on the probe) are re-normalised in float32 (their rows sum to 1 +- 4e-3 in
+bfloat16), so what the engine reads sums to 1 as a float32 net's does;
+``metadata["output_dtype"]`` names the dtype.
 
 ``factored`` gives an imported net the zoo's fast paths: its traced program split at its first
 convolution (incremental evaluation) and its local prefix on windows for one-pixel candidates
@@ -134,13 +135,17 @@ def _output_spec(net, shape, what: str) -> jax.ShapeDtypeStruct:
   """``net``'s output (shape and dtype) on one image of ``shape`` (H, W, C), or one line: a
   net built for another size or channel count fails deep inside its framework."""
   try:
-    return jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
+    out = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
   except UserError:
     raise
   except Exception as e:   # whatever the framework raises for that input: one line
     raise UserError(f"{what} cannot take images of shape {shape} (H, W, C): {one_line(e)}; "
                     f"give input_shape (--config.model_input_shape) and layout as it was built "
                     f"for") from None
+  if not isinstance(out, jax.ShapeDtypeStruct):     # a tuple, list or dict of outputs
+    raise UserError(f"{what} must output one array (N, classes); it outputs a "
+                    f"{type(out).__name__} of {len(jax.tree_util.tree_leaves(out))} arrays")
+  return out
 
 
 def _weights_sha256(arrays) -> str:
@@ -167,27 +172,37 @@ def _probe_images(input_shape) -> np.ndarray:
   return rng.uniform(0.0, 255.0, (_PROBE_IMAGES,) + tuple(input_shape)).astype(np.float32)
 
 
-def _in_float32(p):
-  """Probabilities ``p`` in float32; rows of a coarser float (bfloat16, float16) divided by
-  their float32 sum, which takes out the dtype's rounding of the row's total (argmax and
-  ratios stay the net's)."""
-  if jnp.issubdtype(p.dtype, jnp.floating) and jnp.finfo(p.dtype).bits < 32:
-    p = p.astype(jnp.float32)
-    return p / jnp.sum(p, axis=-1, keepdims=True)
-  return p.astype(jnp.float32)
+def _narrow(dtype) -> bool:
+  """A float coarser than float32 (bfloat16, float16)."""
+  return bool(jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32)
+
+
+def _renormalised(p):
+  """Probabilities ``p`` of a coarser float in float32, each row divided by its float32 sum:
+  the dtype's rounding of the row's total taken out (the values stay the net's to its
+  precision; XLA may also drop the rounding where the cast to float32 follows it)."""
+  p = p.astype(jnp.float32)
+  return p / jnp.sum(p, axis=-1, keepdims=True)
 
 
 def _with_softmax(net, input_shape, softmax, dtype) -> Tuple[Callable, Dict[str, Any]]:
   """``net`` (pixels -> outputs of ``dtype``) ending in float32 probabilities, and its
-  metadata: whether a softmax was added (``softmax_added``) and the net's ``output_dtype``."""
+  metadata: whether a softmax was added (``softmax_added``) and the net's ``output_dtype``.
+  Outputs of a coarser float found to be probabilities (on the probe) are re-normalised; any
+  other output is only cast, so outputs that are not probabilities still meet the door."""
   if softmax not in ("auto", True, False):
     raise UserError(f"softmax must be 'auto', True or False, got {softmax!r}")
+  probabilities = False
+  if softmax == "auto" or (softmax is False and _narrow(dtype)):
+    probabilities = _are_probabilities(jax.jit(net)(_probe_images(input_shape)))
   if softmax == "auto":
-    softmax = not _are_probabilities(jax.jit(net)(_probe_images(input_shape)))
+    softmax = not probabilities
   record = {"softmax_added": bool(softmax), "output_dtype": str(dtype)}
   if softmax:
     return (lambda x: jax.nn.softmax(net(x).astype(jnp.float32), axis=-1)), record
-  return (lambda x: _in_float32(net(x))), record
+  if probabilities and _narrow(dtype):
+    return (lambda x: _renormalised(net(x))), record
+  return (lambda x: net(x).astype(jnp.float32)), record
 
 
 def _import_keras():
