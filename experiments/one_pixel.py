@@ -82,6 +82,7 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
   finishes (``chunks/exhaustive/``, bound to ``inputs`` as attack chunks are), so a bound
   stopped after minutes of a large net resumes from its last part instead of from nothing."""
   folder = workdir.file("chunks", "exhaustive")
+  campaign.check_shared_folder(folder)
   if workdir_lib.is_writer():
     workdir_lib.bind(folder, inputs)
   parts = []

@@ -20,10 +20,12 @@ def _free_port() -> int:
 
 
 def _run_processes(tmp_path, num_processes: int, devices_per_process: int,
-                   timeout_s: float = 300.0):
+                   timeout_s: float = 300.0, folders=None, fail=False):
   """Starts ``num_processes`` workers joined by jax.distributed; returns their saved records.
   Kills all of them as soon as one fails (the survivors would otherwise wait ~100 s for the
-  dead peer's heartbeat to time out) or when ``timeout_s`` runs out."""
+  dead peer's heartbeat to time out) or when ``timeout_s`` runs out. ``folders``: each
+  process's campaign folder (default: one, shared). ``fail``: every worker is to exit with
+  an error; returns their outputs instead."""
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
                               "JAX_LOCAL_DEVICE_IDS"))}
@@ -32,22 +34,29 @@ def _run_processes(tmp_path, num_processes: int, devices_per_process: int,
                         f" --xla_force_host_platform_device_count={devices_per_process}").strip())
   port = _free_port()
   folder = str(tmp_path / "campaign")
+  folders = folders or [folder] * num_processes
   procs, logs, outs = [], [], []
   try:
     for i in range(num_processes):
       outs.append(str(tmp_path / f"records_{i}.npz"))
       logs.append(open(tmp_path / f"process_{i}.log", "w+"))
       procs.append(subprocess.Popen(
-          [sys.executable, WORKER, str(i), str(num_processes), str(port), folder, outs[i]],
+          [sys.executable, WORKER, str(i), str(num_processes), str(port), folders[i], outs[i]],
           env=env, stdout=logs[i], stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout_s
     while any(p.poll() is None for p in procs):
-      if any(p.poll() not in (None, 0) for p in procs):
+      if not fail and any(p.poll() not in (None, 0) for p in procs):
         break
       if time.monotonic() > deadline:
         raise TimeoutError(f"workers still running after {timeout_s:.0f} s")
       time.sleep(0.2)
     codes = [p.poll() for p in procs]
+    if fail and 0 not in codes and None not in codes:
+      texts = []
+      for log in logs:
+        log.seek(0)
+        texts.append(log.read())
+      return texts, folder
     if codes != [0] * num_processes:
       raise RuntimeError(f"worker exit codes {codes}")
   except BaseException:
@@ -88,3 +97,12 @@ def test_two_processes_match_one_process(tmp_path, cifar_lenet, cifar_samples):
   # Process 0 wrote the chunks; they hold the same attacks as the single-process run's.
   assert sorted(f for f in os.listdir(folder) if f.startswith("chunk_")) == sorted(
       f for f in os.listdir(tmp_path / "single") if f.startswith("chunk_"))
+
+  # Resumed with process 1's folder on a disk of its own (empty): process 0 would skip the
+  # chunks it sees while process 1 redid them, and the collectives would stop matching (a
+  # hang). Every process names the problem instead, before any work.
+  outputs, _ = _run_processes(tmp_path, num_processes=2, devices_per_process=2, fail=True,
+                              folders=[folder, str(tmp_path / "not_shared")])
+  for text in outputs:
+    assert ("a multi-process run needs its workdir on a disk every process shares" in text
+            and "saved parts per process: [2, 0]" in text), text[-3000:]

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import time
+import zlib
 from typing import Callable, Mapping, Optional
 
 import jax
@@ -100,6 +101,7 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
   mesh = sharding.default_mesh() if mesh is None else mesh
   stored = stored_settings(folder)
+  check_shared_folder(folder, stored)
   before = formats.migrate(stored) if stored else {}
   insist = {**before.get("execution", {}),
             **{k: v for k, v in (execution or {}).items() if v is not None}}
@@ -184,6 +186,27 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
   finally:
     bar.close()
   return records_lib.concat(parts) if parts else None
+
+
+def check_shared_folder(folder: str, stored: Optional[dict] = None) -> None:
+  """In a multi-process run, process 0 writes a run's saved parts (chunks, the bound's parts)
+  and every process reads them back on a resume: all must see the same folder. On disks that
+  are not shared, process 0 would skip work the others redo, and their collectives would stop
+  matching (a hang, or mixed results). Every process compares a hash of the ``stored``
+  settings and the ``.npz`` names it sees; all raise the same one line, before any work,
+  where they differ. Call it before anything in ``folder`` is written."""
+  if jax.process_count() < 2:
+    return
+  from jax.experimental import multihost_utils
+  names = sorted(n for n in os.listdir(folder) if n.endswith(".npz")) if os.path.isdir(
+      folder) else []
+  seen = zlib.crc32(json.dumps([stored, names], sort_keys=True).encode()) & 0x7FFFFFFF
+  views = np.asarray(multihost_utils.process_allgather(
+      np.asarray([seen, len(names)], np.int32))).reshape(-1, 2)
+  if len(set(views[:, 0].tolist())) > 1:
+    raise UserError(f"the processes see different work in {folder} (saved parts per process: "
+                    f"{views[:, 1].tolist()}): a multi-process run needs its workdir on a disk "
+                    f"every process shares")
 
 
 def _first_chunk_rows(folder: str) -> Optional[int]:
