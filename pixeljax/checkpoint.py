@@ -167,7 +167,7 @@ def _finish_interrupted_save(prefix: str) -> None:
       sha = json.load(f).get("sha256")
     with open(prefix + ".msgpack", "rb") as f:
       matches = hashlib.sha256(f.read()).hexdigest() == sha
-  except (OSError, json.JSONDecodeError, AttributeError):
+  except (OSError, ValueError, AttributeError):   # JSON and UTF-8 errors are ValueErrors
     matches = False
   try:
     if matches:
@@ -184,10 +184,14 @@ def read_metadata(prefix: str) -> dict:
   if not os.path.exists(path):
     raise CheckpointError(f"checkpoint metadata {path} does not exist")
   try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"checkpoint metadata {path} is corrupt: {e}") from e
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"checkpoint metadata {path} is corrupt: {e}") from None
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"checkpoint metadata {path} is corrupt: a JSON "
+                          f"{type(meta).__name__}, not an object")
+  return meta
 
 
 def load(prefix: str, template: Any) -> Tuple[Any, dict]:

@@ -69,12 +69,17 @@ def images_for(model, images) -> np.ndarray:
     raise UserError(f"images of shape {tuple(shape)} look like NCHW; pixeljax takes NHWC "
                     f"(N, H, W, C): pass images.transpose(0, 2, 3, 1)")
   images = np.asarray(check_images(images, want, who))
-  # Any dtype (integer 0/1 images too); an all-black batch (largest value 0) is the same
-  # image in either scale.
-  if 0 < images.max() <= 1.0:
-    raise UserError(f"the images look scaled to [0, 1] (largest value {images.max():.3g}); "
-                    f"pixeljax takes pixels in [0, 255]: pass images * 255")
+  check_pixel_scale(images)
   return images
+
+
+def check_pixel_scale(images, what: str = "the images") -> None:
+  """Refuses pixels scaled to [0, 1] (pixeljax takes [0, 255]): any dtype, uint8 images of 0
+  and 1 too; an all-black batch (largest value 0) is the same image in either scale."""
+  largest = np.max(images) if np.size(images) else 0
+  if 0 < largest <= 1.0:
+    raise UserError(f"{what} look scaled to [0, 1] (largest value {largest:.3g}); "
+                    f"pixeljax takes pixels in [0, 255]: pass images * 255")
 
 
 def probability_tolerance(dtype) -> float:

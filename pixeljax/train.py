@@ -41,10 +41,10 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pixeljax import workdir as workdir_lib
+from pixeljax import door, workdir as workdir_lib
 from pixeljax.errors import UserError
 from pixeljax.evaluate import accuracy
-from pixeljax.models.registry import ModelSpec, PixelClassifier
+from pixeljax.models.registry import ModelSpec, PixelClassifier, check_pixels
 from pixeljax.progress import Progress
 
 STATE_FILE = "train_state.msgpack"
@@ -246,15 +246,23 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
   if config.epochs < 1 or config.batch_size < 1:
     raise UserError(f"epochs and batch_size must be >= 1, got {config.epochs} and "
                     f"{config.batch_size}")
-  if len(train_images) != n:
-    raise UserError(f"{len(train_images)} training images but {n} labels")
+  if config.seed < 0:    # before the claim: a start that fails must not claim the folder
+    raise UserError(f"train.seed must be >= 0, got {config.seed}")
   classes = config.num_classes or spec.num_classes
   for what, imgs, labs in (("training", train_images, train_labels),
                            ("test", test_images, test_labels)):
     if tuple(np.shape(imgs)[1:]) != tuple(spec.input_shape):
       raise UserError(f"{what} images have shape {tuple(np.shape(imgs)[1:])}, model "
                       f"{spec.name} takes {tuple(spec.input_shape)}")
+    check_pixels(imgs, f"training {spec.name} on {what} images")
+    door.check_pixel_scale(imgs, f"the {what} images")
     labs = np.asarray(labs)
+    if labs.ndim != 1 or len(labs) != len(imgs):
+      raise UserError(f"{what} labels must have shape ({len(imgs)},), one class index per "
+                      f"image, got {labs.shape}" + (": pass labels.reshape(-1)" if labs.size
+                                                     == len(imgs) else ""))
+    if not np.issubdtype(labs.dtype, np.integer):
+      raise UserError(f"{what} labels must be integer class indices, got {labs.dtype}")
     if labs.size and (labs.min() < 0 or labs.max() >= classes):
       raise UserError(f"{what} labels must be in [0, {classes}) for {spec.name}; found "
                       f"{labs.min()}..{labs.max()}")

@@ -150,6 +150,13 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     models.load("mnist_lenet", str(tmp_path))
   with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
     models.load("cifar10_nin", str(tmp_path))
+  # metadata that is not UTF-8, or JSON but not an object (before: UnicodeDecodeError and
+  # AttributeError tracebacks)
+  checkpoint.save(prefix, v, {"model": "mnist_lenet"})
+  for text, why in ((b"\xff\xfe", "utf-8"), (b"[]", "a JSON list, not an object")):
+    open(prefix + ".json", "wb").write(text)
+    with pytest.raises(checkpoint.CheckpointError, match=f"mnist_lenet.json is corrupt.*{why}"):
+      models.load("mnist_lenet", str(tmp_path))
 
 
 def test_a_save_killed_between_its_two_files_is_finished_or_undone(tmp_path, monkeypatch):

@@ -136,6 +136,22 @@ def test_a_restart_with_other_settings_or_data_is_refused(mnist, tmp_path):
     _train((x, y, xt[:, :20], yt), tmp_path / "bad", one)
   with pytest.raises(UserError, match="epochs and batch_size must be >= 1"):
     _train(mnist, tmp_path / "bad", dataclasses.replace(one, batch_size=0))
+  # Before, each of these trained (or failed after the folder was claimed): [0, 1] images
+  # gave a net that later reads [0, 255] pixels 255 times too bright; (N, 1) test labels
+  # (keras.datasets') were compared N x N and recorded ~10% accuracy; (N, 1) training labels,
+  # float labels and a negative seed raised tracebacks, the seed after claiming the folder.
+  with pytest.raises(UserError, match=r"^the training images look scaled to \[0, 1\]"):
+    _train((x / 255., y, xt / 255., yt), tmp_path / "bad", one)
+  with pytest.raises(UserError, match=r"^test labels must have shape \(\d+,\), one class "
+                     r"index per image, got \(\d+, 1\): pass labels\.reshape\(-1\)$"):
+    _train((x, y, xt, yt[:, None]), tmp_path / "bad", one)
+  with pytest.raises(UserError, match=r"^training labels must be integer class indices, "
+                     r"got float64$"):
+    _train((x, y.astype(np.float64), xt, yt), tmp_path / "bad", one)
+  with pytest.raises(UserError, match=r"^test labels must have shape \(\d+,\)"):
+    _train((x, y, xt, yt[:-1]), tmp_path / "bad", one)
+  with pytest.raises(UserError, match=r"^train\.seed must be >= 0, got -1$"):
+    _train(mnist, tmp_path / "bad", dataclasses.replace(one, seed=-1))
   assert not (tmp_path / "bad").exists()
 
 

@@ -195,6 +195,13 @@ def check_images(images, input_shape=None, who="model"):
     want = ", ".join(map(str, input_shape)) if input_shape is not None else "H, W, C"
     raise UserError(f"{who} expects images of shape (N, {want}) "
                      f"(NHWC), got {tuple(shape)}")
+  check_pixels(images, who)
+  return jnp.asarray(images, jnp.float32)
+
+
+def check_pixels(images, who="model") -> None:
+  """Pixel values a model takes: uint8, or floats that are finite and in [0, 255] (of a
+  traced array, only its dtype can be checked)."""
   dtype = np.dtype(getattr(images, "dtype", np.float32))
   if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
     raise UserError(f"{who} expects uint8 or float pixel images, got dtype {dtype}")
@@ -206,7 +213,6 @@ def check_images(images, input_shape=None, who="model"):
     if arr.size and (arr.min() < 0 or arr.max() > 255):
       raise UserError(f"{who} expects pixels in [0, 255]; got values in "
                       f"[{arr.min()}, {arr.max()}]")
-  return jnp.asarray(images, jnp.float32)
 
 
 def load(name: str, directory: Optional[str] = None) -> Classifier:
