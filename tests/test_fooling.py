@@ -324,13 +324,34 @@ def test_fooling_class_is_oversampled_to_an_average_class():
 
 def test_fooling_metrics():
   stats = {"filled": np.array([8, 10, 10, 10]), "minimum": np.array([.99999, .5, .995, .99995])}
-  assert metrics.first_generation_all_above(stats, 0.99) == 3      # 1-based; gen 1 not full
-  assert metrics.first_generation_all_above(stats, 0.9999) == 4
-  assert metrics.first_generation_all_above(stats, 0.999999) is None
+  assert metrics.first_generation_all_above(stats, 10, 0.99) == 3   # 1-based; gen 1 not full
+  assert metrics.first_generation_all_above(stats, 10, 0.9999) == 4
+  assert metrics.first_generation_all_above(stats, 10, 0.999999) is None
+  # A class never filled (the minimum is over filled cells): never "all above". Before, the
+  # most cells ever filled stood for every class, and this said generation 1.
+  assert metrics.first_generation_all_above(
+      {"filled": np.array([9, 9]), "minimum": np.array([.99999, .99999])}, 10) is None
   probs = np.array([[0.99995, 0.00005], [0.6, 0.4]])
+  stats = {"filled": np.array([1, 2, 2, 2]), "minimum": stats["minimum"]}
   s = metrics.summary(probs, stats)
   assert s["classes_at_9999"] == 1 and s["classes_at_99"] == 1 and s["top1"] == [0, 0]
+  assert s["first_generation_all_99"] == 3 and s["first_generation_all_9999"] == 4
   t = metrics.transfer(probs, probs[::-1])
   assert t["confidence_b"] == [0.6, 0.00005] and t["b_agrees_top1"] == 0.5
   e = metrics.elites([0.5, 0.995, 0.99995, 1.0])
   assert e["fraction_at_99"] == 0.75 and e["fraction_at_9999"] == 0.5
+
+
+@pytest.mark.parametrize("name, settings, message", [
+    # before: the generation divided by zero in the trace, rate 0.1 * 0.5 ** -2 = 0.4
+    ("direct", {"halve_every": 0}, r"^direct: halve_every must be >= 1, got 0$"),
+    ("direct", {"initial_rate": 0.0}, r"^direct: initial_rate must be in \(0, 1\], got 0\.0$"),
+    ("direct", {"crossover_rate": 1.5}, r"^direct: crossover_rate must be in \[0, 1\]"),
+    # before: the output node overlapped the bias input, every image white
+    ("cppn", {"max_hidden": -1}, r"^cppn: max_hidden must be >= 0, got -1$"),
+    ("cppn", {"p_add_node": 2.0}, r"^cppn: p_add_node must be in \[0, 1\], got 2\.0$"),
+    ("cppn", {"weight_eta": -3.0}, r"^cppn: weight_eta must be >= 0, got -3\.0$"),
+])
+def test_encoding_settings_out_of_range_are_one_line(name, settings, message):
+  with pytest.raises(UserError, match=message):
+    driver.make_encoding(name, (28, 28, 1), settings)

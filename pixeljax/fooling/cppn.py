@@ -89,6 +89,18 @@ class CPPN:
       if getattr(self, name) not in known:
         raise UserError(f"cppn: unknown {name} {getattr(self, name)!r}; known: "
                         f"{', '.join(known)}")
+    # The traced operators run on any number (max_hidden -1 puts an output on the bias node:
+    # every image white; a probability above 1 is always).
+    checks = [(self.outputs >= 1, f"outputs must be >= 1, got {self.outputs}"),
+              (self.max_hidden >= 0, f"max_hidden must be >= 0, got {self.max_hidden}"),
+              (self.weight_sigma > 0, f"weight_sigma must be > 0, got {self.weight_sigma}"),
+              (self.weight_eta >= 0, f"weight_eta must be >= 0, got {self.weight_eta}")]
+    checks += [(0 <= getattr(self, f.name) <= 1,
+                f"{f.name} must be in [0, 1], got {getattr(self, f.name)}")
+               for f in dataclasses.fields(self) if f.name.startswith("p_")]
+    for ok, message in checks:
+      if not ok:
+        raise UserError(f"cppn: {message}")
 
   @property
   def num_nodes(self) -> int:

@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from pixeljax.errors import UserError
+
 
 def mutation_rate(generation, initial: float = 0.1, halve_every: int = 1000):
   """0.1, halved every 1000 generations."""
@@ -49,6 +51,22 @@ class DirectEncoding:
   eta: float = 15.0
   crossover_rate: float = 0.0           # probability an offspring is an SBX child first
   crossover_eta: float = 10.0
+
+  def __post_init__(self):
+    # Checked here: in the traced update a bad value runs without error (halve_every=0 divides
+    # the generation by zero: rate 0.4, not "never halved"; initial_rate 0 freezes the archive).
+    shape = tuple(self.shape)
+    for ok, message in [
+        (len(shape) == 3 and all(int(d) >= 1 for d in shape),
+         f"shape must be (H, W, C) of positive sizes, got {shape}"),
+        (0 < self.initial_rate <= 1, f"initial_rate must be in (0, 1], got {self.initial_rate}"),
+        (self.halve_every >= 1, f"halve_every must be >= 1, got {self.halve_every}"),
+        (self.eta >= 0, f"eta must be >= 0, got {self.eta}"),
+        (0 <= self.crossover_rate <= 1,
+         f"crossover_rate must be in [0, 1], got {self.crossover_rate}"),
+        (self.crossover_eta >= 0, f"crossover_eta must be >= 0, got {self.crossover_eta}")]:
+      if not ok:
+        raise UserError(f"direct: {message}")
 
   def init(self, key, n: int):
     return jax.random.uniform(key, (n,) + tuple(self.shape), minval=0.0, maxval=255.0)

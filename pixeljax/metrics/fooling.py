@@ -14,13 +14,15 @@ FOOLING_THRESHOLD = 0.9999
 THRESHOLDS = {"9999": 0.9999, "99": 0.99}
 
 
-def first_generation_all_above(stats: Mapping, threshold: float = FOOLING_THRESHOLD
-                               ) -> Optional[int]:
-  """First generation (1-based) at which every class's elite reached ``threshold``."""
+def first_generation_all_above(stats: Mapping, num_classes: int,
+                               threshold: float = FOOLING_THRESHOLD) -> Optional[int]:
+  """First generation (1-based) at which every one of ``num_classes`` classes had an elite
+  and each reached ``threshold``. ``stats["minimum"]`` is over the filled cells only, so the
+  count is what says every class is in (a class never filled is never "above")."""
   minimum, filled = np.asarray(stats["minimum"]), np.asarray(stats["filled"])
   if not len(minimum):
     return None
-  hit = np.nonzero((minimum >= threshold) & (filled == np.max(filled)))[0]
+  hit = np.nonzero((minimum >= threshold) & (filled >= num_classes))[0]
   return int(hit[0]) + 1 if len(hit) else None
 
 
@@ -38,7 +40,7 @@ def summary(probs, stats: Mapping) -> dict:
   for name, t in THRESHOLDS.items():
     out[f"classes_at_{name}"] = int(np.sum(conf >= t))
   for name, t in THRESHOLDS.items():
-    out[f"first_generation_all_{name}"] = first_generation_all_above(stats, t)
+    out[f"first_generation_all_{name}"] = first_generation_all_above(stats, len(conf), t)
   return out
 
 
