@@ -355,3 +355,31 @@ def test_fooling_metrics():
 def test_encoding_settings_out_of_range_are_one_line(name, settings, message):
   with pytest.raises(UserError, match=message):
     driver.make_encoding(name, (28, 28, 1), settings)
+
+
+@pytest.mark.parametrize("call, message", [
+    # before: every generation ran; a 'confidence' above 1 in the stats, no error
+    (lambda: driver.evolve(lambda x: 10 * _brightness_score(x), ENC, 10, (4, 4, 1),
+                           driver.EvolutionConfig(population=8, generations=1, segment=1),
+                           show_progress=False),
+     r"^predict returns scores in \[.*\], not confidences in \[0, 1\] \(logits or "
+     r"log-probabilities\?\)"),
+    # before: the log of negative numbers, NaN images and no error
+    (lambda: driver.ascend(lambda x: jnp.log(_brightness_score(x) + 1e-9), 10, (4, 4, 1),
+                           gradient_ascent.GradientAscentConfig(steps=2)),
+     r"^predict returns scores in \[-"),
+    # before: the whole run, then chex's AssertionError at the end
+    (lambda: driver.evolve(_brightness_score, ENC, 10, (4, 4, 3),
+                           driver.EvolutionConfig(population=8, generations=1, segment=1),
+                           show_progress=False),
+     r"^the direct encoding makes images of shape \(4, 4, 1\), not image_shape \(4, 4, 3\)$"),
+    # before: an AssertionError traceback from chex inside the trace
+    (lambda: driver.evolve(_brightness_score, ENC, 9, (4, 4, 1),
+                           driver.EvolutionConfig(population=8, generations=1, segment=1),
+                           show_progress=False),
+     r"^predict returns \(1, 10\) for one image; it must return \(9 = num_classes\) class "
+     r"probabilities per image$"),
+])
+def test_evolve_and_ascend_refuse_a_target_that_is_not_probabilities(call, message):
+  with pytest.raises(UserError, match=message):
+    call()

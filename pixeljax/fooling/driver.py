@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pixeljax import workdir as workdir_lib
-from pixeljax.errors import UserError
+from pixeljax.errors import UserError, one_line
 from pixeljax.evolution import map_elites
 from pixeljax.fooling import gradient_ascent
 from pixeljax.fooling.cppn import CPPN
@@ -127,6 +127,43 @@ def _programs(predict, encoding, num_classes: int, population: int, height: int,
   return jax.jit(init), run, jax.jit(render)
 
 
+def _check_target(predict, num_classes: int, image_shape, encoding=None) -> None:
+  """The door of ``evolve`` and ``ascend``, before anything compiles: an image shape (H, W, C)
+  that a direct encoding's genomes have, and a ``predict`` that takes it and returns one
+  score per class of ``num_classes`` (traced, not run)."""
+  if len(image_shape) != 3 or min(image_shape) < 1:
+    raise UserError(f"image_shape must be (H, W, C) of positive sizes, got {image_shape}")
+  if isinstance(encoding, DirectEncoding) and tuple(encoding.shape) != image_shape:
+    raise UserError(f"the direct encoding makes images of shape {tuple(encoding.shape)}, "
+                    f"not image_shape {image_shape}")
+  if num_classes < 1:
+    raise UserError(f"num_classes must be >= 1, got {num_classes}")
+  try:
+    out = jax.eval_shape(predict, jax.ShapeDtypeStruct((1,) + image_shape, jnp.float32))
+  except Exception as e:     # whatever the model's framework raises for that input
+    raise UserError(f"predict cannot take images of shape {image_shape}: {one_line(e)}"
+                    ) from None
+  shape = getattr(out, "shape", None)
+  if shape != (1, num_classes):
+    raise UserError(f"predict returns {shape if shape is not None else type(out).__name__} "
+                    f"for one image; it must return ({num_classes} = num_classes) class "
+                    f"probabilities per image")
+
+
+def _check_scores(scores, who: str = "predict") -> None:
+  """Scores the target returned are confidences in [0, 1]: probabilities, a slice of them
+  (retrain scores the K real classes of a K + 1 class net) or per-class sigmoids. Logits
+  would make every threshold (99.99%) meaningless; log-probabilities are all negative, and
+  gradient ascent takes their log (NaN images, no error)."""
+  scores = np.asarray(scores, np.float64)
+  if not np.all(np.isfinite(scores)):
+    raise UserError(f"{who} returned NaN or infinite scores; check its weights")
+  if scores.size and (scores.min() < -1e-6 or scores.max() > 1 + 1e-6):
+    raise UserError(f"{who} returns scores in [{scores.min():.3g}, {scores.max():.3g}], not "
+                    f"confidences in [0, 1] (logits or log-probabilities?): wrap it as "
+                    f"lambda x: jax.nn.softmax(predict(x))")
+
+
 def _state_arrays(archive, stats) -> Dict[str, np.ndarray]:
   out = {f"archive{jax.tree_util.keystr(path)}": np.asarray(leaf)
          for path, leaf in jax.tree_util.tree_flatten_with_path(archive)[0]}
@@ -177,6 +214,7 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
     raise UserError(f"population and segment must be >= 1 and generations >= 0, got "
                     f"{config.population}, {config.segment} and {config.generations}")
   image_shape = tuple(int(s) for s in image_shape)
+  _check_target(predict, num_classes, image_shape, encoding)
   h, w, _ = image_shape
   init, run, render = _programs(predict, encoding, num_classes, config.population, h, w)
   archive = None
@@ -186,7 +224,7 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
   state_path = None
   if state_dir is not None:
     if not scorer:
-      raise ValueError("a resumable run (state_dir) needs a scorer name for predict")
+      raise UserError("a resumable run (state_dir) needs a scorer name for predict")
     settings = dict(encoding=type(encoding).__name__, encoding_settings=_describe(encoding),
                     population=config.population, seed=config.seed, segment=config.segment,
                     num_classes=num_classes, image_shape=list(image_shape), scorer=scorer)
@@ -206,6 +244,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
         on_save(done)
   if archive is None:
     archive = init(key)
+    # The first population's scores, as its elites keep them: free to check, before the run.
+    _check_scores(np.asarray(archive.fitness)[np.asarray(archive.filled)])
   start = int(archive.generation)
   if start < config.generations:
     with Progress(config.generations, f"MAP-Elites {type(encoding).__name__}",
@@ -236,6 +276,10 @@ def ascend(predict: Callable, num_classes: int, image_shape,
   first_steps): the final images, their own-class confidence, per-step statistics in the
   format of ``evolve`` and the first step each class reached top-1 and each threshold."""
   image_shape = tuple(int(s) for s in image_shape)
+  _check_target(predict, num_classes, image_shape)
+  # One call on noise first (ascent would take the log of logits: NaN images, no error).
+  _check_scores(jax.jit(predict)(np.random.default_rng(0).uniform(
+      0, 255, (2,) + image_shape).astype(np.float32)))
   state, conf = jax.jit(lambda key: gradient_ascent.run(predict, key, image_shape, num_classes,
                                                          config))(jax.random.PRNGKey(seed))
   conf = np.asarray(conf)
