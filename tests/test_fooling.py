@@ -320,6 +320,17 @@ def test_fooling_class_is_oversampled_to_an_average_class():
   x, y = driver.add_fooling_class(images, labels, np.full((3, 2, 2, 1), 254.6), 10)
   assert x.shape == (110, 2, 2, 1) and x.dtype == np.uint8 and np.all(x[100:] == 255)
   assert np.sum(y == 10) == 10 and np.array_equal(y[:100], labels)
+  # Before: [0, 1] fooling images rounded to a black class, 5 labels for 10 classes added
+  # none (0 per class), other shapes and an empty pool gave numpy / ValueError tracebacks.
+  for fooling, k, message in (
+      (np.random.default_rng(0).random((5, 2, 2, 1)), 10,
+       r"^the fooling images look scaled to \[0, 1\]"),
+      (np.full((3, 2, 2, 3), 200.), 10, r"^fooling images of shape \(2, 2, 3\), training"),
+      (np.full((0, 2, 2, 1), 200.), 10, r"^no fooling images to add$"),
+      (np.full((3, 2, 2, 1), 200.), 200, r"^num_classes must be >= 1 and at most the 100 "
+                                          r"labels")):
+    with pytest.raises(UserError, match=message):
+      driver.add_fooling_class(images, labels, fooling, k)
 
 
 def test_fooling_metrics():

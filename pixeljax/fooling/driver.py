@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixeljax import workdir as workdir_lib
+from pixeljax import door, workdir as workdir_lib
 from pixeljax.errors import UserError, one_line
 from pixeljax.evolution import map_elites
 from pixeljax.fooling import gradient_ascent
 from pixeljax.fooling.cppn import CPPN
 from pixeljax.fooling.direct import DirectEncoding
+from pixeljax.models.registry import check_pixels
 from pixeljax.progress import Progress
 
 ENCODINGS = ("direct", "cppn")
@@ -297,10 +298,19 @@ def add_fooling_class(images, labels, fooling_images, num_classes: int):
   """The retraining defence's training set: ``images``/``labels`` plus the fooling images
   labelled ``num_classes`` (the new class), repeated up to the size of an average real class
   (as the paper oversamples them)."""
-  images, labels = np.asarray(images), np.asarray(labels)
-  fooling_images = np.clip(np.round(np.asarray(fooling_images)), 0, 255).astype(images.dtype)
-  if not len(fooling_images):
-    raise ValueError("no fooling images to add")
+  images, labels, fooling = np.asarray(images), np.asarray(labels), np.asarray(fooling_images)
+  if not len(fooling):
+    raise UserError("no fooling images to add")
+  if fooling.shape[1:] != images.shape[1:]:
+    raise UserError(f"fooling images of shape {fooling.shape[1:]}, training images of shape "
+                    f"{images.shape[1:]}")
+  for what, x in (("training images", images), ("fooling images", fooling)):
+    check_pixels(x, f"add_fooling_class ({what})")
+    door.check_pixel_scale(x, f"the {what}")  # [0, 1] would round to a black class
+  if num_classes < 1 or len(labels) < num_classes:
+    raise UserError(f"num_classes must be >= 1 and at most the {len(labels)} labels (one "
+                    f"average class of fooling images is added), got {num_classes}")
+  fooling_images = np.clip(np.round(fooling), 0, 255).astype(images.dtype)
   per_class = len(labels) // num_classes
   reps = int(np.ceil(per_class / len(fooling_images)))
   extra = np.tile(fooling_images, (reps,) + (1,) * (fooling_images.ndim - 1))[:per_class]
