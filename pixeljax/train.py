@@ -275,6 +275,7 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
   settings = dict(config=dataclasses.asdict(config), model=spec.name,
                   train_data=data_fingerprint(train_images, train_labels),
                   test_data=data_fingerprint(test_images, test_labels), devices=devices)
+  workdir_lib.check_no_orphan_work(workdir, (STATE_FILE, HISTORY_FILE, PROGRESS_FILE))
   resumed = workdir_lib.claim(workdir, settings, migrate=_legacy)
   module = spec.module(config.num_classes)
   variables = spec.init(jax.random.PRNGKey(config.seed), config.num_classes)

@@ -198,6 +198,20 @@ def claim(folder: str, settings: Mapping, filename: str = SETTINGS_FILE,
   return True
 
 
+def check_no_orphan_work(folder: str, names, filename: str = SETTINGS_FILE) -> None:
+  """Refuses a folder holding saved work (files ``names``) but no settings file (removed, as
+  a corrupt one's message invites): ``claim`` would make it a fresh folder and ignore that
+  work but leave it there, and a later start, finding the new settings, would resume it as
+  theirs. Call before ``claim``."""
+  if os.path.exists(os.path.join(folder, filename)):
+    return
+  found = [n for n in names if os.path.exists(os.path.join(folder, n))]
+  if found:
+    raise UserError(f"{folder} holds {', '.join(found)} but no {filename}: the settings that "
+                    f"work was made with are unknown; remove the folder (or those files) to "
+                    f"start over")
+
+
 def arrays_sha256(*arrays) -> str:
   """A SHA-256 of arrays' dtypes, shapes and values (little-endian bytes, so the same on every
   platform): how ``bind``'s inputs name data that settings name only by file or id."""

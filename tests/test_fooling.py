@@ -251,8 +251,13 @@ def test_evolve_refuses_a_folder_made_with_other_settings(tmp_path):
                         "encoding_settings.eta")):
     with pytest.raises(SettingsMismatch, match=name):
       _evolve(tmp_path, generations=4, **change)
-  with pytest.raises(ValueError, match="scorer name"):
+  with pytest.raises(UserError, match="scorer name"):
     _evolve(tmp_path, generations=4, scorer=None)
+  # settings.json removed: before, a start with other settings claimed the folder afresh
+  # beside the old archive, and its next start resumed that archive as its own.
+  (tmp_path / "settings.json").unlink()
+  with pytest.raises(UserError, match=r"holds evolution_state\.npz but no settings\.json"):
+    _evolve(tmp_path, generations=4, seed=1)
 
 
 def test_a_folder_claimed_before_the_cppn_options_resumes(tmp_path):

@@ -112,6 +112,15 @@ def test_a_run_killed_within_an_epoch_resumes_from_its_last_save_to_the_same_wei
 def test_a_restart_with_other_settings_or_data_is_refused(mnist, tmp_path):
   one = dataclasses.replace(CFG, epochs=1)
   _train(mnist, tmp_path, one)
+  # settings.json removed (as a corrupt one's message invites): before, a start with other
+  # settings claimed the folder afresh beside the old state, and its next start resumed it.
+  kept = (tmp_path / "settings.json").read_bytes()
+  (tmp_path / "settings.json").unlink()
+  with pytest.raises(UserError, match=r"holds train_state\.msgpack, history\.json but no "
+                     r"settings\.json"):
+    _train(mnist, tmp_path, dataclasses.replace(one, learning_rate=1e-2))
+  assert not (tmp_path / "settings.json").exists()
+  (tmp_path / "settings.json").write_bytes(kept)
   with pytest.raises(SettingsMismatch, match=r"config\.learning_rate: 0\.001 -> 0\.01"):
     _train(mnist, tmp_path, dataclasses.replace(one, learning_rate=1e-2))
   with pytest.raises(SettingsMismatch, match=r"config\.epochs: 1 -> 2"):

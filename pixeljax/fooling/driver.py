@@ -229,6 +229,7 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
     settings = dict(encoding=type(encoding).__name__, encoding_settings=_describe(encoding),
                     population=config.population, seed=config.seed, segment=config.segment,
                     num_classes=num_classes, image_shape=list(image_shape), scorer=scorer)
+    workdir_lib.check_no_orphan_work(state_dir, (STATE_FILE,))
     resumed = workdir_lib.claim(state_dir, settings, migrate=_migrate_settings)
     if inputs:
       workdir_lib.bind(state_dir, inputs)
