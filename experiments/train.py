@@ -19,7 +19,7 @@ import os
 import jax
 import numpy as np
 
-from pixeljax import checkpoint, cli, data, models
+from pixeljax import checkpoint, cli, data, models, workdir as workdir_lib
 from pixeljax.evaluate import accuracy
 from pixeljax.errors import UserError
 from pixeljax.train import TrainConfig, migrate_config, recorded_devices, train
@@ -44,7 +44,8 @@ def run(config, workdir, log=cli.log) -> dict:
                              progress_interval=config.runtime.progress_interval,
                              show_progress=config.runtime.progress,
                              save_interval=config.runtime.get("save_interval", 600.0),
-                             devices=config.runtime.get("devices", 0) or None)
+                             devices=config.runtime.get("devices", 0) or None,
+                             code=cli.code_version())
   # What ships is the stored net (bfloat16 / int8 values): its accuracy is measured on them.
   dtype = None if config.store_dtype == "float32" else config.store_dtype
   stored = checkpoint.as_stored(variables, dtype)
@@ -59,12 +60,14 @@ def run(config, workdir, log=cli.log) -> dict:
               accuracy_on=f"{test_set.name} {test_set.split} ({len(test_set)} images)",
               trained_on=f"{train_set.name} train ({len(train_set)} images)",
               recipe=dataclasses.asdict(train_config), history=history,
-              devices=recorded_devices(workdir.path))
+              devices=recorded_devices(workdir.path),
+              code_versions=workdir_lib.tally_code_versions(
+                  [h.get("code") for h in history], "epochs"))
   out_dir = config.out_dir or workdir.file("checkpoint")
   path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta, dtype=dtype)
   results = dict(checkpoint=path, accuracy=meta["accuracy"], accuracy_on=meta["accuracy_on"],
                  trained_on=meta["trained_on"], history=history, config=config.to_dict(),
-                 versions=versions())
+                 versions=versions(), code_versions=meta["code_versions"])
   workdir.write_json("results.json", results)
   return results
 

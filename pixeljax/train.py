@@ -233,14 +233,17 @@ def _devices(requested: Optional[int], workdir: str, batch_size: int) -> int:
 def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
           config: TrainConfig, workdir: str, log: Optional[Callable[[str], None]] = None, *,
           log_every: int = 100, progress_interval: float = 5.0, show_progress: bool = True,
-          save_interval: float = 600.0, devices: Optional[int] = None):
+          save_interval: float = 600.0, devices: Optional[int] = None,
+          code: Optional[Dict[str, Any]] = None):
   """Trains ``spec`` and returns ``(variables, history)``; resumes from ``workdir``.
 
   ``log_every`` (steps between progress updates), ``progress_interval`` and
   ``show_progress`` change what is shown, ``save_interval`` (seconds between saves within an
   epoch) how much an interruption costs; none changes the result. ``devices``: how many of
   the host's devices a batch is split over (None: the module docstring's choice); recorded,
-  since float sums depend on it."""
+  since float sums depend on it. ``code``: the code version training now (e.g.
+  ``cli.code_version()``), recorded in each epoch's history entry, so a run resumed across
+  commits says which epochs each made."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   n = len(train_labels)
   if config.epochs < 1 or config.batch_size < 1:
@@ -353,6 +356,8 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
       record = dict(epoch=epoch + 1, train_loss=run_loss / steps_per_epoch,
                     train_accuracy=run_acc / steps_per_epoch, test_accuracy=test_acc,
                     seconds=time.time() - t0)
+      if code is not None:
+        record["code"] = dict(code)
       history.append(record)
       state = state.replace(epoch=jnp.asarray(epoch + 1, jnp.int32))
       workdir_lib.write_json(history_path, history)

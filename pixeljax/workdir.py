@@ -485,6 +485,19 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def tally_code_versions(codes, unit: str) -> list:
+  """The code versions (``cli.code_version()`` dicts; None: made before parts recorded one)
+  that made a run's parts, in the order they first appear, each with how many ``unit`` it
+  made: ``[{commit, dirty, version, <unit>: n}]``, unrecorded ones as ``{"commit": None,
+  "unrecorded": True}``. A run resumed across commits says so, rather than naming its last."""
+  seen = {}
+  for code in codes:
+    text = json.dumps(dict(code), sort_keys=True) if code is not None else None
+    seen[text] = seen.get(text, 0) + 1
+  return [dict(json.loads(t) if t else dict(commit=None, unrecorded=True), **{unit: n})
+          for t, n in seen.items()]
+
+
 def versions() -> Dict[str, Any]:
   """Library versions, devices, the code's version and the command that ran, written beside
   results (not compared on resume): ``pixeljax.cli.versions``."""

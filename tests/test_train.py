@@ -239,6 +239,11 @@ def test_the_script_records_the_accuracy_of_the_stored_net(tmp_path, shared_dir)
   assert clf.metadata["stored_dtype"] == "int8"
   assert clf.metadata["accuracy"] == accuracy(clf.predict, test.images, test.labels)
   assert clf.metadata["accuracy_before_storage"] == results["history"][-1]["test_accuracy"]
+  # Each epoch names the code that trained it; the checkpoint and results.json tally them.
+  from pixeljax import cli
+  assert results["history"][0]["code"] == cli.code_version()
+  assert clf.metadata["code_versions"] == results["code_versions"] == [
+      dict(cli.code_version(), epochs=1)]
 
 
 def test_dropout_off_takes_the_nets_dropout_out_of_training_and_old_runs_keep_it_on():

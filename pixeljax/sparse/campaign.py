@@ -244,11 +244,9 @@ def code_versions(folder: str, prefix: str = "chunk_") -> list:
   chunks by default), in the order they first appear, each with how many parts it made:
   ``[{commit, dirty, version, chunks}]``; parts saved without a version (before they stored
   it, or without ``code``) count under ``{"commit": None, "unrecorded": True}``."""
-  seen = {}
+  codes = []
   for name in sorted(os.listdir(folder)):
     if name.startswith(prefix) and name.endswith(".npz"):
       with np.load(os.path.join(folder, name)) as d:   # reads only this one entry
-        text = str(d["code"]) if "code" in d.files else None
-      seen[text] = seen.get(text, 0) + 1
-  return [dict(json.loads(t) if t else dict(commit=None, unrecorded=True), chunks=n)
-          for t, n in seen.items()]
+        codes.append(json.loads(str(d["code"])) if "code" in d.files else None)
+  return workdir.tally_code_versions(codes, "chunks")
