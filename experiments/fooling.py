@@ -57,8 +57,10 @@ def run(config, workdir, log=cli.log) -> dict:
         inputs=dict(weights_sha256=clf.metadata.get("sha256")), log=log,
         progress_interval=config.runtime.progress_interval,
         show_progress=config.runtime.progress,
-        on_save=lambda g: cli.note_saved(f"{g} of {config.generations} generations saved"))
-    fitness, extra = np.asarray(archive.fitness), {}
+        on_save=lambda g: cli.note_saved(f"{g} of {config.generations} generations saved"),
+        code=cli.code_version())
+    fitness, extra = np.asarray(archive.fitness), dict(
+        code_versions=driver.code_versions(workdir.path))
     length = f"{config.generations} generations"
     if config.encoding == "cppn":
       genomes = {f"genome_{n}": np.asarray(v) for n, v in

@@ -56,7 +56,7 @@ def run(config, workdir, log=cli.log) -> dict:
           state_dir=workdir.file(f"iter{it}", f"evolve_seed{seed}"), scorer=scorer,
           inputs=dict(base_weights_sha256=base.metadata.get("sha256")), log=log,
           progress_interval=runtime.progress_interval,
-          show_progress=runtime.progress)
+          show_progress=runtime.progress, code=cli.code_version())
       elites.append(images)
       fitness.append(np.asarray(archive.fitness))
     elites, fitness = np.concatenate(elites), np.concatenate(fitness)

@@ -485,15 +485,16 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def tally_code_versions(codes, unit: str) -> list:
+def tally_code_versions(codes, unit: str, counts=None) -> list:
   """The code versions (``cli.code_version()`` dicts; None: made before parts recorded one)
   that made a run's parts, in the order they first appear, each with how many ``unit`` it
-  made: ``[{commit, dirty, version, <unit>: n}]``, unrecorded ones as ``{"commit": None,
-  "unrecorded": True}``. A run resumed across commits says so, rather than naming its last."""
+  made (``counts``: per part, else one each): ``[{commit, dirty, version, <unit>: n}]``,
+  unrecorded ones as ``{"commit": None, "unrecorded": True}``. A run resumed across commits
+  says so, rather than naming its last."""
   seen = {}
-  for code in codes:
+  for code, n in zip(codes, counts if counts is not None else [1] * len(codes)):
     text = json.dumps(dict(code), sort_keys=True) if code is not None else None
-    seen[text] = seen.get(text, 0) + 1
+    seen[text] = seen.get(text, 0) + int(n)
   return [dict(json.loads(t) if t else dict(commit=None, unrecorded=True), **{unit: n})
           for t, n in seen.items()]
 

@@ -229,13 +229,19 @@ def test_evolve_improves_and_ends_exactly_at_generations():
 def test_interrupted_evolution_resumes_to_the_same_archive(tmp_path, monkeypatch):
   uninterrupted = _evolve(tmp_path / "a", generations=7, segment=3)
   _interrupt_after(monkeypatch, driver, updates=2)     # killed after generation 6 is saved
+  first, then = dict(commit="a" * 40, dirty=False), dict(commit="b" * 40, dirty=True)
   with pytest.raises(Interrupted):
-    _evolve(tmp_path / "b", generations=7, segment=3)
+    _evolve(tmp_path / "b", generations=7, segment=3, code=first)
   monkeypatch.undo()
   logs = []
-  resumed = _evolve(tmp_path / "b", generations=7, segment=3, log=logs.append)
+  resumed = _evolve(tmp_path / "b", generations=7, segment=3, log=logs.append, code=then)
   assert logs == ["resumed at generation 6"]
   chex.assert_trees_all_equal(resumed, uninterrupted)
+  # Which code made which generations (before, only the last start's commit was recorded).
+  assert driver.code_versions(str(tmp_path / "b")) == [dict(first, generations=6),
+                                                       dict(then, generations=1)]
+  assert driver.code_versions(str(tmp_path / "a")) == [
+      dict(commit=None, unrecorded=True, generations=7)]
   # A finished run can be extended: its settings do not include the generation count.
   extended = _evolve(tmp_path / "b", generations=10, segment=3, log=logs.append)
   chex.assert_trees_all_equal(extended, _evolve(generations=10, segment=3))

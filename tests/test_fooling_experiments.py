@@ -83,6 +83,8 @@ def test_fooling_experiment_on_the_papers_mnist_net_and_transfer(tmp_path):
     saved = json.load(f)
   assert saved["config"] == to_jsonable(config) and "jax" in saved["versions"]
   assert saved["classes_at_99"] == res["classes_at_99"]
+  from pixeljax import cli
+  assert saved["code_versions"] == [dict(cli.code_version(), generations=50)]
   assert "classes_at_9999" in fooling_exp.report(res)
   # The same net as net B: every image scores as it did on net A.
   from configs.transfer import get_config

@@ -12,6 +12,7 @@ Nothing here writes results or figures: experiments do (``experiments/fooling.py
 """
 import dataclasses
 import functools
+import json
 import os
 import sys
 import time
@@ -165,11 +166,32 @@ def _check_scores(scores, who: str = "predict") -> None:
                     f"lambda x: jax.nn.softmax(predict(x))")
 
 
-def _state_arrays(archive, stats) -> Dict[str, np.ndarray]:
+def _state_arrays(archive, stats, segments) -> Dict[str, np.ndarray]:
   out = {f"archive{jax.tree_util.keystr(path)}": np.asarray(leaf)
          for path, leaf in jax.tree_util.tree_flatten_with_path(archive)[0]}
   out.update({f"stats.{k}": np.asarray(v) for k, v in stats.items()})
+  out["code_segments"] = np.asarray(json.dumps(segments))
   return out
+
+
+def _code_segments(saved, generation: int) -> list:
+  """``[{code, generations}]`` per saved segment of a state file: which code made which
+  generations (a state saved before it recorded them: one unrecorded entry)."""
+  if "code_segments" in saved:
+    return json.loads(str(saved["code_segments"]))
+  return [dict(code=None, generations=generation)] if generation else []
+
+
+def code_versions(state_dir: str) -> list:
+  """The code versions that made the generations of the resumable run in ``state_dir``
+  (``workdir.tally_code_versions``, counted in generations)."""
+  path = os.path.join(state_dir, STATE_FILE)
+  if not os.path.exists(path):
+    return []
+  saved = workdir_lib.read_npz(path)
+  segments = _code_segments(saved, len(saved["stats.filled"]))
+  return workdir_lib.tally_code_versions([s["code"] for s in segments], "generations",
+                                         [s["generations"] for s in segments])
 
 
 def _restore(path: str, template) -> Tuple[Any, Dict[str, np.ndarray]]:
@@ -187,7 +209,7 @@ def _restore(path: str, template) -> Tuple[Any, Dict[str, np.ndarray]]:
   if any(len(v) != int(archive.generation) for v in stats.values()):
     raise UserError(f"{path} is inconsistent (statistics do not match generation "
                     f"{int(archive.generation)}); remove it to start over")
-  return archive, stats
+  return archive, stats, _code_segments(saved, int(archive.generation))
 
 
 def evolve(predict: Callable, encoding, num_classes: int, image_shape,
@@ -195,7 +217,8 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
            scorer: Optional[str] = None, inputs: Optional[dict] = None,
            log: Optional[Callable[[str], None]] = None,
            progress_interval: float = 5.0, show_progress: bool = True,
-           on_save: Optional[Callable[[int], None]] = None):
+           on_save: Optional[Callable[[int], None]] = None,
+           code: Optional[Mapping[str, Any]] = None):
   """MAP-Elites for ``config.generations``; returns (archive, images, stats).
 
   ``predict(images) -> (B, num_classes)`` scores rendered images (e.g. a classifier's
@@ -209,7 +232,9 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
   claimed by other settings raises ``workdir.SettingsMismatch``, and so does one bound to
   other ``inputs`` (e.g. the scorer's weights' SHA-256, ``workdir.bind``). ``on_save(g)`` is
   called whenever generation ``g`` is saved (and with the generation a resume starts from),
-  so a caller can say what an interruption keeps."""
+  so a caller can say what an interruption keeps. ``code``: the code version running now
+  (e.g. ``cli.code_version()``), saved with the generations it makes, so a run resumed or
+  extended across commits says which made which (``code_versions(state_dir)``)."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   if config.population < 1 or config.generations < 0 or config.segment < 1:
     raise UserError(f"population and segment must be >= 1 and generations >= 0, got "
@@ -218,7 +243,7 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
   _check_target(predict, num_classes, image_shape, encoding)
   h, w, _ = image_shape
   init, run, render = _programs(predict, encoding, num_classes, config.population, h, w)
-  archive = None
+  archive, segments = None, []
   stats = {"filled": np.zeros((0,), np.int32), "median": np.zeros((0,), np.float32),
            "minimum": np.zeros((0,), np.float32)}
   key = jax.random.PRNGKey(config.seed)
@@ -235,7 +260,7 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
       workdir_lib.bind(state_dir, inputs)
     state_path = os.path.join(state_dir, STATE_FILE)
     if resumed and os.path.exists(state_path):
-      archive, stats = _restore(state_path, jax.eval_shape(init, key))
+      archive, stats, segments = _restore(state_path, jax.eval_shape(init, key))
       done = int(archive.generation)
       if done > config.generations:
         raise UserError(f"{state_dir} holds a run at generation {done}, beyond the "
@@ -259,7 +284,9 @@ def evolve(predict: Callable, encoding, num_classes: int, image_shape,
         stats = {k: np.concatenate([stats[k], np.asarray(seg[k])]) for k in STAT_NAMES}
         gen = int(archive.generation)
         if state_path:
-          workdir_lib.write_npz(state_path, **_state_arrays(archive, stats))
+          segments.append(dict(code=None if code is None else dict(code),
+                               generations=len(np.asarray(seg["filled"]))))
+          workdir_lib.write_npz(state_path, **_state_arrays(archive, stats, segments))
           if on_save:
             on_save(gen)
         bar.update(gen, generation=f"{gen}/{config.generations}",
