@@ -8,6 +8,7 @@ r"""Do net A's fooling images fool net B?
 Settings: ``configs/transfer.py``. ``source`` is a fooling run's workdir (its archive.npz and
 results.json). Writes transfer.png and results.json to --workdir.
 """
+import hashlib
 import json
 import os
 
@@ -32,13 +33,19 @@ def run(config, workdir, log=cli.log) -> dict:
     raise UserError(f"{path} is not a fooling archive (it lacks {', '.join(missing)}); pass "
                     f"the archive.npz of an experiments/fooling.py run")
   results_path = os.path.join(os.path.dirname(path), "results.json")
-  source = read_json(results_path) if os.path.exists(results_path) else {}
-  source = source.get("config", source)      # older results.json kept settings at the top
+  source_results = read_json(results_path) if os.path.exists(results_path) else {}
+  # older results.json kept settings at the top
+  source = source_results.get("config", source_results)
   model_a, encoding = source.get("model", "net A"), source.get("encoding", "?")
   log(f"scoring {len(archive['images'])} images of {model_a} ({encoding}) on {config.model_b}")
   probs_b = np.asarray(models.load(config.model_b)(np.clip(archive["images"], 0, 255)))
   res = metrics.transfer(archive["probs"], probs_b)
+  # Which archive, exactly: the source folder's run may be extended or redone later.
+  with open(path, "rb") as f:
+    archive_sha256 = hashlib.sha256(f.read()).hexdigest()
   res.update(model_a=model_a, encoding=encoding, model_b=config.model_b, archive=path,
+             archive_sha256=archive_sha256, source_config=source or None,
+             source_code_versions=source_results.get("code_versions"),
              config=config.to_dict(), versions=versions())
   workdir.save_figure("transfer.png", plots.curves(
       np.arange(len(probs_b)), {f"A: {model_a}": res["confidence_a"],

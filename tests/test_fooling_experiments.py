@@ -92,6 +92,12 @@ def test_fooling_experiment_on_the_papers_mnist_net_and_transfer(tmp_path):
   t = transfer_exp.run(tc, Workdir.open(str(tmp_path / "transfer"), tc), QUIET)
   np.testing.assert_allclose(t["confidence_b"], t["confidence_a"], atol=1e-5)
   assert t["model_a"] == "mnist_lenet_fooling" and t["encoding"] == "direct"
+  # The exact archive and the run that made it (it may be extended later under one name).
+  import hashlib
+  assert t["archive_sha256"] == hashlib.sha256(
+      (tmp_path / "run" / "archive.npz").read_bytes()).hexdigest()
+  assert t["source_config"]["generations"] == 50
+  assert t["source_code_versions"] == saved["code_versions"]
   assert os.path.getsize(tmp_path / "transfer" / "transfer.png") > 0
 
 
