@@ -148,7 +148,11 @@ def save(prefix: str, variables: Any, metadata: Optional[dict] = None,
       variables.get("params", variables) if isinstance(variables, dict) else variables)))
   atomic_write(prefix + PENDING, json.dumps(meta, indent=1, sort_keys=True).encode())
   atomic_write(prefix + ".msgpack", data)
-  os.replace(prefix + PENDING, prefix + ".json")
+  try:
+    os.replace(prefix + PENDING, prefix + ".json")
+  except FileNotFoundError:     # a reader in between finished this save (the new weights)
+    if read_metadata(prefix).get("sha256") != meta["sha256"]:
+      raise
   return prefix + ".msgpack"
 
 
@@ -157,8 +161,10 @@ PENDING = ".json.pending"
 
 def _finish_interrupted_save(prefix: str) -> None:
   """A save killed after writing the msgpack leaves ``.json.pending`` (the new metadata); if
-  its SHA-256 is the msgpack's, the save is finished. Otherwise the pending file belongs to a
-  save killed earlier (the msgpack is still the old one) and is dropped."""
+  its SHA-256 is the msgpack's, the save is finished here. Otherwise the msgpack is still the
+  old one: the pending file belongs to a save killed earlier or to one still writing (another
+  process), which a reader cannot tell apart, so it is left alone (the next save replaces
+  it); the old pair stays whole."""
   pending = prefix + PENDING
   if not os.path.exists(pending):
     return
@@ -169,13 +175,11 @@ def _finish_interrupted_save(prefix: str) -> None:
       matches = hashlib.sha256(f.read()).hexdigest() == sha
   except (OSError, ValueError, AttributeError):   # JSON and UTF-8 errors are ValueErrors
     matches = False
-  try:
-    if matches:
+  if matches:
+    try:
       os.replace(pending, prefix + ".json")
-    else:
-      os.remove(pending)
-  except OSError:   # a read-only folder: leave it; load reports what it finds
-    pass
+    except OSError:   # finished by the writer meanwhile, or a read-only folder
+      pass
 
 
 def read_metadata(prefix: str) -> dict:

@@ -182,14 +182,48 @@ def test_a_save_killed_between_its_two_files_is_finished_or_undone(tmp_path, mon
   clf = models.load("mnist_lenet", str(tmp_path))
   chex.assert_trees_all_close(clf.variables, jax.tree_util.tree_map(np.asarray, new))
   assert clf.metadata["round"] == 2 and not os.path.exists(prefix + checkpoint.PENDING)
-  # Killed before the new weights were written: the old checkpoint stays whole.
+  # Killed before the new weights were written: the old checkpoint stays whole (the pending
+  # file is left: a reader cannot tell it from a save still writing; the next save replaces it).
   monkeypatch.setattr(os, "replace", killed_at(prefix + ".msgpack"))
   with pytest.raises(KeyboardInterrupt):
     checkpoint.save(prefix, old, {"model": "mnist_lenet", "round": 3})
   monkeypatch.setattr(os, "replace", real_replace)
   clf = models.load("mnist_lenet", str(tmp_path))
   chex.assert_trees_all_close(clf.variables, jax.tree_util.tree_map(np.asarray, new))
-  assert clf.metadata["round"] == 2 and not os.path.exists(prefix + checkpoint.PENDING)
+  assert clf.metadata["round"] == 2
+
+
+def test_a_reader_during_a_save_neither_breaks_it_nor_sees_a_mixed_pair(tmp_path, monkeypatch):
+  """Another process loading the checkpoint while a save writes it. Before, a reader between
+  the save's two files deleted its pending metadata: the save's rename raised
+  FileNotFoundError and left the old metadata beside the new weights (every load then failed
+  its SHA-256 check); a reader after both files that finished the save broke it the same way."""
+  spec = models.get("mnist_lenet")
+  old, new = spec.init(jax.random.PRNGKey(3)), spec.init(jax.random.PRNGKey(4))
+  prefix = str(tmp_path / "mnist_lenet")
+  checkpoint.save(prefix, old, {"model": "mnist_lenet", "round": 1})
+  real_write, real_replace, seen = checkpoint.atomic_write, os.replace, []
+
+  def write_then_read(path, data):       # a reader right before the weights are replaced
+    if path.endswith(".msgpack"):
+      seen.append(models.load("mnist_lenet", str(tmp_path)).metadata["round"])
+    return real_write(path, data)
+  monkeypatch.setattr(checkpoint, "atomic_write", write_then_read)
+  checkpoint.save(prefix, new, {"model": "mnist_lenet", "round": 2})
+  monkeypatch.undo()
+
+  def read_then_replace(src, dst):       # a reader right before the metadata is renamed
+    if dst == prefix + ".json" and len(seen) == 1:
+      seen.append(None)                  # (the reader's own rename passes straight through)
+      seen[-1] = models.load("mnist_lenet", str(tmp_path)).metadata["round"]
+    return real_replace(src, dst)
+  monkeypatch.setattr(os, "replace", read_then_replace)
+  checkpoint.save(prefix, old, {"model": "mnist_lenet", "round": 3})
+  monkeypatch.undo()
+  assert seen == [1, 3]       # the old pair whole, then the new one the reader finished
+  clf = models.load("mnist_lenet", str(tmp_path))
+  chex.assert_trees_all_close(clf.variables, jax.tree_util.tree_map(np.asarray, old))
+  assert clf.metadata["round"] == 3 and not os.path.exists(prefix + checkpoint.PENDING)
 
 
 def test_bfloat16_storage_round_trip(tmp_path):
