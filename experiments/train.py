@@ -62,7 +62,10 @@ def run(config, workdir, log=cli.log) -> dict:
               recipe=dataclasses.asdict(train_config), history=history,
               devices=recorded_devices(workdir.path),
               code_versions=workdir_lib.tally_code_versions(
-                  [h.get("code") for h in history], "epochs"))
+                  [h.get("code") for h in history], "epochs"),
+              # The exact data (count, shape, SHA-1s), as the run's folder was claimed by it.
+              data={k: workdir_lib.read_json(workdir.file(workdir_lib.SETTINGS_FILE))[k]
+                    for k in ("train_data", "test_data")})
   out_dir = config.out_dir or workdir.file("checkpoint")
   path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta, dtype=dtype)
   results = dict(checkpoint=path, accuracy=meta["accuracy"], accuracy_on=meta["accuracy_on"],

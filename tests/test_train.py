@@ -244,6 +244,10 @@ def test_the_script_records_the_accuracy_of_the_stored_net(tmp_path, shared_dir)
   assert results["history"][0]["code"] == cli.code_version()
   assert clf.metadata["code_versions"] == results["code_versions"] == [
       dict(cli.code_version(), epochs=1)]
+  from pixeljax.train import data_fingerprint
+  assert clf.metadata["data"]["test_data"] == json.loads(json.dumps(
+      data_fingerprint(test.images, test.labels)))
+  assert clf.metadata["data"]["train_data"]["count"] == 300
 
 
 def test_dropout_off_takes_the_nets_dropout_out_of_training_and_old_runs_keep_it_on():
