@@ -44,7 +44,7 @@ def run(config, workdir, log=cli.log) -> dict:
   with open(path, "rb") as f:
     archive_sha256 = hashlib.sha256(f.read()).hexdigest()
   res.update(model_a=model_a, encoding=encoding, model_b=config.model_b, archive=path,
-             archive_sha256=archive_sha256, source_config=source or None,
+             archive_sha256=archive_sha256, source_config=source_results.get("config"),
              source_code_versions=source_results.get("code_versions"),
              config=config.to_dict(), versions=versions())
   workdir.save_figure("transfer.png", plots.curves(

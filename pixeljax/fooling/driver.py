@@ -178,7 +178,11 @@ def _code_segments(saved, generation: int) -> list:
   """``[{code, generations}]`` per saved segment of a state file: which code made which
   generations (a state saved before it recorded them: one unrecorded entry)."""
   if "code_segments" in saved:
-    return json.loads(str(saved["code_segments"]))
+    try:
+      return json.loads(str(saved["code_segments"]))
+    except ValueError:
+      raise UserError("an evolution state's code_segments are corrupt; remove the state file "
+                      "to start over") from None
   return [dict(code=None, generations=generation)] if generation else []
 
 
@@ -194,7 +198,7 @@ def code_versions(state_dir: str) -> list:
                                          [s["generations"] for s in segments])
 
 
-def _restore(path: str, template) -> Tuple[Any, Dict[str, np.ndarray]]:
+def _restore(path: str, template) -> Tuple[Any, Dict[str, np.ndarray], list]:
   saved = workdir_lib.read_npz(path)
   flat, treedef = jax.tree_util.tree_flatten_with_path(template)
   leaves = []
