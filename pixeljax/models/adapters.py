@@ -132,8 +132,8 @@ def _preprocessor(preprocess, channels: int) -> Tuple[Callable[[jax.Array], jax.
 
 
 def _output_spec(net, shape, what: str) -> jax.ShapeDtypeStruct:
-  """``net``'s output (shape and dtype) on one image of ``shape`` (H, W, C), or one line: a
-  net built for another size or channel count fails deep inside its framework."""
+  """``net``'s output (shape (1, classes) and dtype) on one image of ``shape`` (H, W, C), or
+  one line: a net built for another size or channel count fails deep inside its framework."""
   try:
     out = jax.eval_shape(net, jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
   except UserError:
@@ -145,6 +145,8 @@ def _output_spec(net, shape, what: str) -> jax.ShapeDtypeStruct:
   if not isinstance(out, jax.ShapeDtypeStruct):     # a tuple, list or dict of outputs
     raise UserError(f"{what} must output one array (N, classes); it outputs a "
                     f"{type(out).__name__} of {len(jax.tree_util.tree_leaves(out))} arrays")
+  if len(out.shape) != 2:
+    raise UserError(f"{what} must output (N, classes); it outputs {out.shape}")
   return out
 
 
@@ -192,15 +194,15 @@ def _with_softmax(net, input_shape, softmax, dtype) -> Tuple[Callable, Dict[str,
   other output is only cast, so outputs that are not probabilities still meet the door."""
   if softmax not in ("auto", True, False):
     raise UserError(f"softmax must be 'auto', True or False, got {softmax!r}")
-  probabilities = False
-  if softmax == "auto" or (softmax is False and _narrow(dtype)):
+  narrow, probabilities = _narrow(dtype), False
+  if softmax == "auto" or (softmax is False and narrow):
     probabilities = _are_probabilities(jax.jit(net)(_probe_images(input_shape)))
   if softmax == "auto":
     softmax = not probabilities
   record = {"softmax_added": bool(softmax), "output_dtype": str(dtype)}
   if softmax:
     return (lambda x: jax.nn.softmax(net(x).astype(jnp.float32), axis=-1)), record
-  if probabilities and _narrow(dtype):
+  if probabilities and narrow:
     return (lambda x: _renormalised(net(x))), record
   return (lambda x: net(x).astype(jnp.float32)), record
 
@@ -293,18 +295,15 @@ def from_keras(model, *, preprocess: Union[None, dict, Callable] = None,
     return out
 
   spec = _output_spec(net, shape, f"the Keras model {model.name}")
-  out_shape = spec.shape
-  if len(out_shape) != 2:
-    raise UserError(f"the Keras model must output (N, classes); it outputs {out_shape}")
   predict, output = _with_softmax(net, shape, softmax, spec.dtype)
   name = name or f"keras:{model.name}"
   metadata = {"source": "keras", "keras_version": keras.__version__, "name": name,
               "model_name": model.name, "input_shape": list(shape), "layout": layout,
-              "num_classes": int(out_shape[-1]), "preprocess": pre_record,
+              "num_classes": int(spec.shape[-1]), "preprocess": pre_record,
               **output, "softmax": softmax, "sha256": digest,
               "parameters": int(sum(np.size(a) for a in trainable + non_trainable))}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
-                       num_classes=int(out_shape[-1]), metadata=metadata)
+                       num_classes=int(spec.shape[-1]), metadata=metadata)
 
 
 def from_jax(f: Callable, *, input_shape: Tuple[int, int, int],
@@ -322,16 +321,13 @@ def from_jax(f: Callable, *, input_shape: Tuple[int, int, int],
   pre, pre_record = _preprocessor(preprocess, shape[-1])
   net = lambda images: f(pre(jnp.asarray(images, jnp.float32)))
   spec = _output_spec(net, shape, "the function")
-  out_shape = spec.shape
-  if len(out_shape) != 2:
-    raise UserError(f"the function must output (N, classes); it outputs {out_shape}")
   predict, output = _with_softmax(net, shape, softmax, spec.dtype)
   name = name or f"jax:{getattr(f, '__name__', type(f).__name__)}"
   metadata = {"source": "jax", "name": name, "input_shape": list(shape),
-              "num_classes": int(out_shape[-1]), "preprocess": pre_record,
+              "num_classes": int(spec.shape[-1]), "preprocess": pre_record,
               **output, "softmax": softmax}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
-                       num_classes=int(out_shape[-1]), metadata=metadata)
+                       num_classes=int(spec.shape[-1]), metadata=metadata)
 
 
 # --------------------------------------------------------------------------- PyTorch (torchax)
@@ -463,16 +459,13 @@ def from_torch(module, *, input_shape: Tuple[int, int, int],
       return core(x)
 
   spec = _output_spec(net, shape, f"the torch module {type(module).__name__}")
-  out_shape = spec.shape
-  if len(out_shape) != 2:
-    raise UserError(f"the torch module must output (N, classes); it outputs {out_shape}")
   predict, output = _with_softmax(net, shape, softmax, spec.dtype)
   name = name or f"torch:{type(module).__name__}"
   metadata = {"source": "torch", "torch_version": torch.__version__,
               "torchax_version": getattr(torchax, "__version__", None), "name": name,
               "module": type(module).__name__, "input_shape": list(shape), "layout": layout,
-              "nhwc_convolutions": bool(nhwc), "num_classes": int(out_shape[-1]),
+              "nhwc_convolutions": bool(nhwc), "num_classes": int(spec.shape[-1]),
               "preprocess": pre_record, **output, "softmax": softmax,
               "sha256": digest, "parameters": int(sum(np.size(states[k]) for k in names))}
   return ImportedModel(name=name, predict=predict, input_shape=shape,
-                       num_classes=int(out_shape[-1]), metadata=metadata)
+                       num_classes=int(spec.shape[-1]), metadata=metadata)
