@@ -256,8 +256,11 @@ def report(results: dict) -> str:
   lines = [f"{'pixels':>6} {'attacks':>8} {'success':>8} {'95% interval':>15} "
            f"{'confidence':>10} {'queries/attack':>15} {'1st success: mean':>18} "
            f"{'median':>7} {'seconds':>8} {'compile s':>9}"]
+  resampled = False
   for k, m in results["metrics"].items():
-    lo, hi = m["success_rate_ci95"]
+    # Where images are attacked more than once (targeted), the interval resampling images.
+    lo, hi = m.get("success_rate_ci95_images") or m["success_rate_ci95"]
+    resampled |= "success_rate_ci95_images" in m
     conf = "n/a" if m["confidence"] is None else f"{m['confidence']:.1%}"
     first = m["queries_of_first_success"]
     mean, median = (("n/a", "n/a") if first["mean"] is None
@@ -266,6 +269,9 @@ def report(results: dict) -> str:
                  f"{f'{lo:.1%}-{hi:.1%}':>15} {conf:>10} {m['queries_per_attack']:>15,.0f} "
                  f"{mean:>18} {median:>7} {m.get('attack_seconds') or m['seconds']:>8.0f} "
                  f"{m.get('compile_seconds', 0):>9.1f}")
+  if resampled:
+    lines.append("95% intervals resample images (an image's attacks are not independent "
+                 "trials); otherwise Wilson over attacks")
   if "exhaustive_one_pixel" in results:
     ex = results["exhaustive_one_pixel"]
     lines.append(f"exhaustive one pixel ({ex['colours']}): {ex['images_fooled']:.1%} of images "

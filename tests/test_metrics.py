@@ -28,6 +28,7 @@ def test_untargeted_metrics():
   assert m["class_pairs"] == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
   assert m["queries_per_attack"] == 250 and m["queries_per_success"] == pytest.approx(1000 / 3)
   assert "target_classes_per_image" not in m
+  assert "success_rate_ci95_images" not in m      # one attack per image: Wilson is the one
   lo, hi = m["success_rate_ci95"]
   assert lo < 0.75 < hi
 
@@ -60,9 +61,16 @@ def test_image_interval_resamples_whole_images():
   lo, hi = metrics.image_interval(spread, np.repeat(np.arange(100), 9))
   wlo, whi = metrics.wilson_interval(int(spread.sum()), 900)
   assert abs((hi - lo) - (whi - wlo)) < 0.02
-  # the same input, the same interval; a single outcome, a point
+  # the same input, the same interval
   assert metrics.image_interval(clustered, ids) == metrics.image_interval(clustered, ids)
-  assert metrics.image_interval(np.ones(9), np.zeros(9)) == (1.0, 1.0)
+  # every attack failing (or succeeding) is no certainty: each image counts as one trial
+  # (the bootstrap alone gave a zero-width interval)
+  assert metrics.image_interval(np.zeros(90), ids) == pytest.approx(
+      metrics.wilson_interval(0, 10), abs=1e-6)
+  assert metrics.image_interval(np.ones(9), np.zeros(9)) == pytest.approx(
+      metrics.wilson_interval(1, 1), abs=1e-6)
+  assert metrics.image_interval(np.zeros(90), ids, level=0.5)[1] < metrics.wilson_interval(
+      0, 10)[1]
   with pytest.raises(ValueError, match="equal 1-d shapes"):
     metrics.image_interval(np.ones(9), np.zeros(8))
 
@@ -84,6 +92,10 @@ def test_targeted_metrics_count_targets_per_image():
   np.testing.assert_allclose(m["target_classes_per_image"], [1 / 3, 1 / 3, 1 / 3])
   assert m["images_fooled_to_any_target"] == pytest.approx(2 / 3)
   assert m["success_rate"] == 0.5
+  # Two attacks per image: beside Wilson over attacks, the interval resampling images.
+  assert m["success_rate_ci95_images"] == list(metrics.image_interval(
+      [True, True, False, False, True, False], [0, 0, 1, 1, 2, 2]))
+  assert "success_rate_ci95_images" in m["definitions"]
 
 
 def test_no_success_confidence_is_nan():

@@ -5,10 +5,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from configs.reproduce import get_config
 from experiments import reproduce
+from pixeljax.metrics import one_pixel as metrics
 from pixeljax.errors import UserError
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -241,3 +243,38 @@ def test_the_paper_step_reports_the_exhaustive_bound_on_the_attacked_images(tmp_
   assert subprocess.run(tables_only, cwd=ROOT, capture_output=True).returncode == 0
   assert not [r for r in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
               if r["mode"] == "untargeted"]       # another command's: left out
+
+
+def test_the_tables_count_the_attacks_the_metrics_count(tmp_path, monkeypatch):
+  """Targeted rows quote intervals resampling images (an image's 9 attacks are not
+  independent trials) and leave out, as the metrics do, images the net already misclassified
+  (for them "any misclassification" holds without an attack). Both were missed before: the
+  table printed Wilson over attacks, and counted the misclassified image."""
+  from pixeljax.sparse import records as attack_records
+  ids = np.repeat(np.arange(3), 2)
+  true = np.array([0, 0, 1, 1, 2, 2])
+  target = np.array([1, 2, 0, 2, 0, 1])
+  success = np.array([True, True, False, False, False, False])
+  adv = np.where(success, target, true)
+  adv[4:] = 0                                # image 2: already misclassified, as class 0
+  prior = np.eye(3)[np.where(ids == 2, 0, true)]
+  rec = attack_records.AttackRecords(
+      image_id=ids, true_class=true, target_class=target, adversarial_class=adv,
+      success=success, probs=np.eye(3)[adv], prior_probs=prior, pixels=np.zeros((6, 1, 5)),
+      queries=np.full(6, 400), success_query=np.where(success, 400, -1),
+      iterations=np.zeros(6, np.int32))
+  folder = tmp_path / "reimplementation_targeted_cifar10_lenet_hyperparticle"
+  folder.mkdir()
+  m = metrics.summary(rec, 3)
+  attack_records.save(str(folder / "records_targeted_1px.npz"), rec)
+  (folder / "results.json").write_text(json.dumps(dict(
+      config=dict(model="cifar10_lenet_hyperparticle", attack=dict(targeted=True)),
+      metrics={"1px": m})))
+  monkeypatch.setattr(reproduce, "_made_by_this", lambda folder, command: True)
+  [row] = reproduce._rows([("reimplementation", str(folder), [])])
+  assert m["excluded_misclassified"] == 2 and (row["attacks"], row["images"]) == (4, 2)
+  assert row["any_misclassification"] == 0.5     # not 4 of 6
+  assert row["ci95"] == row["success_ci95_images"] == m["success_rate_ci95_images"]
+  assert row["ci95"] != m["success_rate_ci95"]   # Wilson over 4 attacks: too narrow
+  text = reproduce.summary([row])
+  assert "| 34.4% (any misclassification) |" in text and "resampling images, targeted" in text
