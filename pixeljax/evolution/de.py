@@ -12,7 +12,10 @@ the loop's stopping condition becomes a per-problem mask: a finished problem's s
 
 Strategies
   * ``rand1`` -- the one-pixel paper's DE/rand/1: x_r1 + F (x_r2 - x_r3), F = 0.5, no
-    crossover, the child replaces its parent if it is no worse.
+    crossover; the child replaces its parent if it is no worse. (The paper says only that
+    "the winner" survives; a tie goes to the child as in current SciPy, which lets a population
+    whose probabilities have saturated keep moving. The Keras reimplementation's vendored
+    older SciPy kept a trial only if strictly better. Every stored run used ``<=``.)
   * ``best1bin`` -- SciPy's default: x_best + F (x_r1 - x_r2) with F dithered per generation in
     [0.5, 1), binomial crossover with probability ``recombination`` (peers use 1.0).
 The update is synchronous by default (SciPy's ``updating='deferred'``): a whole generation is
@@ -22,10 +25,11 @@ leave the bounds are redrawn uniformly inside them, as SciPy does.
 ``updating="immediate"`` is SciPy's default (``scipy.optimize.differential_evolution``, whose
 loop was only this before SciPy 1.2): members are visited in order, each trial is built from
 the population as it stands (the best member included) and replaces its parent at once if no
-worse, F is dithered once per generation. (The Keras one-pixel reimplementation vendored a
-SciPy changed to deferred scoring, a generation per call.) ``ask_member`` / ``tell_member`` do
-one member; ``step`` one generation of them (a ``fori_loop`` of single-candidate fitness
-calls). Vmapped over many problems, each of those calls is still one batch: one candidate of
+worse, F is dithered once per generation. (SciPy also swaps a new best into slot 0, so it
+is visited first; here the best stays in its slot: the same members, visited in another
+order. The Keras one-pixel reimplementation vendored a SciPy changed to deferred scoring, a
+generation per call.) ``ask_member`` / ``tell_member`` do one member; ``step`` one generation
+of them (a ``fori_loop`` of single-candidate fitness calls). Vmapped over many problems, each of those calls is still one batch: one candidate of
 every problem.
 """
 import dataclasses
