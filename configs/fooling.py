@@ -70,6 +70,9 @@ ORIGINAL_MNIST_CPPN = dict(
         # Twice the default 24, which a 300-generation trial's elites neared (18 at most);
         # rendering then costs about 3x as much per generation.
         max_hidden=48,
+        # phen_grayscale_image.hpp:104-108,166-176: the image is a uchar one, trunc(|o| x 255),
+        # and that is what Caffe scores (fit_map_deep_learning.hpp): whole pixel values.
+        whole_pixels=True,
     ),
 )
 # Set in the original but never used by its CPPN runs, so with nothing to map to:

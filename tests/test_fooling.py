@@ -284,8 +284,34 @@ def test_a_folder_claimed_before_the_cppn_options_resumes(tmp_path):
     _evolve(tmp_path, generations=2, encoding=CPPN(outputs=1, max_hidden=2, add_node="split"))
   old = {"cppn": {"max_hidden": 24}, "direct": {"eta": 15.0}, "population": 400}
   assert driver.migrate_config(old) == {
-      "cppn": dict(driver.ADDED_SETTINGS["cppn"], max_hidden=24), "direct": {"eta": 15.0},
-      "population": 400}
+      "cppn": dict(driver.ADDED_SETTINGS["cppn"], max_hidden=24),
+      "direct": {"eta": 15.0, "whole_pixels": False}, "population": 400}
+
+
+def test_whole_pixels_scores_the_image_a_file_would_hold(tmp_path):
+  """``whole_pixels`` (the original's uchar images): every image MAP-Elites scores and keeps
+  is at whole pixel values; without it, float images (what stored runs were made with: a
+  folder claimed before the setting resumes as it was made)."""
+  import json
+  from pixeljax.workdir import SETTINGS_FILE
+  for enc in (CPPN(outputs=1, max_hidden=2, whole_pixels=True),
+              DirectEncoding((4, 4, 1), whole_pixels=True)):
+    images = np.asarray(_evolve(generations=2, encoding=enc)[1])
+    assert images.max() > 0 and np.array_equal(images, np.floor(images))
+    plain = np.asarray(_evolve(generations=2, encoding=dataclasses.replace(
+        enc, whole_pixels=False))[1])
+    assert not np.array_equal(plain, np.floor(plain))
+  enc = DirectEncoding((4, 4, 1))
+  _evolve(tmp_path, generations=2, encoding=enc)
+  path = tmp_path / SETTINGS_FILE
+  stored = json.loads(path.read_text())
+  del stored["encoding_settings"]["whole_pixels"]
+  path.write_text(json.dumps(stored))
+  logs = []
+  _evolve(tmp_path, generations=2, encoding=enc, log=logs.append)
+  assert logs == ["resumed at generation 2"]
+  with pytest.raises(SettingsMismatch, match="encoding_settings.whole_pixels"):
+    _evolve(tmp_path, generations=2, encoding=DirectEncoding((4, 4, 1), whole_pixels=True))
 
 
 def test_gradient_ascent_records_first_steps():
@@ -373,6 +399,8 @@ def test_fooling_metrics():
     ("cppn", {"max_hidden": -1}, r"^cppn: max_hidden must be >= 0, got -1$"),
     ("cppn", {"p_add_node": 2.0}, r"^cppn: p_add_node must be in \[0, 1\], got 2\.0$"),
     ("cppn", {"weight_eta": -3.0}, r"^cppn: weight_eta must be >= 0, got -3\.0$"),
+    ("cppn", {"whole_pixels": "yes"}, r"^cppn: whole_pixels must be True or False"),
+    ("direct", {"whole_pixels": 1}, r"^direct: whole_pixels must be True or False"),
 ])
 def test_encoding_settings_out_of_range_are_one_line(name, settings, message):
   with pytest.raises(UserError, match=message):

@@ -65,7 +65,7 @@ def test_named_configs_are_the_published_runs():
       p_add_connection=0.5, p_remove_connection=0.3, p_add_node=0.5, p_remove_node=0.2,
       add_node="split", weight_init="uniform", p_perturb_weight=0.1,
       weight_mutation="polynomial", p_change_activation=0.0, p_resample_activation=0.1,
-      max_hidden=48)
+      max_hidden=48, whole_pixels=True)
   assert o.direct.to_dict() == driver.encoding_defaults("direct")
   assert _config("mnist_cppn").cppn.to_dict() == driver.encoding_defaults("cppn")
   with pytest.raises(ValueError, match="unknown fooling config"):

@@ -82,6 +82,11 @@ class CPPN:
   # connections kept); "split" puts it on a connection s -> t, which becomes s -> h -> t with
   # both halves carrying its weight (Sferes' _add_neuron_on_conn).
   add_node: str = "new"
+  # Score (and keep) images at whole pixel values, 255 x the output rounded down, as an image
+  # file holds them and as the original scored its uchar images (Sferes'
+  # phen_grayscale_image.hpp: trunc(|o| x 255)); False scores the float image, which a saved
+  # PNG would not reproduce exactly.
+  whole_pixels: bool = False
 
   def __post_init__(self):
     for name, known in (("weight_init", WEIGHT_INITS), ("weight_mutation", WEIGHT_MUTATIONS),
@@ -94,7 +99,9 @@ class CPPN:
     checks = [(self.outputs >= 1, f"outputs must be >= 1, got {self.outputs}"),
               (self.max_hidden >= 0, f"max_hidden must be >= 0, got {self.max_hidden}"),
               (self.weight_sigma > 0, f"weight_sigma must be > 0, got {self.weight_sigma}"),
-              (self.weight_eta >= 0, f"weight_eta must be >= 0, got {self.weight_eta}")]
+              (self.weight_eta >= 0, f"weight_eta must be >= 0, got {self.weight_eta}"),
+              (isinstance(self.whole_pixels, bool),
+               f"whole_pixels must be True or False, got {self.whole_pixels!r}")]
     checks += [(0 <= getattr(self, f.name) <= 1,
                 f"{f.name} must be in [0, 1], got {getattr(self, f.name)}")
                for f in dataclasses.fields(self) if f.name.startswith("p_")]
@@ -270,7 +277,8 @@ class CPPN:
     out = values[:, n - self.outputs:].reshape(height, width, self.outputs)
     if self.outputs == 3:
       out = hls_to_rgb(out[..., 0], out[..., 1], out[..., 2])
-    return 255.0 * jnp.clip(out, 0.0, 1.0)
+    image = 255.0 * jnp.clip(out, 0.0, 1.0)
+    return jnp.floor(image) if self.whole_pixels else image
 
   def render(self, genomes: Genome, height: int, width: int) -> jax.Array:
     """A population drawn in one call: (P, H, W, C)."""

@@ -51,6 +51,9 @@ class DirectEncoding:
   eta: float = 15.0
   crossover_rate: float = 0.0           # probability an offspring is an SBX child first
   crossover_eta: float = 10.0
+  # Score images at whole pixel values (the genome rounded down), as an image file holds
+  # them and as the original scored its uchar images; the genome itself stays float.
+  whole_pixels: bool = False
 
   def __post_init__(self):
     # Checked here: in the traced update a bad value runs without error (halve_every=0 divides
@@ -64,7 +67,9 @@ class DirectEncoding:
         (self.eta >= 0, f"eta must be >= 0, got {self.eta}"),
         (0 <= self.crossover_rate <= 1,
          f"crossover_rate must be in [0, 1], got {self.crossover_rate}"),
-        (self.crossover_eta >= 0, f"crossover_eta must be >= 0, got {self.crossover_eta}")]:
+        (self.crossover_eta >= 0, f"crossover_eta must be >= 0, got {self.crossover_eta}"),
+        (isinstance(self.whole_pixels, bool),
+         f"whole_pixels must be True or False, got {self.whole_pixels!r}")]:
       if not ok:
         raise UserError(f"direct: {message}")
 
@@ -83,4 +88,4 @@ class DirectEncoding:
 
   def render(self, genomes, height: Optional[int] = None, width: Optional[int] = None):
     del height, width
-    return genomes
+    return jnp.floor(genomes) if self.whole_pixels else genomes

@@ -41,7 +41,9 @@ _ENCODING_TYPES = {"direct": (DirectEncoding, ("shape",)), "cppn": (CPPN, ("outp
 # Encoding settings added after runs were first stored, each with the value that every run
 # stored before it was made with: a folder claimed without them resumes as it was made.
 ADDED_SETTINGS = {"cppn": dict(weight_init="normal", weight_mutation="gaussian",
-                               weight_eta=15.0, p_resample_activation=0.0, add_node="new")}
+                               weight_eta=15.0, p_resample_activation=0.0, add_node="new",
+                               whole_pixels=False),
+                  "direct": dict(whole_pixels=False)}
 
 
 @dataclasses.dataclass(frozen=True)
