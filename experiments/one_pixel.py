@@ -83,8 +83,7 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
   stopped after minutes of a large net resumes from its last part instead of from nothing."""
   folder = workdir.file("chunks", "exhaustive")
   campaign.check_shared_folder(folder)
-  if workdir_lib.is_writer():
-    workdir_lib.bind(folder, inputs)
+  workdir_lib.bind(folder, inputs)       # every process compares; process 0 writes
   parts = []
   for start in range(0, len(sub.index), BOUND_PART):
     ids = sub.index[start:start + BOUND_PART]

@@ -228,7 +228,9 @@ def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
   model's weights, by SHA-256: retraining into the same checkpoint keeps the name, so without
   this a resume would label the old weights' chunks as the new ones'). Recorded on the first
   start; other inputs raise ``SettingsMismatch``; an input first recorded by a later version
-  (e.g. the images' hash) is added by the start that resumes (nothing older can be checked)."""
+  (e.g. the images' hash) is added by the start that resumes (nothing older can be checked).
+  In a multi-process run every process compares (so all stop on a mismatch, none waits in a
+  collective for the one that did) and process 0 writes."""
   path = os.path.join(folder, filename)
   inputs = to_jsonable(inputs)
   if os.path.exists(path):
@@ -237,10 +239,18 @@ def bind(folder: str, inputs: Mapping, filename: str = INPUTS_FILE) -> None:
     if diff:
       raise SettingsMismatch(f"{folder} holds work computed from other inputs "
                              f"({describe(diff)}); use another folder")
-    if set(inputs) - set(stored):
+    if set(inputs) - set(stored) and _writes():
       write_json(path, {**stored, **inputs})
     return
-  write_json(path, inputs)
+  if _writes():
+    write_json(path, inputs)
+
+
+def _writes() -> bool:
+  """This process writes the run's files: a single-process run, or process 0 of several
+  (asked without starting a backend: jax may not even be imported)."""
+  jax = sys.modules.get("jax")
+  return jax is None or not jax.distributed.is_initialized() or is_writer()
 
 
 class _Lock:
@@ -359,8 +369,7 @@ class Workdir:
     while True:
       # Process 0 of a multi-process run locks and writes; asked without starting a backend
       # (a refused start must not take memory on a GPU that the holder of the folder uses).
-      jax = sys.modules.get("jax")
-      writer = jax is None or not jax.distributed.is_initialized() or is_writer()
+      writer = _writes()
       lock = _Lock.acquire(candidate) if writer else None
       try:
         wd = cls._claim(candidate, config, lock, writer, migrate, tuple(extendable), log)

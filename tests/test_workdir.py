@@ -146,3 +146,22 @@ def test_a_stored_older_format_is_migrated_before_it_is_compared_and_kept(tmp_pa
   wd.finish()
   wd.close()
   assert (run / "config.json").read_bytes() == raw
+
+
+def test_bind_compares_on_every_process_and_only_process_0_writes(tmp_path, monkeypatch):
+  """Before, the bound's caller bound on process 0 only: a resume against other weights
+  raised there while the other processes waited ~100 s in a collective for it."""
+  import jax
+  from pixeljax import workdir
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  workdir.bind(str(tmp_path), {"weights_sha256": "a"})
+  assert not (tmp_path / workdir.INPUTS_FILE).exists()         # process 1 writes nothing
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  workdir.bind(str(tmp_path), {"weights_sha256": "a"})
+  assert (tmp_path / workdir.INPUTS_FILE).exists()
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  workdir.bind(str(tmp_path), {"weights_sha256": "a", "images_sha256": "b"})
+  assert "images_sha256" not in workdir.read_json(str(tmp_path / workdir.INPUTS_FILE))
+  with pytest.raises(workdir.SettingsMismatch, match="other inputs"):
+    workdir.bind(str(tmp_path), {"weights_sha256": "c"})
