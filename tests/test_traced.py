@@ -20,7 +20,7 @@ def _conv(x, w, stride=1, padding="SAME"):
                                   precision=lax.Precision.HIGHEST)
 
 
-def _net(extra_convs=0, reads_input_late=False, first_padding="SAME"):
+def _net(extra_convs=0, reads_input_late=False, first_padding="SAME", masks_saturated=False):
   """A small NCHW residual net: normalise, conv-bn-relu, a residual block (+ more convs),
   a strided conv, global average pooling, a dense layer (logits)."""
   keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
@@ -31,6 +31,8 @@ def _net(extra_convs=0, reads_input_late=False, first_padding="SAME"):
   scale, shift = jnp.linspace(0.5, 1.5, 8).reshape(1, 8, 1, 1), 0.1
 
   def f(images):
+    if masks_saturated:           # saturated channels read as black: not affine at 255
+      images = jnp.where(images == 255.0, 0.0, images)
     x = jnp.transpose(images / 255.0 - 0.5, (0, 3, 1, 2))
     h = jax.nn.relu(_conv(x, w1, padding=first_padding) * scale + shift)
     r = h
@@ -191,6 +193,10 @@ def test_programs_that_do_not_split_get_the_full_net():
       .execution.incremental
   rec = pixeljax.attack(late, _image(), np.array([0]), jax.random.PRNGKey(0), config)
   assert rec.queries[0] <= 16
+  # A stem affine everywhere but at the corner colours candidates take most (0, 255): the
+  # checks on a random float image alone passed it, and the incremental path then added
+  # 255 x the response where the net saw black.
+  assert models.from_jax(_net(masks_saturated=True), input_shape=SHAPE).factored is None
   # A 'valid' first convolution still splits (LeNet's), but has no 'same' prefix to window.
   valid = models.from_jax(_net(first_padding="VALID"), input_shape=SHAPE)
   assert valid.factored is not None and valid.factored.window is None

@@ -159,12 +159,19 @@ def checked(full: Callable, stem: Callable, head: Callable, input_shape,
   y, x = int(rng.integers(h)), int(rng.integers(w))
   delta = rng.uniform(-255, 255, c).astype(np.float32)
   changed = image.at[y, x].add(delta)
-  probe = jnp.stack([image, changed])
+  # Candidates are whole pixel values, often 0 and 255 (DE at its bounds, the exhaustive
+  # bound's and CornerSearch's corners): the affine check also runs on a whole-valued image
+  # whose pixel takes a corner colour and its complement, so a stem that treats those values
+  # apart (a mask of saturated pixels, say) is caught, not only on a random float image.
+  whole_image = jnp.round(image)
+  corner = np.where(rng.integers(0, 2, c) == 1, 255.0, 0.0).astype(np.float32)
+  corners = [whole_image.at[y, x].set(v) for v in (corner, 255.0 - corner)]
+  probe = jnp.stack([image, changed, whole_image, *corners])
   try:   # one program for the checks' forward passes
     stems, split, whole = jax.jit(lambda v: (stem(v), head(stem(v)), full(v)))(probe)
   except ValueError:
     return None
-  base, moved = np.asarray(stems)
+  base, moved, whole_base, *at_corners = np.asarray(stems)
   if base.ndim != 3:
     return None
   # The split loses nothing: head(stem(x)) is the full forward pass.
@@ -203,5 +210,10 @@ def checked(full: Callable, stem: Callable, head: Callable, input_shape,
   window = _apply(response, offset, shape, delta * _pixel(h, w, y, x))
   if np.abs(moved - (base + window)).max() > _TOLERANCE * max(1.0, np.abs(base).max()):
     return None
+  for colour, got in zip((corner, 255.0 - corner), at_corners):
+    step = (colour - np.asarray(whole_image[y, x])) * _pixel(h, w, y, x)
+    want = whole_base + _apply(response, offset, shape, step)
+    if np.abs(got - want).max() > _TOLERANCE * max(1.0, np.abs(whole_base).max()):
+      return None
   return Factored(full=full, stem=stem, head=head, response=response.astype(np.float32),
                   offset=offset, stem_shape=tuple(int(s) for s in base.shape))
