@@ -231,8 +231,22 @@ class _Local(_Pooled):
     return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
+class _IntPadded(_Pooled):
+  """``_Local`` with paddings written as Flax also reads them: an int, per-dimension ints
+  (before, a TypeError out of the window's plan, i.e. out of ``choose_execution``)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(layers.Conv(4, (3, 3), padding=1)(x))
+    x = nn.relu(layers.Conv(4, (3, 3), padding=(1, 1), name="conv_b")(x) + x)
+    x = nn.avg_pool(layers.Conv(4, (3, 3), padding=((1, 1), (1, 1)), name="last")(x), (2, 2),
+                    (2, 2))
+    return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
 @pytest.mark.parametrize("backbone,end,local", [(_Local, "last", True), (_Pooled, "last", False),
-                                                (_Local, "no_such_module", False)])
+                                                (_Local, "no_such_module", False),
+                                                (_IntPadded, "last", True)])
 def test_localize_checks_the_prefix_it_is_given(backbone, end, local):
   module = PixelClassifier(backbone(), layers.Normalize(mean=(100.,), std=(50.,)))
   variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))

@@ -51,8 +51,12 @@ def _same_padding(conv: nn.Conv) -> int:
                    f"{conv.input_dilation} / {conv.kernel_dilation}")
   p = k[0] // 2
   pad = conv.padding
-  if pad == "SAME" or (not isinstance(pad, str)
-                       and tuple(tuple(int(v) for v in q) for q in pad) == ((p, p), (p, p))):
+  try:   # Flax's own reading: an int, or per dimension an int or a (low, high) pair
+    pairs = nn.linear.canonicalize_padding(pad, 2)
+  except ValueError:
+    pairs = None
+  if pairs == "SAME" or (not isinstance(pairs, str) and pairs is not None
+                         and tuple(tuple(int(v) for v in q) for q in pairs) == ((p, p), (p, p))):
     return p
   raise NotLocal(f"convolution {conv.name}: padding {pad!r} is not 'same'")
 
