@@ -279,3 +279,18 @@ def test_progress_counts_the_whole_campaign(cifar_lenet, cifar_samples, tmp_path
   assert early >= 1 and len(_chunks(tmp_path)) == 2
   assert f"stopped early {early}" in last and "attacks done 4/4" in last, last
   assert f"success {100 * np.mean(rec.success):.1f}%" in last, last
+
+
+def test_a_corrupt_settings_file_is_compared_across_processes_first(tmp_path, monkeypatch):
+  """Before, a settings.json that one process could not parse raised on that process before
+  the shared-folder check, and the others waited in its collective (~100 s) for it."""
+  from jax.experimental import multihost_utils
+  (tmp_path / workdir.SETTINGS_FILE).write_text("{not json")
+  seen = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: seen.append(np.asarray(x)) or np.stack([x, x]))
+  with pytest.raises(workdir.UserError, match="is corrupt"):
+    campaign.run(None, np.zeros((1, 4, 4, 3)), np.zeros(1), np.zeros(1), PixelAttackConfig(),
+                 0, str(tmp_path), 10)
+  assert len(seen) == 1          # every process took part in the comparison before raising

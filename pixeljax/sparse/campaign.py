@@ -100,8 +100,13 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
   saves (``code_versions``)."""
   images, labels, image_ids = map(np.asarray, (images, labels, image_ids))
   mesh = sharding.default_mesh() if mesh is None else mesh
-  stored = stored_settings(folder)
-  check_shared_folder(folder, stored)
+  try:
+    stored, unreadable = stored_settings(folder), None
+  except UserError as e:      # corrupt: every process must see that too before it says so
+    stored, unreadable = None, e
+  check_shared_folder(folder, stored if unreadable is None else {"unreadable": str(unreadable)})
+  if unreadable is not None:
+    raise unreadable
   before = formats.migrate(stored) if stored else {}
   insist = {**before.get("execution", {}),
             **{k: v for k, v in (execution or {}).items() if v is not None}}
