@@ -32,10 +32,11 @@ NAMED = {
 }
 DEFAULT = "mnist_direct"
 # mnist_direct is pixeljax's direct encoding at its defaults (400 offspring, 400 generations,
-# no crossover, the paper's halving mutation rate, float pixels). The original's direct
-# program (dl_map_elites_images_mnist_direct_encoding.cpp) ran 200 offspring for 1,010
-# generations with SBX crossover (rate 0.5, eta 10; Deb's bounded form there, a simpler one
-# here), a constant mutation rate 0.1, and whole pixel values: not reproduced as a named run.
+# no crossover, float pixels; the paper's halving of the mutation rate every 1,000
+# generations never acts in 400). The original's direct program
+# (dl_map_elites_images_mnist_direct_encoding.cpp) ran 200 offspring for 1,010 generations
+# with SBX crossover (rate 0.5, eta 10; Deb's bounded form there, a simpler one here), a
+# constant mutation rate 0.1, and whole pixel values: not reproduced as a named run.
 
 # The MNIST CPPN run of the paper's own code, github.com/Evolving-AI-Lab/fooling (commit
 # 66f097d), sferes/exp/images/dl_map_elites_images_mnist.cpp ("mnist.cpp") and the Sferes

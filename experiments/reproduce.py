@@ -465,10 +465,10 @@ def summary(rows, trained=(), bounds=()) -> str:
   lines.append(f"Published: the one-pixel paper's mean over All-CNN, NiN and VGG16 "
                f"(untargeted; confidence {pct(PAPER_CONFIDENCE)}); the Keras "
                f"reimplementation's README for the Hyperparticle nets (its targeted figures "
-               f"count any misclassification). Intervals: Wilson over attacks, untargeted (one "
-               f"attack per image); resampling images, targeted (an image's 9 attacks are not "
-               f"independent trials). \"(running)\": a run still going, its finished pixel "
-               f"counts.")
+               f"count any misclassification). Intervals in the first table: Wilson over "
+               f"attacks, untargeted (one attack per image); resampling images, targeted (an "
+               f"image's 9 attacks are not independent trials). \"(running)\": a run still "
+               f"going, its finished pixel counts.")
   return "\n".join(lines) + "\n"
 
 

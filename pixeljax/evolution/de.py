@@ -29,8 +29,8 @@ worse, F is dithered once per generation. (SciPy also swaps a new best into slot
 is visited first; here the best stays in its slot: the same members, visited in another
 order. The Keras one-pixel reimplementation vendored a SciPy changed to deferred scoring, a
 generation per call.) ``ask_member`` / ``tell_member`` do one member; ``step`` one generation
-of them (a ``fori_loop`` of single-candidate fitness calls). Vmapped over many problems, each of those calls is still one batch: one candidate of
-every problem.
+of them (a ``fori_loop`` of single-candidate fitness calls). Vmapped over many problems, each
+of those calls is still one batch: one candidate of every problem.
 """
 import dataclasses
 from typing import Callable, Optional, Tuple

@@ -104,7 +104,8 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
     stored, unreadable = stored_settings(folder), None
   except UserError as e:      # corrupt: every process must see that too before it says so
     stored, unreadable = None, e
-  check_shared_folder(folder, stored if unreadable is None else {"unreadable": str(unreadable)})
+  # (a constant for the corrupt file: its path may differ between processes' mounts)
+  check_shared_folder(folder, stored if unreadable is None else {"unreadable": True})
   if unreadable is not None:
     raise unreadable
   before = formats.migrate(stored) if stored else {}
