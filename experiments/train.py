@@ -52,6 +52,7 @@ def run(config, workdir, log=cli.log) -> dict:
   module = spec.module(train_config.num_classes)
   stored_accuracy = accuracy(jax.jit(lambda x: module.apply(stored, x, train=False)),
                              test_set.images, test_set.labels)
+  claimed = workdir_lib.read_json(workdir.file(workdir_lib.SETTINGS_FILE))
   meta = dict(model=spec.name, architecture=spec.description, dataset=spec.dataset,
               num_classes=spec.num_classes, input_shape=list(spec.input_shape),
               preprocessing=spec.preprocess, source="trained in pixeljax",
@@ -64,8 +65,7 @@ def run(config, workdir, log=cli.log) -> dict:
               code_versions=workdir_lib.tally_code_versions(
                   [h.get("code") for h in history], "epochs"),
               # The exact data (count, shape, SHA-1s), as the run's folder was claimed by it.
-              data={k: workdir_lib.read_json(workdir.file(workdir_lib.SETTINGS_FILE))[k]
-                    for k in ("train_data", "test_data")})
+              data={k: claimed[k] for k in ("train_data", "test_data")})
   out_dir = config.out_dir or workdir.file("checkpoint")
   path = checkpoint.save(os.path.join(out_dir, spec.name), variables, meta, dtype=dtype)
   results = dict(checkpoint=path, accuracy=meta["accuracy"], accuracy_on=meta["accuracy_on"],

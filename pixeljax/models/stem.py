@@ -165,8 +165,9 @@ def checked(full: Callable, stem: Callable, head: Callable, input_shape,
   # apart (a mask of saturated pixels, say) is caught, not only on a random float image.
   whole_image = jnp.round(image)
   corner = np.where(rng.integers(0, 2, c) == 1, 255.0, 0.0).astype(np.float32)
-  corners = [whole_image.at[y, x].set(v) for v in (corner, 255.0 - corner)]
-  probe = jnp.stack([image, changed, whole_image, *corners])
+  colours = (corner, 255.0 - corner)
+  probe = jnp.stack([image, changed, whole_image,
+                     *(whole_image.at[y, x].set(v) for v in colours)])
   try:   # one program for the checks' forward passes
     stems, split, whole = jax.jit(lambda v: (stem(v), head(stem(v)), full(v)))(probe)
   except ValueError:
@@ -210,7 +211,7 @@ def checked(full: Callable, stem: Callable, head: Callable, input_shape,
   window = _apply(response, offset, shape, delta * _pixel(h, w, y, x))
   if np.abs(moved - (base + window)).max() > _TOLERANCE * max(1.0, np.abs(base).max()):
     return None
-  for colour, got in zip((corner, 255.0 - corner), at_corners):
+  for colour, got in zip(colours, at_corners):
     step = (colour - np.asarray(whole_image[y, x])) * _pixel(h, w, y, x)
     want = whole_base + _apply(response, offset, shape, step)
     if np.abs(got - want).max() > _TOLERANCE * max(1.0, np.abs(whole_base).max()):

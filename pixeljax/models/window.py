@@ -51,14 +51,15 @@ def _same_padding(conv: nn.Conv) -> int:
                    f"{conv.input_dilation} / {conv.kernel_dilation}")
   p = k[0] // 2
   pad = conv.padding
+  not_same = NotLocal(f"convolution {conv.name}: padding {pad!r} is not 'same'")
   try:   # Flax's own reading: an int, or per dimension an int or a (low, high) pair
     pairs = nn.linear.canonicalize_padding(pad, 2)
   except ValueError:
-    pairs = None
-  if pairs == "SAME" or (not isinstance(pairs, str) and pairs is not None
+    raise not_same from None
+  if pairs == "SAME" or (not isinstance(pairs, str)
                          and tuple(tuple(int(v) for v in q) for q in pairs) == ((p, p), (p, p))):
     return p
-  raise NotLocal(f"convolution {conv.name}: padding {pad!r} is not 'same'")
+  raise not_same
 
 
 def _ends(context, end: str) -> bool:
