@@ -10,6 +10,7 @@ attacks that every compared run fooled, so costs compare on the same attacks), t
 Markdown table (table.md, runs in the order given, as results/README.md shows them) and
 success_vs_queries_<k>px.png overlaying the methods' curves.
 """
+import hashlib
 import os
 
 import numpy as np
@@ -32,6 +33,9 @@ def _load(run: str):
           and "attack" in res["config"] and "pixels" in res["config"]):
     raise UserError(f"{path} has no config / image_ids / metrics of a one-pixel run: not "
                     f"written by experiments/one_pixel.py, or by an older version")
+  if res.get("pending"):
+    raise UserError(f"{run} is not finished ({', '.join(map(str, res['pending']))} still to "
+                    f"run): rerun its command to finish it first")
   return {**res, "config": formats.migrate_config(res["config"])}   # any stored format
 
 
@@ -40,6 +44,11 @@ def _records(run: str, mode: str, k: int):
   if not os.path.exists(path):
     raise UserError(f"{run} has no records of its {k}-pixel attacks ({path})")
   return records_lib.load(path)
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 def _budgets(config):
@@ -131,9 +140,15 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     workdir.save_figure(f"success_vs_queries_{k}px.png", plots.success_vs_queries(
         c, title=f"{first['config']['model']}, {mode}, {k} px ({len(first['image_ids'])} "
                  f"images)"))
+  # What the table was made from: each run's files by hash (its results.json names the code
+  # that made each of its pixel counts), and the code that compared them.
+  sources = {r: dict(results_json=_sha256(os.path.join(r, "results.json")),
+                     records={str(k): _sha256(os.path.join(r, f"records_{mode}_{k}px.npz"))
+                              for (run, k) in records if run == r})
+             for r in runs}
   results = dict(config=config.to_dict(), model=first["config"]["model"],
                  data=first["config"]["data"], mode=mode, image_ids=first["image_ids"],
-                 rows=rows)
+                 rows=rows, sources=sources, versions=workdir_lib.versions())
   workdir.write_json("results.json", results)
   workdir.write_text("table.md", markdown(results))
   return results

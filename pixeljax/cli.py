@@ -47,6 +47,21 @@ def _parse_flags(argv):
     sys.exit(2)
   except _OVERRIDE_ERRORS as e:
     _unknown_setting(e, argv)
+  except OSError as e:   # an override applied to a config file that failed to load
+    _config_unreadable(e)
+
+
+def _config_unreadable(e: OSError) -> None:
+  """One line for a ``--config`` file that cannot be read: ml_collections defers the error
+  until the config is used (or an override is applied) and words it over several lines."""
+  found = re.search(r"\[Errno \d+\] ([^:\n]+): '([^'\n]+)'", str(e))
+  if found:
+    message = f"config file {found.group(2)}: {found.group(1)}"
+  else:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = f"config file not loaded: {lines[-1] if lines else type(e).__name__}"
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 # ml_collections raises these for an override of a setting the config does not have.
@@ -219,8 +234,11 @@ def main(experiment, config_file: str, report=None, migrate=None, extendable=())
   def _main(argv):
     if len(argv) > 1:
       raise UserError(f"unexpected arguments {argv[1:]}; settings go in --config.<name>=value")
-    config = config_flag.value
-    runtime = config.get("runtime", None)
+    try:
+      config = config_flag.value
+      runtime = config.get("runtime", None)
+    except OSError as e:   # the config file failed to load (ml_collections waits until now)
+      _config_unreadable(e)
     if runtime is not None and runtime.get("distributed", False):
       from pixeljax import sharding
       sharding.initialize()

@@ -358,6 +358,11 @@ def _w(*args):
 CLI = [
     ("cli: unknown config key", _w("--config.attack.nope=3"),
      r"^error: --config\.attack\.nope names no setting of the config \(AttributeError: nope\)$"),
+    ("cli: a missing --config file", _w("--config=configs/one_pixl.py"),
+     r"^error: config file configs/one_pixl\.py: No such file or directory$"),
+    ("cli: an override on a missing --config file",
+     _w("--config=configs/one_pixl.py", "--config.seed=3"),
+     r"^error: config file configs/one_pixl\.py: No such file or directory$"),
     ("cli: bad model", _w("--config.model=resnet_nope"),
      r"^error: unknown model 'resnet_nope'; known models: "),
     ("cli: missing data file", _w("--config.data=/no/such/file.npz"),
@@ -380,10 +385,31 @@ CLI = [
 ]
 
 
+# The other scripts, by their own flags (a setup's args that start with experiments/...).
+CLI += [
+    ("evaluate: a CIFAR-10 net on MNIST images",
+     lambda tmp: ["experiments/evaluate.py", "--cifar10_data=mnist_samples",
+                  "--models=cifar10_lenet_hyperparticle"],
+     r"^error: cifar10_lenet_hyperparticle expects images of shape \(N, 32, 32, 3\) \(NHWC\), "
+     r"got \(\d+, 28, 28, 1\)$"),
+    ("import_weights: a missing weights file",
+     lambda tmp: ["experiments/import_weights.py", f"--weights_dir={tmp}",
+                  "--models=cifar10_lenet_hyperparticle"],
+     r"^error: weights file .*/cifar10_lenet_hyperparticle\.npz does not exist "
+     r"\(--weights_dir\)$"),
+    ("import_weights: a net with no converter",
+     lambda tmp: ["experiments/import_weights.py", "--models=cifar10_allcnn"],
+     r"^error: no converter for 'cifar10_allcnn'; ports: cifar10_lenet_hyperparticle, "),
+]
+
+
 @pytest.mark.parametrize("setup, message", [pytest.param(s, m, id=i) for i, s, m in CLI])
 def test_cli_mistake_is_one_line_and_exit_2(setup, message, tmp_path):
   args = setup(tmp_path)
-  out = subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True,
+  script = SCRIPT
+  if args[0].startswith("experiments/"):
+    script, args = os.path.join(ROOT, args[0]), args[1:]
+  out = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 2, out.stderr
   assert "Traceback" not in out.stderr, out.stderr

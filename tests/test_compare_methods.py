@@ -45,6 +45,11 @@ def test_methods_side_by_side(tmp_path):
     assert r["fooled_by_all"] <= round(r["success"] * r["attacks"])
   assert os.path.getsize(tmp_path / "cmp" / "success_vs_queries_1px.png") > 0
   assert "Sparse-RS" in compare_methods.report(res)
+  # What made the table: the compared runs' files by hash, and the comparing code.
+  assert set(res["sources"]) == {de, srs} and set(res["sources"][de]["records"]) == {"1"}
+  assert res["sources"][srs]["results_json"] == compare_methods._sha256(
+      os.path.join(srs, "results.json"))
+  assert "code" in res["versions"] and "command" in res["versions"]
   # table.md: the results page's table, runs in the order given, every budget and the shared cost.
   table = (tmp_path / "cmp" / "table.md").read_text().splitlines()
   assert table[0].startswith("| method | k | budget | <= 100 |") and len(table) == 4
@@ -118,6 +123,9 @@ def test_runs_that_differ_or_cannot_compare_are_refused(tmp_path):
   k2 = _copy(a, tmp_path / "k2", lambda r: r["config"].update(pixels=[2]))
   with pytest.raises(UserError, match="share no pixel count"):
     _compare(tmp_path, [a, k2])
+  running = _copy(a, tmp_path / "running", lambda r: r.update(pending=["3px"]))
+  with pytest.raises(UserError, match="running is not finished \\(3px still to run\\)"):
+    _compare(tmp_path, [a, running])
   other = _copy(a, tmp_path / "fooling", lambda r: r.pop("metrics"))
   with pytest.raises(UserError, match="no config / image_ids / metrics of a one-pixel run"):
     _compare(tmp_path, [a, other])
