@@ -20,8 +20,8 @@ from pixeljax.evaluate import accuracy
 from pixeljax.fooling import driver
 from pixeljax.metrics import fooling as metrics
 from pixeljax.models.registry import Classifier, check_images
-from pixeljax.train import TrainConfig, migrate_config, train
-from pixeljax.workdir import versions
+from pixeljax.train import TrainConfig, check_config, migrate_config, train
+from pixeljax.workdir import tally_code_versions, versions
 
 
 def run(config, workdir, log=cli.log) -> dict:
@@ -40,10 +40,15 @@ def run(config, workdir, log=cli.log) -> dict:
     if split.num_classes != k:
       raise UserError(f"data set {split.name} has {split.num_classes} classes, model "
                       f"{base.name} has {k}")
+  train_configs = [TrainConfig(**config.train.to_dict(), seed=config.seed + it,
+                               num_classes=k + 1) for it in range(config.iterations)]
+  for train_config in train_configs:   # now, not after the first iteration's evolution
+    check_config(train_config)
   evolution = driver.EvolutionConfig.from_config(config)
   encoding = driver.make_encoding(config.encoding, shape, config[config.encoding].to_dict())
   runtime = config.runtime
   classifier, pool, report = base, [], []
+  code_versions = {}   # per stage folder: which code made its generations or epochs
   for it in range(config.iterations + 1):
     predict = classifier.predict
     score = lambda x, predict=predict: predict(x)[:, :k]     # the K real classes only
@@ -57,6 +62,8 @@ def run(config, workdir, log=cli.log) -> dict:
           inputs=dict(base_weights_sha256=base.metadata.get("sha256")), log=log,
           progress_interval=runtime.progress_interval,
           show_progress=runtime.progress, code=cli.code_version())
+      code_versions[f"iter{it}/evolve_seed{seed}"] = driver.code_versions(
+          workdir.file(f"iter{it}", f"evolve_seed{seed}"))
       elites.append(images)
       fitness.append(np.asarray(archive.fitness))
     elites, fitness = np.concatenate(elites), np.concatenate(fitness)
@@ -75,15 +82,16 @@ def run(config, workdir, log=cli.log) -> dict:
       break
     pool.append(elites)
     x, y = driver.add_fooling_class(train_set.images, train_set.labels, np.concatenate(pool), k)
-    train_config = TrainConfig(**config.train.to_dict(), seed=config.seed + it,
-                               num_classes=k + 1)
-    variables, _ = train(spec, x, y, test_set.images, test_set.labels, train_config,
-                         workdir.file(f"iter{it + 1}", "train"), log=log,
-                         log_every=runtime.log_every,
-                         progress_interval=runtime.progress_interval,
-                         show_progress=runtime.progress)
+    variables, history = train(spec, x, y, test_set.images, test_set.labels,
+                               train_configs[it], workdir.file(f"iter{it + 1}", "train"),
+                               log=log, log_every=runtime.log_every,
+                               progress_interval=runtime.progress_interval,
+                               show_progress=runtime.progress, code=cli.code_version())
+    code_versions[f"iter{it + 1}/train"] = tally_code_versions(
+        [h.get("code") for h in history], "epochs")
     classifier = Classifier(spec, spec.module(k + 1), variables, {"num_classes": k + 1})
-  results = dict(report=report, config=config.to_dict(), versions=versions())
+  results = dict(report=report, config=config.to_dict(), versions=versions(),
+                 code_versions=code_versions)
   its = [e["iteration"] for e in report]
   workdir.save_figure("retrain.png", plots.curves(
       its, {"median fooling confidence": [e["median_confidence"] for e in report],

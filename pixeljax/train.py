@@ -80,6 +80,17 @@ class TrainState:
   opt_state: Any
 
 
+def check_config(config: TrainConfig) -> None:
+  """The settings' own mistakes (epochs, batch size, seed, schedule, optimiser), one line
+  each: what a script that trains only after hours of other work checks at its start."""
+  if config.epochs < 1 or config.batch_size < 1:
+    raise UserError(f"epochs and batch_size must be >= 1, got {config.epochs} and "
+                    f"{config.batch_size}")
+  if config.seed < 0:
+    raise UserError(f"train.seed must be >= 0, got {config.seed}")
+  make_optimizer(config, 1)
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
   total = max(1, config.epochs * steps_per_epoch)
   warmup = int(config.warmup_epochs * steps_per_epoch)
@@ -246,11 +257,7 @@ def train(spec: ModelSpec, train_images, train_labels, test_images, test_labels,
   commits says which epochs each made."""
   log = log or (lambda s: print(s, file=sys.stderr, flush=True))
   n = len(train_labels)
-  if config.epochs < 1 or config.batch_size < 1:
-    raise UserError(f"epochs and batch_size must be >= 1, got {config.epochs} and "
-                    f"{config.batch_size}")
-  if config.seed < 0:    # before the claim: a start that fails must not claim the folder
-    raise UserError(f"train.seed must be >= 0, got {config.seed}")
+  check_config(config)    # before the claim: a start that fails must not claim the folder
   classes = config.num_classes or spec.num_classes
   for what, imgs, labs in (("training", train_images, train_labels),
                            ("test", test_images, test_labels)):

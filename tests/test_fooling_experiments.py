@@ -177,6 +177,11 @@ def test_retraining_with_a_fooling_class(tmp_path):
             "iter1/fooling_images.npz", "iter1/train/train_state.msgpack",
             "iter0/evolve_seed1/settings.json"):
     assert os.path.getsize(tmp_path / "run" / f) > 0
+  # Each stage names the code that made it (a run resumed across commits says so).
+  assert set(res["code_versions"]) == {"iter0/evolve_seed0", "iter0/evolve_seed1",
+                                       "iter1/evolve_seed0", "iter1/evolve_seed1", "iter1/train"}
+  assert res["code_versions"]["iter1/train"][0]["epochs"] == 1
+  assert "commit" in res["code_versions"]["iter1/train"][0]
 
 
 def test_transfer_names_a_file_that_is_not_a_fooling_archive(tmp_path):
@@ -193,6 +198,9 @@ def test_transfer_names_a_file_that_is_not_a_fooling_archive(tmp_path):
     (dict(runs_per_iteration=0), "runs_per_iteration >= 1"),
     (dict(encoding="cppnn"), "unknown encoding 'cppnn'"),
     (dict(model="cifar10_lenet_hyperparticle"), r"expects images of shape \(N, 32, 32, 3\)"),
+    # training settings, checked before iteration 0's evolution (not after it)
+    ({"train.optimizer": "adamw"}, "unknown optimizer 'adamw'"),
+    ({"train.epochs": 0}, "epochs and batch_size must be >= 1"),
 ])
 def test_retraining_names_bad_settings_before_any_work(tmp_path, over, message):
   from configs.retrain import get_config
