@@ -12,6 +12,7 @@ interruption resumes from the last segment of generations; rerunning a run with 
 generations extends it (its generations so far are reused as they are); rerunning with other
 settings refuses (or, with --new_run, starts <workdir>-2).
 """
+import hashlib
 import json
 import time
 
@@ -70,8 +71,12 @@ def run(config, workdir, log=cli.log) -> dict:
   workdir.write_npz("archive.npz", compressed=True, images=images, fitness=fitness,
                     probs=probs, **{f"stats_{n}": v for n, v in stats.items()}, **genomes)
   # seconds: this invocation only (a resumed run's earlier sessions are not counted).
+  # The archive this results.json describes (transfer.py checks the pair is one run's).
+  with open(workdir.file("archive.npz"), "rb") as f:
+    archive_sha256 = hashlib.sha256(f.read()).hexdigest()
   results = dict(metrics.summary(probs, stats), **extra, seconds=seconds,
-                 resumed=workdir.resumed, config=config.to_dict(), versions=versions())
+                 resumed=workdir.resumed, archive_sha256=archive_sha256,
+                 config=config.to_dict(), versions=versions())
   title = f"{clf.name}, {config.encoding}, {length}"
   workdir.save_figure("gallery.png", plots.gallery(images, class_names(clf),
                                                    metrics.own_class_confidence(probs),

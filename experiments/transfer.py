@@ -9,6 +9,7 @@ Settings: ``configs/transfer.py``. ``source`` is a fooling run's workdir (its ar
 results.json). Writes transfer.png and results.json to --workdir.
 """
 import hashlib
+import io
 import json
 import os
 
@@ -17,7 +18,7 @@ import numpy as np
 from pixeljax import cli, models, plots
 from pixeljax.errors import UserError
 from pixeljax.metrics import fooling as metrics
-from pixeljax.workdir import read_json, read_npz, versions
+from pixeljax.workdir import read_json, versions
 
 
 def run(config, workdir, log=cli.log) -> dict:
@@ -27,7 +28,15 @@ def run(config, workdir, log=cli.log) -> dict:
   if not os.path.isfile(path):
     raise UserError(f"no fooling archive at {path}; run experiments/fooling.py with "
                     f"--workdir {os.path.dirname(path) or '.'} first")
-  archive = read_npz(path)
+  # Read once: the bytes scored are the bytes hashed, whatever the source folder does next.
+  with open(path, "rb") as f:
+    raw = f.read()
+  archive_sha256 = hashlib.sha256(raw).hexdigest()
+  try:
+    with np.load(io.BytesIO(raw)) as d:
+      archive = {k: d[k] for k in d.files}
+  except Exception as e:  # zipfile errors of a truncated or foreign file
+    raise UserError(f"{path} is corrupt or not an .npz file ({e})") from None
   missing = [k for k in ("images", "probs") if k not in archive]
   if missing:
     raise UserError(f"{path} is not a fooling archive (it lacks {', '.join(missing)}); pass "
@@ -35,16 +44,19 @@ def run(config, workdir, log=cli.log) -> dict:
   results_path = os.path.join(os.path.dirname(path), "results.json")
   source_results = read_json(results_path) if os.path.exists(results_path) else {}
   # older results.json kept settings at the top
+  recorded = source_results.get("archive_sha256")
+  if recorded is not None and recorded != archive_sha256:
+    raise UserError(f"{path} is not the archive its results.json describes (another run's, "
+                    f"or a run stopped between the two writes); rerun experiments/fooling.py "
+                    f"in {os.path.dirname(path) or '.'} to finish it")
   source = source_results.get("config", source_results)
   model_a, encoding = source.get("model", "net A"), source.get("encoding", "?")
   log(f"scoring {len(archive['images'])} images of {model_a} ({encoding}) on {config.model_b}")
   probs_b = np.asarray(models.load(config.model_b)(np.clip(archive["images"], 0, 255)))
   res = metrics.transfer(archive["probs"], probs_b)
-  # Which archive, exactly: the source folder's run may be extended or redone later.
-  with open(path, "rb") as f:
-    archive_sha256 = hashlib.sha256(f.read()).hexdigest()
   res.update(model_a=model_a, encoding=encoding, model_b=config.model_b, archive=path,
-             archive_sha256=archive_sha256, source_config=source_results.get("config"),
+             archive_sha256=archive_sha256, source_results_match=recorded is not None,
+             source_config=source_results.get("config"),
              source_code_versions=source_results.get("code_versions"),
              config=config.to_dict(), versions=versions())
   workdir.save_figure("transfer.png", plots.curves(

@@ -98,7 +98,15 @@ def test_fooling_experiment_on_the_papers_mnist_net_and_transfer(tmp_path):
       (tmp_path / "run" / "archive.npz").read_bytes()).hexdigest()
   assert t["source_config"]["generations"] == 50
   assert t["source_code_versions"] == saved["code_versions"]
+  assert t["source_results_match"] and saved["archive_sha256"] == t["archive_sha256"]
   assert os.path.getsize(tmp_path / "transfer" / "transfer.png") > 0
+  from pixeljax.errors import UserError
+  # An archive its results.json does not describe (a run stopped between the two writes):
+  # refused, rather than labelled with the other run's settings.
+  saved["archive_sha256"] = "0" * 64
+  (tmp_path / "run" / "results.json").write_text(json.dumps(saved))
+  with pytest.raises(UserError, match="is not the archive its results.json describes"):
+    transfer_exp.run(tc, Workdir.open(str(tmp_path / "transfer2"), tc), QUIET)
 
 
 def test_the_original_codes_mnist_cppn_config_runs(tmp_path):
