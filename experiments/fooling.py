@@ -8,10 +8,12 @@ gradient ascent, against a zoo model.
 Settings: ``configs/fooling.py`` (named runs after ``:``; any value with ``--config.<key>``).
 Writes config.json first, then archive.npz (images, confidences, per-generation statistics,
 CPPN genomes), gallery.png, confidence.png and results.json to --workdir. Rerunning after an
-interruption resumes from the last segment of generations; rerunning a run with more
+interruption resumes from the last segment of generations (gradient ascent, minutes long,
+saves nothing on the way and starts again); rerunning a run with more
 generations extends it (its generations so far are reused as they are); rerunning with other
 settings refuses (or, with --new_run, starts <workdir>-2).
 """
+import dataclasses
 import hashlib
 import json
 import time
@@ -38,15 +40,44 @@ def class_names(classifier):
   return list(names) if names else [str(i) for i in range(classifier.num_classes)]
 
 
+def unread_settings(config) -> dict:
+  """Settings the chosen method never reads, set away from their defaults: {name: value}.
+  Such a flag would be recorded and do nothing (e.g. ``generations`` for gradient ascent,
+  whose length is ``gradient.steps``; ``cppn.*`` for the direct encoding)."""
+  defaults = {m: driver.encoding_defaults(m) for m in driver.ENCODINGS}
+  defaults["gradient"] = dataclasses.asdict(GradientAscentConfig())
+  unread = {}
+  for method, values in defaults.items():
+    if method != config.encoding:
+      unread.update({f"{method}.{k}": config[method][k] for k, v in values.items()
+                     if k in config[method] and config[method][k] != v})
+  if config.encoding == "gradient":   # MAP-Elites' own settings (the seed is shared)
+    for k, v in dataclasses.asdict(driver.EvolutionConfig()).items():
+      if k != "seed" and config[k] != v:
+        unread[k] = config[k]
+  return unread
+
+
 def run(config, workdir, log=cli.log) -> dict:
   """Evolves (or gradient-ascends) one fooling image per class of ``config.model``."""
   if config.encoding not in METHODS:
     raise UserError(f"unknown encoding {config.encoding!r}; known: {', '.join(METHODS)}")
+  unread = unread_settings(config)
+  if unread:
+    raise UserError(f"encoding {config.encoding!r} does not read "
+                    f"{', '.join(f'{k} (set to {v})' for k, v in unread.items())}: leave "
+                    f"{'it' if len(unread) == 1 else 'them'} at the default, or choose the "
+                    f"encoding that reads {'it' if len(unread) == 1 else 'them'}")
   clf = models.load(config.model)
   shape, k = clf.spec.input_shape, clf.num_classes
   t0 = time.time()
   genomes = {}
   if config.encoding == "gradient":
+    # Minutes, in one call: nothing is saved on the way, so a rerun starts it again. Only
+    # ``gradient.*`` and ``seed`` shape it (generations, population, direct.* and cppn.*
+    # belong to MAP-Elites).
+    cli.note_saved("gradient ascent saves nothing until it ends",
+                   rerun="rerun the same command to start it again")
     ascent = GradientAscentConfig(**config.gradient.to_dict())
     images, fitness, stats, extra = driver.ascend(clf.predict, k, shape, ascent, config.seed)
     length = f"{ascent.steps} steps"

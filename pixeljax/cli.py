@@ -82,20 +82,21 @@ def _unknown_setting(e: Exception, argv) -> None:
 
 
 # What a run has saved so far, for the line Ctrl-C prints (``note_saved``).
-_saved = {"note": ""}
+_saved = {"note": "", "rerun": "rerun the same command to resume"}
 # OSErrors of the machine rather than of the code: a full disk, a read-only or foreign folder.
 _USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def note_saved(note: str) -> None:
+def note_saved(note: str, rerun: str = "rerun the same command to resume") -> None:
   """Tells Ctrl-C's message what the run has saved so far, e.g. "40 of 200 generations
-  saved": the user learns what a rerun keeps."""
-  _saved["note"] = note
+  saved": the user learns what a rerun keeps (``rerun``: what a rerun does, for a run that
+  saves nothing on the way)."""
+  _saved["note"], _saved["rerun"] = note, rerun
 
 
 def _interrupted() -> None:
   note = f"{_saved['note']}; " if _saved["note"] else ""
-  print(f"interrupted: {note}rerun the same command to resume", file=sys.stderr, flush=True)
+  print(f"interrupted: {note}{_saved['rerun']}", file=sys.stderr, flush=True)
   sys.exit(130)
 
 

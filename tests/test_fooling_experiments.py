@@ -233,6 +233,22 @@ def test_gradient_ascent_settings_are_checked():
   GradientAscentConfig(steps=0, blur_every=0)
 
 
+@pytest.mark.parametrize("name, over, message", [
+    ("mnist_gradient", {"generations": 5000}, r"'gradient' does not read generations \(set to 5000\)"),
+    ("mnist_direct", {"cppn.max_hidden": 3, "gradient.steps": 9},
+     r"'direct' does not read cppn\.max_hidden \(set to 3\), gradient\.steps \(set to 9\)"),
+])
+def test_a_setting_the_method_does_not_read_is_refused(tmp_path, name, over, message):
+  """A flag that would be recorded and do nothing (gradient ascent's length is
+  gradient.steps, not generations) is one line, before any work; the named runs set none."""
+  from configs.fooling import NAMED
+  from pixeljax.errors import UserError
+  assert all(fooling_exp.unread_settings(_config(n)) == {} for n in NAMED)
+  with pytest.raises(UserError, match=message):
+    _run(tmp_path / "run", _config(name, **over))
+  assert os.listdir(tmp_path / "run") == ["config.json"]
+
+
 def assert_same_run(folder_a, results_a, folder_b, results_b, generations: int):
   """Two fooling runs made the same archive, bit for bit, and the same results (timing and
   versions aside)."""
