@@ -108,11 +108,11 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
       # The images were selected as correctly classified: parts keep the fields they had.
       part.pop("already_misclassified")
       if workdir_lib.is_writer():
-        workdir_lib.write_npz(path, **part, **campaign.code_stamp(cli.code_version()))
+        workdir_lib.write_npz(path, **part, **campaign.part_stamp(cli.code_version()))
       log(f"exhaustive bound: {start + len(ids)} of {len(sub.index)} images done")
     parts.append(part)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]
-          if k not in ("image_id", "code", "colours")}
+          if k not in ("image_id", "code", "machine", "colours")}
 
 
 def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
@@ -196,6 +196,7 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
     # Which code made the records, chunk by chunk (a run resumed across commits names each):
     # results.json's "code" is only this start's.
     m["code_versions"] = campaign.code_versions(workdir.file("chunks", tag))
+    m["machines"] = campaign.machines(workdir.file("chunks", tag))
     compiled = compilation.since(c0)   # this start only, like seconds
     m["compile_seconds"] = compiled["compile_seconds"]
     m["programs_compiled"] = int(compiled["programs"])
@@ -233,7 +234,8 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
         queries_per_image=int(ex["queries"][0]),
         mean_fooling_changes_per_image=float(np.mean(ex["num_fooling_changes"])),
         seconds=time.time() - t0,
-        code_versions=campaign.code_versions(workdir.file("chunks", "exhaustive"), "part_"))
+        code_versions=campaign.code_versions(workdir.file("chunks", "exhaustive"), "part_"),
+        machines=campaign.machines(workdir.file("chunks", "exhaustive"), "part_"))
     workdir.write_npz("exhaustive_one_pixel.npz", image_id=sub.index, **ex)
     log(f"exhaustive one-pixel baseline: {np.mean(ex['fooled']):.1%} of images fooled")
   if config.figures and all_records:

@@ -118,12 +118,22 @@ def gather(a) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
+def smallest_on_every_process(value: int) -> int:
+  """``value``, or in a multi-process run the smallest any process has: what every process
+  must agree on (a chunk's size) though each measured its own devices."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
 def attacks_per_call(predict, image_shape, popsize: int, budget_bytes: Optional[int] = None,
                      cap: int = 1024) -> int:
-  """How many attacks fit in one call: (device memory budget) / (memory of one generation of
-  one attack, i.e. a ``popsize`` batch through the model, as XLA reports it)."""
+  """How many attacks fit on one device in one call: (its memory budget) / (memory of one
+  generation of one attack, i.e. a ``popsize`` batch through the model, as XLA reports it).
+  The device is this process's own first one (another process's cannot be asked)."""
   if budget_bytes is None:
-    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    stats = getattr(jax.local_devices()[0], "memory_stats", lambda: None)() or {}
     budget_bytes = int(stats.get("bytes_limit", 4 << 30) * 0.5)
   x = jax.ShapeDtypeStruct((popsize,) + tuple(image_shape), jnp.float32)
   per_attack = None

@@ -50,6 +50,16 @@ def test_interrupted_campaign_resumes_to_the_same_records(cifar_lenet, cifar_sam
                                                          dict(fixed, chunks=1)]
   assert campaign.code_versions(str(tmp_path / "a")) == [dict(commit=None, unrecorded=True,
                                                               chunks=3)]
+  # Each chunk names the machine it was computed on (a resume elsewhere would say so);
+  # chunks saved before they recorded it count as unrecorded.
+  here = dict(campaign.machine(), chunks=3)
+  assert campaign.machines(str(tmp_path / "b")) == [here]
+  assert here["backend"] == "cpu" and here["attack_devices"] == 1
+  old = dict(np.load(tmp_path / "a" / _chunks(tmp_path / "a")[0]))
+  del old["machine"]
+  np.savez(tmp_path / "a" / _chunks(tmp_path / "a")[0], **old)
+  assert campaign.machines(str(tmp_path / "a")) == [dict(unrecorded=True, chunks=1),
+                                                    dict(campaign.machine(), chunks=2)]
   # Each chunk keeps the seconds it took, so a resumed run still reports its whole cost.
   per_chunk = [float(np.load(tmp_path / "b" / c)["seconds"]) for c in chunks]
   assert all(s > 0 for s in per_chunk)

@@ -49,6 +49,9 @@ def test_experiment_writes_results_and_figures(tmp_path):
   made = [dict(cli.code_version(), chunks=1)]
   assert [saved["metrics"][k]["code_versions"] for k in ("1px", "3px")] == [made, made]
   assert saved["exhaustive_one_pixel"]["code_versions"] == made
+  for where in (saved["metrics"]["1px"], saved["metrics"]["3px"], saved["exhaustive_one_pixel"]):
+    [machine] = where["machines"]      # and the machine (one here)
+    assert machine["backend"] == "cpu" and machine["chunks"] == 1
   for f in ("adversarial_untargeted_1px.png", "class_pairs_untargeted_3px.png",
             "success_vs_pixels_untargeted.png", "records_untargeted_1px.npz", "config.json"):
     assert os.path.getsize(tmp_path / f) > 0

@@ -12,6 +12,9 @@ is reused only if all of them match. Every attack's randomness depends only on t
 image id and its target, so a resumed run gives exactly the records of an uninterrupted one.
 The code may change between starts (a fix, a new feature); each chunk stores the code version
 that made it (``code``), and ``code_versions`` lists them, so a run made across commits says so.
+So may the machine (a CPU run resumed on an accelerator: a model call's float bits depend on
+its batch per device, so a near-tie can fall the other way); each chunk stores where it was
+computed (``machine``) and ``machines`` lists them.
 """
 import dataclasses
 import json
@@ -62,10 +65,13 @@ def chunk_size(predict, image_shape, rows: int, popsize: int,
   """Attacks per chunk (= per runner call): ``attacks_per_call``, or as many as fit in device
   memory, evened out so that all chunks have (nearly) equal size -- their calls then share
   one batch shape and one set of compiled programs (100 rows at 95 per call: 50 + 50, not
-  95 + 5) -- and a multiple of the mesh's devices."""
-  if attacks_per_call is None:
-    attacks_per_call = sharding.attacks_per_call(predict, image_shape, popsize)
+  95 + 5) -- and a multiple of the mesh's devices. Measured from memory, it is what fits on
+  one device times the devices the attacks are sharded over, and the smallest any process
+  measured (every process must cut the same chunks)."""
   devices = sharding.mesh_modes(mesh)["devices"]
+  if attacks_per_call is None:
+    attacks_per_call = sharding.smallest_on_every_process(
+        sharding.attacks_per_call(predict, image_shape, popsize) * devices)
   attacks_per_call = int(np.ceil(attacks_per_call / devices) * devices)
   chunks = max(1, -(-rows // attacks_per_call))
   size = max(1, -(-rows // chunks))
@@ -180,7 +186,8 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
                    image_ids=image_ids[r], num_classes=num_classes, mesh=mesh,
                    attacks_per_call=attacks_per_call, progress=report, attack_keys=keys)
       if workdir.is_writer():
-        records_lib.save(path, rec, seconds=np.float64(time.time() - t0), **code_stamp(code))
+        records_lib.save(path, rec, seconds=np.float64(time.time() - t0),
+                         **part_stamp(code, mesh))
       parts.append(rec)
       state["attacks"] += len(rec)
       state["successes"] += int(np.sum(rec.success))
@@ -240,9 +247,32 @@ def attack_seconds(folder: str) -> Optional[float]:
   return total
 
 
-def code_stamp(code: Optional[Mapping]) -> dict:
-  """The ``code`` entry a saved part of a run carries (none when ``code`` is None)."""
-  return {} if code is None else dict(code=np.asarray(json.dumps(dict(code), sort_keys=True)))
+def machine(mesh=None) -> dict:
+  """Where a part of a run was computed, beyond its settings: backend, device kind, devices
+  and processes, and how many devices its attacks were sharded over. Not a setting (a run
+  may move from a CPU to an accelerator between starts), but a model call's float bits depend
+  on its batch per device, so a run resumed elsewhere says so (``machines``)."""
+  return dict(backend=jax.default_backend(), device_kind=jax.local_devices()[0].device_kind,
+              devices=jax.device_count(), processes=jax.process_count(),
+              attack_devices=sharding.mesh_modes(mesh)["devices"])
+
+
+def part_stamp(code: Optional[Mapping], mesh=None) -> dict:
+  """The entries a saved part of a run carries about what made it: ``code`` (the code
+  version; none when ``code`` is None) and ``machine`` (``machine(mesh)``)."""
+  stamp = dict(machine=np.asarray(json.dumps(machine(mesh), sort_keys=True)))
+  if code is not None:
+    stamp["code"] = np.asarray(json.dumps(dict(code), sort_keys=True))
+  return stamp
+
+
+def _stamps(folder: str, prefix: str, entry: str) -> list:
+  out = []
+  for name in sorted(os.listdir(folder)):
+    if name.startswith(prefix) and name.endswith(".npz"):
+      with np.load(os.path.join(folder, name)) as d:   # reads only this one entry
+        out.append(json.loads(str(d[entry])) if entry in d.files else None)
+  return out
 
 
 def code_versions(folder: str, prefix: str = "chunk_") -> list:
@@ -250,9 +280,12 @@ def code_versions(folder: str, prefix: str = "chunk_") -> list:
   chunks by default), in the order they first appear, each with how many parts it made:
   ``[{commit, dirty, version, chunks}]``; parts saved without a version (before they stored
   it, or without ``code``) count under ``{"commit": None, "unrecorded": True}``."""
-  codes = []
-  for name in sorted(os.listdir(folder)):
-    if name.startswith(prefix) and name.endswith(".npz"):
-      with np.load(os.path.join(folder, name)) as d:   # reads only this one entry
-        codes.append(json.loads(str(d["code"])) if "code" in d.files else None)
-  return workdir.tally_code_versions(codes, "chunks")
+  return workdir.tally_code_versions(_stamps(folder, prefix, "code"), "chunks")
+
+
+def machines(folder: str, prefix: str = "chunk_") -> list:
+  """The machines (``machine``) the ``prefix*.npz`` parts in ``folder`` were computed on, as
+  ``code_versions`` counts code: ``[{backend, device_kind, ..., chunks}]``; parts saved
+  before they recorded it count under ``{"unrecorded": True}``."""
+  return [{k: v for k, v in m.items() if k != "commit"} if m.get("unrecorded") else m
+          for m in workdir.tally_code_versions(_stamps(folder, prefix, "machine"), "chunks")]
