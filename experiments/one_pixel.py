@@ -107,8 +107,8 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
                                          mesh=mesh))
       # The images were selected as correctly classified: parts keep the fields they had.
       part.pop("already_misclassified")
-      if workdir_lib.is_writer():
-        workdir_lib.write_npz(path, **part, **campaign.part_stamp(cli.code_version()))
+      workdir_lib.save_on_writer(lambda: workdir_lib.write_npz(
+          path, **part, **campaign.part_stamp(cli.code_version())))
       log(f"exhaustive bound: {start + len(ids)} of {len(sub.index)} images done")
     parts.append(part)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]

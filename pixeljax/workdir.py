@@ -494,6 +494,29 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def save_on_writer(save: Callable[[], Any]) -> None:
+  """Runs ``save`` on the writing process and, in a multi-process run, tells every process
+  whether it worked: a save that fails on process 0 (a full disk) stops them all, process 0
+  with its own error and the others with one line, rather than leaving the others waiting in
+  their next collective (or exiting 0 after the last)."""
+  import jax
+  error = None
+  if is_writer():
+    try:
+      save()
+    except Exception as e:  # re-raised below, once every process knows
+      error = e
+  ok = error is None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    ok = bool(np.min(multihost_utils.process_allgather(np.asarray(int(ok), np.int32))))
+  if error is not None:
+    raise error
+  if not ok:
+    raise UserError("process 0 could not save the run's work (its message says why); "
+                    "every process stops")
+
+
 def tally_code_versions(codes, unit: str, counts=None) -> list:
   """The code versions (``cli.code_version()`` dicts; None: made before parts recorded one)
   that made a run's parts, in the order they first appear, each with how many ``unit`` it

@@ -7,6 +7,8 @@ process>. Every process joins ``jax.distributed`` (gloo CPU collectives, the def
 same small campaign over one mesh spanning all processes' devices, and saves the gathered
 records; process 0 alone writes the campaign's chunks.
 """
+import errno
+import os
 import sys
 
 process_id, num_processes, port = (int(a) for a in sys.argv[1:4])
@@ -23,6 +25,11 @@ import numpy as np  # noqa: E402
 
 from pixeljax import data, models  # noqa: E402
 from pixeljax.sparse import PixelAttackConfig, campaign  # noqa: E402
+
+if process_id == 0 and os.environ.get("PIXELJAX_TEST_DISK_FULL"):   # a full disk on process 0
+  def _full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+  campaign.records_lib.save = _full
 
 clf = models.load("cifar10_lenet_hyperparticle")
 ds = data.load("cifar10_samples")

@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 
 def _run_processes(tmp_path, num_processes: int, devices_per_process: int,
-                   timeout_s: float = 300.0, folders=None, fail=False):
+                   timeout_s: float = 300.0, folders=None, fail=False, env_extra=None):
   """Starts ``num_processes`` workers joined by jax.distributed; returns their saved records.
   Kills all of them as soon as one fails (the survivors would otherwise wait ~100 s for the
   dead peer's heartbeat to time out) or when ``timeout_s`` runs out. ``folders``: each
@@ -32,6 +32,7 @@ def _run_processes(tmp_path, num_processes: int, devices_per_process: int,
   env.update(JAX_PLATFORMS="cpu",
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={devices_per_process}").strip())
+  env.update(env_extra or {})
   port = _free_port()
   folder = str(tmp_path / "campaign")
   folders = folders or [folder] * num_processes
@@ -106,3 +107,14 @@ def test_two_processes_match_one_process(tmp_path, cifar_lenet, cifar_samples):
   for text in outputs:
     assert ("a multi-process run needs its workdir on a disk every process shares" in text
             and "saved parts per process: [2, 0]" in text), text[-3000:]
+
+  # Process 0 cannot save its first chunk (a full disk): every process stops at once, process
+  # 0 with its error and process 1 saying why, rather than process 1 waiting ~100 s in the
+  # next chunk's collective for a peer that is gone.
+  (tmp_path / "full").mkdir()
+  t0 = time.monotonic()
+  outputs, _ = _run_processes(tmp_path / "full", num_processes=2, devices_per_process=2,
+                              fail=True, env_extra=dict(PIXELJAX_TEST_DISK_FULL="1"))
+  assert "No space left on device (simulated)" in outputs[0], outputs[0][-3000:]
+  assert "process 0 could not save the run's work" in outputs[1], outputs[1][-3000:]
+  assert time.monotonic() - t0 < 60

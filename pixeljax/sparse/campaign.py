@@ -185,9 +185,9 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
       rec = attack(ev, images[r], labels[r], key, config, targets=targets[sl],
                    image_ids=image_ids[r], num_classes=num_classes, mesh=mesh,
                    attacks_per_call=attacks_per_call, progress=report, attack_keys=keys)
-      if workdir.is_writer():
-        records_lib.save(path, rec, seconds=np.float64(time.time() - t0),
-                         **part_stamp(code, mesh))
+      seconds = np.float64(time.time() - t0)
+      workdir.save_on_writer(lambda: records_lib.save(path, rec, seconds=seconds,
+                                                      **part_stamp(code, mesh)))
       parts.append(rec)
       state["attacks"] += len(rec)
       state["successes"] += int(np.sum(rec.success))
