@@ -99,6 +99,12 @@ def attack_sharding(mesh: Optional[Mesh]) -> Optional[NamedSharding]:
   return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
 
 
+def replicated(mesh: Optional[Mesh]) -> Optional[NamedSharding]:
+  """Every device of ``mesh`` holds the whole array (None without a mesh): what arrays shared
+  by all of a sharded call's rows (the bound's colours) are ``put`` with."""
+  return None if mesh is None else NamedSharding(mesh, PartitionSpec())
+
+
 def put(tree, sharding: Optional[NamedSharding]):
   """Host arrays -> device arrays, sharded over the attack axis. Every process passes the same
   global array and places only its own devices' rows, so this works multi-host."""

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pixeljax import data, models  # noqa: E402
-from pixeljax.sparse import PixelAttackConfig, campaign  # noqa: E402
+from pixeljax.sparse import PixelAttackConfig, campaign, exhaustive_one_pixel  # noqa: E402
 
 if process_id == 0 and os.environ.get("PIXELJAX_TEST_DISK_FULL"):   # a full disk on process 0
   def _full(*args, **kwargs):
@@ -36,7 +36,10 @@ ds = data.load("cifar10_samples")
 rec = campaign.run(clf.predict, ds.images[:8], ds.labels[:8], ds.index[:8],
                    PixelAttackConfig(pixels=1, popsize=40, generations=3), 0, folder, 10,
                    attacks_per_call=4, mesh=sharding.attack_mesh(), progress=False)
+# The exhaustive bound over the same mesh: 3 images, padded to the 4 devices' multiple.
+bound = exhaustive_one_pixel(clf.predict, ds.images[:3], ds.labels[:3],
+                             mesh=sharding.attack_mesh())
 np.savez(out, process_count=jax.process_count(), device_count=jax.device_count(),
-         **rec.as_dict())
+         **rec.as_dict(), **{f"bound_{k}": v for k, v in bound.items()})
 print(f"process {process_id}: {jax.process_count()} processes, {jax.device_count()} devices",
       flush=True)

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from pixeljax.sparse import PixelAttackConfig, campaign
+from pixeljax.sparse import PixelAttackConfig, campaign, exhaustive_one_pixel
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multiprocess_worker.py")
 
@@ -85,8 +85,16 @@ def test_two_processes_match_one_process(tmp_path, cifar_lenet, cifar_samples):
                      execution=dict(call_size=0))
   ref = ref.as_dict()
   results, folder = _run_processes(tmp_path, num_processes=2, devices_per_process=2)
+  bound = exhaustive_one_pixel(cifar_lenet.predict, ds.images[:3], ds.labels[:3])
   for got in results:
     assert int(got.pop("process_count")) == 2 and int(got.pop("device_count")) == 4
+    # The exhaustive bound, its images sharded over both processes' devices, is the bound.
+    for name in bound:
+      value = got.pop(f"bound_{name}")
+      if name == "lowest_true_prob":
+        np.testing.assert_allclose(value, bound[name], rtol=0, atol=1e-6)
+      else:
+        np.testing.assert_array_equal(value, bound[name], err_msg=name)
     assert set(got) == set(ref)
     for name in ref:
       if name in ("probs", "prior_probs"):

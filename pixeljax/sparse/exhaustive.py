@@ -93,10 +93,22 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
   total = h * w * len(colours)
   block = min(candidates_per_call, total)
   fn = _sweep(ev, (h, w, c), len(colours), block)
+  # With attacks sharded over several devices (accelerators, hosts), so are the images: each
+  # call's are padded (repeating its first) to a multiple of the devices. One device keeps
+  # its calls as they are (a call's batch can change float bits).
+  devices = sharding.mesh_modes(mesh)["devices"]
+  per_call = -(-images_per_call // devices) * devices
+  if devices > 1:
+    place = functools.partial(sharding.put, sharding=sharding.attack_sharding(mesh))
+    shared = sharding.put(colours, sharding.replicated(mesh))
+  else:
+    place, shared = (lambda arrays: arrays), jnp.asarray(colours)
   outs = []
-  for start in range(0, len(images), images_per_call):
-    sl = slice(start, start + images_per_call)
-    outs.append([np.asarray(o) for o in fn(images[sl], labels[sl], jnp.asarray(colours))])
+  for start in range(0, len(images), per_call):
+    idx = np.arange(start, min(start + per_call, len(images)))
+    rows = np.pad(idx, (0, per_call - len(idx)), mode="edge") if devices > 1 else idx
+    out = fn(*place((images[rows], labels[rows])), shared)
+    outs.append([sharding.gather(o)[:len(idx)] for o in out])
   found, lowest, cand, count = [np.concatenate(o) for o in zip(*outs)]
   return dict(fooled=found & ~misclassified, lowest_true_prob=lowest, best_candidate=cand,
               num_fooling_changes=np.where(misclassified, 0, count),
