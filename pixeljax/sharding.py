@@ -133,6 +133,22 @@ def smallest_on_every_process(value: int) -> int:
   return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
+def check_same_on_every_process(value, what: str) -> None:
+  """In a multi-process run, every process must hold the same ``value`` (JSON-able: what it
+  is about to compute, say); where they differ all raise the same one line naming ``what``,
+  rather than sharding rows that differ between processes under process 0's names."""
+  if jax.process_count() < 2:
+    return
+  import json
+  import zlib
+  from jax.experimental import multihost_utils
+  seen = zlib.crc32(json.dumps(value, sort_keys=True, default=str).encode()) & 0x7FFFFFFF
+  views = np.asarray(multihost_utils.process_allgather(np.asarray(seen, np.int32)))
+  if len(set(views.reshape(-1).tolist())) > 1:
+    raise UserError(f"the processes differ in {what}: every process of a multi-process run "
+                    f"must be given the same (same data, weights and settings on every host)")
+
+
 def attacks_per_call(predict, image_shape, popsize: int, budget_bytes: Optional[int] = None,
                      cap: int = 1024) -> int:
   """How many attacks fit on one device in one call: (its memory budget) / (memory of one

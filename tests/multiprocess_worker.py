@@ -33,7 +33,10 @@ if process_id == 0 and os.environ.get("PIXELJAX_TEST_DISK_FULL"):   # a full dis
 
 clf = models.load("cifar10_lenet_hyperparticle")
 ds = data.load("cifar10_samples")
-rec = campaign.run(clf.predict, ds.images[:8], ds.labels[:8], ds.index[:8],
+images = ds.images[:8].copy()
+if process_id == 1 and os.environ.get("PIXELJAX_TEST_OTHER_IMAGES"):   # another host's data
+  images[0] = 255 - images[0]
+rec = campaign.run(clf.predict, images, ds.labels[:8], ds.index[:8],
                    PixelAttackConfig(pixels=1, popsize=40, generations=3), 0, folder, 10,
                    attacks_per_call=4, mesh=sharding.attack_mesh(), progress=False)
 # The exhaustive bound over the same mesh: 3 images, padded to the 4 devices' multiple.

@@ -116,6 +116,14 @@ def test_two_processes_match_one_process(tmp_path, cifar_lenet, cifar_samples):
     assert ("a multi-process run needs its workdir on a disk every process shares" in text
             and "saved parts per process: [2, 0]" in text), text[-3000:]
 
+  # Process 1 holds other pixels for an image (another host's copy of the data): every
+  # process says so before any work, rather than sharding different rows under one name.
+  (tmp_path / "other").mkdir()
+  outputs, _ = _run_processes(tmp_path / "other", num_processes=2, devices_per_process=2,
+                              fail=True, env_extra=dict(PIXELJAX_TEST_OTHER_IMAGES="1"))
+  for text in outputs:
+    assert "the processes differ in what they attack" in text, text[-3000:]
+
   # Process 0 cannot save its first chunk (a full disk): every process stops at once, process
   # 0 with its error and process 1 saying why, rather than process 1 waiting ~100 s in the
   # next chunk's collective for a peer that is gone.

@@ -123,6 +123,9 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
   settings = dict(format=formats.FORMAT, **(identity or {}), attack=dataclasses.asdict(config),
                   execution=dataclasses.asdict(ev.execution), attack_keys=keys, seed=seed,
                   num_classes=num_classes)
+  sharding.check_same_on_every_process(
+      [settings, inputs, workdir.arrays_sha256(images, labels, image_ids)],
+      "what they attack (settings, inputs, images, labels or image ids)")
   workdir.claim(folder, settings, migrate=formats.migrate)
   if inputs:
     workdir.bind(folder, inputs)
