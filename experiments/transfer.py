@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from pixeljax import cli, models, plots
+from pixeljax import cli, door, models, plots
 from pixeljax.errors import UserError
 from pixeljax.metrics import fooling as metrics
 from pixeljax.workdir import read_json, versions
@@ -52,7 +52,13 @@ def run(config, workdir, log=cli.log) -> dict:
   source = source_results.get("config", source_results)
   model_a, encoding = source.get("model", "net A"), source.get("encoding", "?")
   log(f"scoring {len(archive['images'])} images of {model_a} ({encoding}) on {config.model_b}")
-  probs_b = np.asarray(models.load(config.model_b)(np.clip(archive["images"], 0, 255)))
+  net_b = models.load(config.model_b)
+  if net_b.num_classes != np.shape(archive["probs"])[1]:
+    raise UserError(f"{config.model_b} has {net_b.num_classes} classes, the archive's net "
+                    f"{np.shape(archive['probs'])[1]} (row i is made for class i): transfer "
+                    f"between nets of the same classes")
+  images = door.images_for(net_b, np.clip(archive["images"], 0, 255))   # shape: one line
+  probs_b = np.asarray(net_b(images))
   res = metrics.transfer(archive["probs"], probs_b)
   res.update(model_a=model_a, encoding=encoding, model_b=config.model_b, archive=path,
              archive_sha256=archive_sha256, source_results_match=recorded is not None,

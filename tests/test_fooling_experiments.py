@@ -101,6 +101,11 @@ def test_fooling_experiment_on_the_papers_mnist_net_and_transfer(tmp_path):
   assert t["source_results_match"] and saved["archive_sha256"] == t["archive_sha256"]
   assert os.path.getsize(tmp_path / "transfer" / "transfer.png") > 0
   from pixeljax.errors import UserError
+  # A net B of other classes or input shape: one line, not an index or shape error.
+  with pytest.raises(UserError, match=r"expects images of shape \(N, 32, 32, 3\)"):
+    cifar = _set(get_config(), source=str(tmp_path / "run"),
+                 model_b="cifar10_lenet_hyperparticle")
+    transfer_exp.run(cifar, Workdir.open(str(tmp_path / "transfer_cifar"), cifar), QUIET)
   # An archive its results.json does not describe (a run stopped between the two writes):
   # refused, rather than labelled with the other run's settings.
   saved["archive_sha256"] = "0" * 64
