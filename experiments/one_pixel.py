@@ -73,7 +73,9 @@ def execution_overrides(config) -> dict:
 
 
 # Images per saved part of the exhaustive bound: a multiple of exhaustive_one_pixel's 8 images
-# per model call, so the parts make exactly the calls an unsaved run makes (same bits).
+# per model call, so on one device (or a CPU's dealt cores) the parts make exactly the calls
+# an unsaved run makes (same bits). Sharded over D devices, calls are rounded up to D's
+# multiple: each device still sweeps one image at a time.
 BOUND_PART = 24
 
 
@@ -108,7 +110,7 @@ def _exhaustive_bound(classifier, sub, colours, mesh, workdir, inputs, log=cli.l
       # The images were selected as correctly classified: parts keep the fields they had.
       part.pop("already_misclassified")
       workdir_lib.save_on_writer(lambda: workdir_lib.write_npz(
-          path, **part, **campaign.part_stamp(cli.code_version())))
+          path, **part, **campaign.part_stamp(cli.code_version(), mesh)))
       log(f"exhaustive bound: {start + len(ids)} of {len(sub.index)} images done")
     parts.append(part)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]

@@ -43,13 +43,12 @@ def run(config, workdir, log=cli.log) -> dict:
                     f"the archive.npz of an experiments/fooling.py run")
   results_path = os.path.join(os.path.dirname(path), "results.json")
   source_results = read_json(results_path) if os.path.exists(results_path) else {}
-  # older results.json kept settings at the top
   recorded = source_results.get("archive_sha256")
   if recorded is not None and recorded != archive_sha256:
     raise UserError(f"{path} is not the archive its results.json describes (another run's, "
                     f"or a run stopped between the two writes); rerun experiments/fooling.py "
                     f"in {os.path.dirname(path) or '.'} to finish it")
-  source = source_results.get("config", source_results)
+  source = source_results.get("config", source_results)   # older ones: settings at the top
   model_a, encoding = source.get("model", "net A"), source.get("encoding", "?")
   log(f"scoring {len(archive['images'])} images of {model_a} ({encoding}) on {config.model_b}")
   net_b = models.load(config.model_b)

@@ -504,7 +504,7 @@ def save_on_writer(save: Callable[[], Any]) -> None:
   if is_writer():
     try:
       save()
-    except Exception as e:  # re-raised below, once every process knows
+    except BaseException as e:  # re-raised below (Ctrl-C too), once every process knows
       error = e
   ok = error is None
   if jax.process_count() > 1:

@@ -126,6 +126,9 @@ def test_runs_that_differ_or_cannot_compare_are_refused(tmp_path):
   running = _copy(a, tmp_path / "running", lambda r: r.update(pending=["3px"]))
   with pytest.raises(UserError, match="running is not finished \\(3px still to run\\)"):
     _compare(tmp_path, [a, running])
+  # Only the exhaustive bound still to run: the records compared are finished.
+  bound = _copy(a, tmp_path / "bound", lambda r: r.update(pending=["exhaustive_one_pixel"]))
+  _compare(tmp_path / "bound_pending", [a, bound])
   other = _copy(a, tmp_path / "fooling", lambda r: r.pop("metrics"))
   with pytest.raises(UserError, match="no config / image_ids / metrics of a one-pixel run"):
     _compare(tmp_path, [a, other])

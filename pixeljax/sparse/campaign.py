@@ -124,8 +124,8 @@ def run(model, images, labels, image_ids, config: PixelAttackConfig, seed: int,
                   execution=dataclasses.asdict(ev.execution), attack_keys=keys, seed=seed,
                   num_classes=num_classes)
   sharding.check_same_on_every_process(
-      [settings, inputs, workdir.arrays_sha256(images, labels, image_ids)],
-      "what they attack (settings, inputs, images, labels or image ids)")
+      [settings, inputs, attacks_per_call, workdir.arrays_sha256(images, labels, image_ids)],
+      "what they attack (settings, inputs, attacks per call, images, labels or image ids)")
   workdir.claim(folder, settings, migrate=formats.migrate)
   if inputs:
     workdir.bind(folder, inputs)

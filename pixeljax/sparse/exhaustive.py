@@ -77,7 +77,9 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
   function); ``mesh`` and ``execution`` as there. Returns a dict of numpy arrays;
   ``queries`` = H * W * len(colours) per image. An image the net already misclassifies is
   marked ``already_misclassified`` and counts as not fooled (no fooling changes): there was
-  nothing to fool, as ``AttackRecords.already_misclassified`` says of an attack."""
+  nothing to fool, as ``AttackRecords.already_misclassified`` says of an attack. With attacks
+  sharded over D devices (a mesh that does not deal model calls), ``images_per_call`` is
+  rounded up to a multiple of D."""
   images = door.images_for(model, images)
   h, w, c = images.shape[1:]
   colours = rgb_cube_corners(c) if colours is None else door.colours_for(colours, c)
@@ -94,7 +96,7 @@ def exhaustive_one_pixel(model, images, labels, colours=None,
   block = min(candidates_per_call, total)
   fn = _sweep(ev, (h, w, c), len(colours), block)
   # With attacks sharded over several devices (accelerators, hosts), so are the images: each
-  # call's are padded (repeating its first) to a multiple of the devices. One device keeps
+  # call's are padded (repeating its last) to a multiple of the devices. One device keeps
   # its calls as they are (a call's batch can change float bits).
   devices = sharding.mesh_modes(mesh)["devices"]
   per_call = -(-images_per_call // devices) * devices
