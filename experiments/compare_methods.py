@@ -10,7 +10,6 @@ attacks that every compared run fooled, so costs compare on the same attacks), t
 Markdown table (table.md, runs in the order given, as results/README.md shows them) and
 success_vs_queries_<k>px.png overlaying the methods' curves.
 """
-import hashlib
 import os
 
 import numpy as np
@@ -45,11 +44,6 @@ def _records(run: str, mode: str, k: int):
   if not os.path.exists(path):
     raise UserError(f"{run} has no records of its {k}-pixel attacks ({path})")
   return records_lib.load(path)
-
-
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def _budgets(config):
@@ -143,8 +137,9 @@ def run(config, workdir: workdir_lib.Workdir, log=cli.log) -> dict:
                  f"images)"))
   # What the table was made from: each run's files by hash (its results.json names the code
   # that made each of its pixel counts), and the code that compared them.
-  sources = {r: dict(results_json=_sha256(os.path.join(r, "results.json")),
-                     records={str(k): _sha256(os.path.join(r, f"records_{mode}_{k}px.npz"))
+  sha = lambda run, name: workdir_lib.file_sha256(os.path.join(run, name))
+  sources = {r: dict(results_json=sha(r, "results.json"),
+                     records={str(k): sha(r, f"records_{mode}_{k}px.npz")
                               for (run, k) in records if run == r})
              for r in runs}
   results = dict(config=config.to_dict(), model=first["config"]["model"],

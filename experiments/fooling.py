@@ -14,7 +14,6 @@ generations extends it (its generations so far are reused as they are); rerunnin
 settings refuses (or, with --new_run, starts <workdir>-2).
 """
 import dataclasses
-import hashlib
 import json
 import time
 
@@ -26,7 +25,7 @@ from pixeljax.errors import UserError
 from pixeljax.fooling import driver
 from pixeljax.fooling.gradient_ascent import GradientAscentConfig
 from pixeljax.metrics import fooling as metrics
-from pixeljax.workdir import versions
+from pixeljax.workdir import file_sha256, versions
 
 METHODS = driver.ENCODINGS + ("gradient",)
 # Settings a rerun may change without refusal (``Workdir.open``): the driver extends a run
@@ -103,8 +102,7 @@ def run(config, workdir, log=cli.log) -> dict:
                     probs=probs, **{f"stats_{n}": v for n, v in stats.items()}, **genomes)
   # seconds: this invocation only (a resumed run's earlier sessions are not counted).
   # The archive this results.json describes (transfer.py checks the pair is one run's).
-  with open(workdir.file("archive.npz"), "rb") as f:
-    archive_sha256 = hashlib.sha256(f.read()).hexdigest()
+  archive_sha256 = file_sha256(workdir.file("archive.npz"))
   results = dict(metrics.summary(probs, stats), **extra, seconds=seconds,
                  resumed=workdir.resumed, archive_sha256=archive_sha256,
                  config=config.to_dict(), versions=versions())

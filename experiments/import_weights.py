@@ -7,14 +7,13 @@ For each port: converts the arrays, checks the Flax model against the original f
 ``probs`` (``*.reference.npz``, first 64 images) and measures accuracy on the exact test data,
 then writes ``<name>.msgpack`` + ``<name>.json`` with that provenance.
 """
-import hashlib
 import json
 import os
 
 from absl import flags
 import numpy as np
 
-from pixeljax import checkpoint, cli, data, models
+from pixeljax import checkpoint, cli, data, models, workdir
 from pixeljax.errors import UserError
 from pixeljax.evaluate import accuracy
 from pixeljax.models.registry import Classifier
@@ -39,11 +38,6 @@ def eval_set(dataset: str, data_dir: str) -> data.Dataset:
   if dataset == "mnist":
     return data.load(os.path.join(data_dir, "mnist.npz"), "test")
   return data.load(os.path.join(data_dir, "cifar10_test_exact1017.npz"), "test")
-
-
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def check_request(names, weights_dir: str) -> None:
@@ -94,7 +88,7 @@ def convert(name: str, weights_dir: str, data_dir: str):
                            else "CIFAR-10 exact test images 0..1016"),
               reference_max_abs_error=max_err,
               # which files and which code made it (a re-import must say if either changed)
-              source_files={os.path.basename(p): _sha256(p)
+              source_files={os.path.basename(p): workdir.file_sha256(p)
                             for p in (weights_path, reference_path)},
               code=cli.code_version())
   return variables, meta

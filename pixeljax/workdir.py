@@ -212,6 +212,12 @@ def check_no_orphan_work(folder: str, names, filename: str = SETTINGS_FILE) -> N
                     f"start over")
 
 
+def file_sha256(path: str) -> str:
+  """The SHA-256 of a file's bytes: how outputs name the exact files they were made from."""
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 def arrays_sha256(*arrays) -> str:
   """A SHA-256 of arrays' dtypes, shapes and values (little-endian bytes, so the same on every
   platform): how ``bind``'s inputs name data that settings name only by file or id."""

@@ -47,7 +47,7 @@ def test_methods_side_by_side(tmp_path):
   assert "Sparse-RS" in compare_methods.report(res)
   # What made the table: the compared runs' files by hash, and the comparing code.
   assert set(res["sources"]) == {de, srs} and set(res["sources"][de]["records"]) == {"1"}
-  assert res["sources"][srs]["results_json"] == compare_methods._sha256(
+  assert res["sources"][srs]["results_json"] == workdir_lib.file_sha256(
       os.path.join(srs, "results.json"))
   assert "code" in res["versions"] and "command" in res["versions"]
   # table.md: the results page's table, runs in the order given, every budget and the shared cost.
